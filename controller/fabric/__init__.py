@@ -1,0 +1,1 @@
+"""Topology graph, paths, labels, and the translation of connections into switch entries."""

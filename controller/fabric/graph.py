@@ -1,0 +1,72 @@
+"""The fabric as a graph of switches and links, with the liveness of each element."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import networkx as nx
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Link:
+    name: str  # "s1:2-s2:1", stable across runs
+    a: str
+    a_port: int
+    b: str
+    b_port: int
+
+    def port_of(self, switch: str) -> int:
+        return self.a_port if switch == self.a else self.b_port
+
+    def other(self, switch: str) -> str:
+        return self.b if switch == self.a else self.a
+
+
+def link_name(a: str, a_port: int, b: str, b_port: int) -> str:
+    left, right = sorted([(a, a_port), (b, b_port)])
+    return f"{left[0]}:{left[1]}-{right[0]}:{right[1]}"
+
+
+class FabricGraph:
+    """Switches are nodes; links are edges of a MultiGraph keyed by link name."""
+
+    def __init__(self, switches: list[str], links: list[Link]) -> None:
+        self.g: nx.MultiGraph = nx.MultiGraph()
+        self.g.add_nodes_from(switches)
+        self.links: dict[str, Link] = {}
+        self.port_link: dict[tuple[str, int], Link] = {}
+        for link in links:
+            self.links[link.name] = link
+            self.port_link[(link.a, link.a_port)] = link
+            self.port_link[(link.b, link.b_port)] = link
+            self.g.add_edge(link.a, link.b, key=link.name)
+        self.down_switches: set[str] = set()
+        self.down_links: set[str] = set()
+
+    def fabric_ports(self, switch: str) -> list[int]:
+        return sorted(p for (s, p) in self.port_link if s == switch)
+
+    def set_switch(self, switch: str, up: bool) -> bool:
+        """Returns True when the state changed."""
+        before = switch in self.down_switches
+        (self.down_switches.discard if up else self.down_switches.add)(switch)
+        return before == up
+
+    def set_link(self, link: str, up: bool) -> bool:
+        before = link in self.down_links
+        (self.down_links.discard if up else self.down_links.add)(link)
+        return before == up
+
+    def usable(self, switch: str) -> bool:
+        return switch not in self.down_switches
+
+    def live_view(self) -> nx.Graph:
+        """A simple graph of the usable elements; each edge remembers its first live link."""
+        view = nx.Graph()
+        view.add_nodes_from(n for n in self.g.nodes if n not in self.down_switches)
+        for a, b, key in self.g.edges(keys=True):
+            if key in self.down_links or a in self.down_switches or b in self.down_switches:
+                continue
+            if not view.has_edge(a, b):
+                view.add_edge(a, b, link=key)
+        return view

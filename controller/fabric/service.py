@@ -1,0 +1,269 @@
+"""Connections in, switch entries out: connect, disconnect, reconcile a switch that comes up."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+from finsy.proto import p4r
+
+from controller.fabric import entries as E
+from controller.fabric.allocator import Allocator
+from controller.fabric.graph import FabricGraph
+from controller.fabric.model import Attachment, ConnectionPlan, Leg
+from controller.fabric.paths import NoPath, backup_for, shortest
+from controller.fabric.programmer import Programmer
+from controller.p4rt.client import SwitchClient
+from controller.p4rt.errors import SwitchError
+from controller.settings import Settings
+from controller.store.sqlite import Store
+
+log = logging.getLogger("p4nsm.fabric")
+
+OWNED_TABLES = (E.FABRIC_PORTS_TABLE, E.EDGE_TABLE, E.LABEL_TABLE)
+
+
+class ConnectError(Exception):
+    """A connection that cannot be made; `field` names what was wrong in the request."""
+
+    def __init__(self, message: str, field: str = "", not_found: bool = False) -> None:
+        super().__init__(message)
+        self.field = field
+        self.not_found = not_found
+
+
+class Fabric:
+    def __init__(
+        self,
+        graph: FabricGraph,
+        hosts: dict[str, tuple[str, int]],
+        clients: dict[str, SwitchClient],
+        store: Store,
+        settings: Settings,
+    ) -> None:
+        self.graph = graph
+        self.hosts = hosts
+        self.clients = clients
+        self.store = store
+        self.settings = settings
+        schema = next(iter(clients.values())).schema if clients else None
+        self.programmer = Programmer(clients, schema) if schema else None  # type: ignore[arg-type]
+        self.alloc = Allocator(settings.label_min, settings.label_max, settings.vlan_min, settings.vlan_max)
+        self.plans: dict[str, ConnectionPlan] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.ready_switches: set[str] = set()
+        self.last_reconcile: dict[str, tuple[int, int, int]] = {}  # switch -> (inserted, modified, deleted)
+        self.listeners: list = []  # callables(plan, event) for monitor/heal layers
+        self.graph_listeners: list = []  # callables() run after a switch or link changed state
+
+    # --- start-up ---------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Adopt the stored desired state. Half-made connections of a crashed run are dropped:
+        their caller never got an answer, and the switches' reconcile removes their entries."""
+        for plan in self.store.all():
+            if plan.state in ("installing", "removing"):
+                log.warning("connection=%s event=dropped_unfinished state=%s", plan.id, plan.state)
+                self.store.delete(plan.id)
+                continue
+            self.plans[plan.id] = plan
+            self.alloc.claim(plan)
+        log.info("event=store_loaded connections=%d", len(self.plans))
+
+    def start(self) -> None:
+        for client in self.clients.values():
+            client.state_listeners.append(self._on_switch_state)
+            # Until a switch has been reconciled no path may use it.
+            self.graph.set_switch(client.name, False)
+            client.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(c.stop() for c in self.clients.values()))
+
+    async def _on_switch_state(self, client: SwitchClient, up: bool, reason: str) -> None:
+        if up:
+            try:
+                await self.reconcile(client.name)
+            except SwitchError as e:
+                log.error("switch=%s event=reconcile_failed error=%s", client.name, e)
+                return
+            self.ready_switches.add(client.name)
+            changed = self.graph.set_switch(client.name, True)
+        else:
+            self.ready_switches.discard(client.name)
+            changed = self.graph.set_switch(client.name, False)
+        if changed:
+            self.graph_changed()
+
+    def set_link(self, link: str, up: bool) -> None:
+        if self.graph.set_link(link, up):
+            self.graph_changed()
+
+    def graph_changed(self) -> None:
+        for listener in self.graph_listeners:
+            listener()
+
+    # --- desired state ----------------------------------------------------------------------
+
+    def desired(self, switch: str) -> list[E.EntrySpec]:
+        out = E.fabric_port_entries(switch, self.graph.fabric_ports(switch))
+        for plan in self.plans.values():
+            out.extend(e for e in E.all_entries(plan) if e.switch == switch)
+        return out
+
+    async def read_back(self, switch: str) -> list[E.EntrySpec]:
+        """The entries of the tables we own, as the switch reports them."""
+        client = self.clients[switch]
+        out = []
+        for entry in await client.read_table_entries():
+            d = client.schema.describe_entry(entry)
+            if d["table"] not in OWNED_TABLES:
+                continue
+            out.append(
+                E.EntrySpec(
+                    switch,
+                    str(d["table"]),
+                    tuple(d["match"].items()),  # type: ignore[union-attr]
+                    str(d.get("action", "")),
+                    tuple(d.get("params", {}).items()),  # type: ignore[union-attr]
+                )
+            )
+        return out
+
+    async def reconcile(self, switch: str) -> tuple[int, int, int]:
+        """Make the switch hold exactly the desired entries, touching only what differs.
+
+        On a controller restart the switch usually already holds them: nothing is rewritten
+        and traffic is not interrupted. Returns (inserted, modified, deleted)."""
+        assert self.programmer is not None
+        want = {e.key: e for e in self.desired(switch)}
+        have = {e.key: e for e in await self.read_back(switch)}
+        extra = [e for k, e in have.items() if k not in want]
+        missing = [e for k, e in want.items() if k not in have]
+        changed = [e for k, e in want.items() if k in have and have[k] != e]
+        # Removing stale head entries first keeps traffic out of labels about to vanish.
+        if extra:
+            await self.programmer.write_phase(p4r.Update.DELETE, sorted(extra, key=lambda e: e.table != E.EDGE_TABLE))
+        if missing:
+            await self.programmer.write_phase(p4r.Update.INSERT, sorted(missing, key=lambda e: e.table == E.EDGE_TABLE))
+        if changed:
+            await self.programmer.write_phase(p4r.Update.MODIFY, changed)
+        self.last_reconcile[switch] = (len(missing), len(changed), len(extra))
+        log.info("switch=%s event=reconciled inserted=%d modified=%d deleted=%d kept=%d",
+                 switch, len(missing), len(changed), len(extra), len(want) - len(missing) - len(changed))
+        return len(missing), len(changed), len(extra)
+
+    # --- connections ------------------------------------------------------------------------
+
+    def _lock(self, conn_id: str) -> asyncio.Lock:
+        lock = self._locks.get(conn_id)
+        if lock is None:
+            lock = self._locks[conn_id] = asyncio.Lock()
+        return lock
+
+    def attachment(self, host: str, field: str, vlan: int | None) -> Attachment:
+        where = self.hosts.get(host)
+        if where is None:
+            raise ConnectError(f"{field}: unknown host {host!r}", field=field, not_found=True)
+        switch, port = where
+        return Attachment(host=host, switch=switch, port=port, vlan=self.alloc.vlan_pool(switch, port).take(vlan))
+
+    def plan(self, conn_id: str, a_host: str, b_host: str, vlan_a: int | None = None, vlan_b: int | None = None,
+             labels: dict[str, str] | None = None) -> ConnectionPlan:
+        """Allocate ids and compute paths; touches no switch. Raises ConnectError."""
+        if a_host == b_host:
+            raise ConnectError(f"b: a connection needs two different hosts, got {a_host!r} twice", field="b")
+        for field, host in (("a", a_host), ("b", b_host)):
+            if host not in self.hosts:
+                raise ConnectError(f"{field}: unknown host {host!r}", field=field, not_found=True)
+        a = self.attachment(a_host, "a", vlan_a)
+        try:
+            b = self.attachment(b_host, "b", vlan_b)
+        except Exception:
+            self.alloc.vlan_pool(a.switch, a.port).give(a.vlan)
+            raise
+        taken: list[int] = []
+        try:
+            fwd = shortest(self.graph, a, b)
+            back = backup_for(self.graph, fwd, a, b)
+            for _ in range(4 if back else 2):
+                taken.append(self.alloc.labels.take())
+        except NoPath as e:
+            self._give_back(a, b, taken)
+            raise ConnectError(f"b: host {b_host!r} is unreachable from {a_host!r}: {e}", field="b") from None
+        except Exception:
+            self._give_back(a, b, taken)
+            raise
+        return ConnectionPlan(
+            id=conn_id,
+            a=a,
+            b=b,
+            a_to_b=Leg(label=taken[0], path=fwd),
+            b_to_a=Leg(label=taken[1], path=fwd.reversed()),
+            a_to_b_backup=Leg(label=taken[2], path=back) if back else None,
+            b_to_a_backup=Leg(label=taken[3], path=back.reversed()) if back else None,
+            labels=labels or {},
+        )
+
+    def _give_back(self, a: Attachment, b: Attachment, labels: list[int]) -> None:
+        self.alloc.vlan_pool(a.switch, a.port).give(a.vlan)
+        self.alloc.vlan_pool(b.switch, b.port).give(b.vlan)
+        for label in labels:
+            self.alloc.labels.give(label)
+
+    async def connect(self, a_host: str, b_host: str, *, conn_id: str | None = None, vlan_a: int | None = None,
+                      vlan_b: int | None = None, labels: dict[str, str] | None = None) -> ConnectionPlan:
+        conn_id = conn_id or str(uuid.uuid4())
+        async with self._lock(conn_id):
+            if conn_id in self.plans:
+                return self.plans[conn_id]
+            plan = self.plan(conn_id, a_host, b_host, vlan_a, vlan_b, labels)
+            for sw in {h.switch for leg in plan.legs() for h in leg.path.hops}:
+                if sw not in self.ready_switches:
+                    self.alloc.release(plan)
+                    raise ConnectError(f"switch {sw} on the path is not ready", field="b")
+            # The intent is stored before any switch is touched, so a crash leaves a trace
+            # that the next start cleans up.
+            self.store.put(plan)
+            try:
+                assert self.programmer is not None
+                await self.programmer.install(conn_id, [E.transit_entries(plan), E.head_entries(plan)])
+            except BaseException:
+                self.store.delete(conn_id)
+                self.alloc.release(plan)
+                raise
+            plan = plan.model_copy(update={"state": "up"})
+            self.plans[conn_id] = plan
+            self.store.put(plan)
+            log.info("connection=%s event=up a=%s b=%s path=%s backup=%s labels=%d/%d",
+                     conn_id, a_host, b_host, "-".join(plan.a_to_b.path.switches),
+                     "-".join(plan.a_to_b_backup.path.switches) if plan.a_to_b_backup else None,
+                     plan.a_to_b.label, plan.b_to_a.label)
+            self._emit(plan, "up")
+            return plan
+
+    async def disconnect(self, conn_id: str) -> bool:
+        """Remove a connection's entries everywhere and forget it. Unknown ids are fine."""
+        async with self._lock(conn_id):
+            plan = self.plans.get(conn_id)
+            if plan is None:
+                return False
+            plan = plan.model_copy(update={"state": "removing"})
+            self.store.put(plan)
+            assert self.programmer is not None
+            await self.programmer.delete(conn_id, E.all_entries(plan))
+            del self.plans[conn_id]
+            self.store.delete(conn_id)
+            self.alloc.release(plan)
+            log.info("connection=%s event=removed", conn_id)
+            self._emit(plan, "removed")
+        self._locks.pop(conn_id, None)
+        return True
+
+    def _emit(self, plan: ConnectionPlan, event: str) -> None:
+        for listener in self.listeners:
+            try:
+                listener(plan, event)
+            except Exception:
+                log.exception("connection=%s event=listener_failed", plan.id)

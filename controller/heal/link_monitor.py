@@ -1,0 +1,182 @@
+"""Link and port liveness from probes sent and received over the P4Runtime streams.
+
+Every fabric port sends a probe each `probe_interval`; the peer switch punts it back as a
+packet-in. A link is down when either direction has `probe_misses` probes sent after the last one
+that arrived (counted in probes, not seconds, so a stalled event loop, which also stops sending,
+cannot fake a failure), and up
+again only after `probe_recovery` consecutive intervals with probes in both directions; every
+fall within `flap_window` of a rise doubles what the next rise needs (no thrash on a flapping
+link). A probe that arrives where the topology file says it should not is reported, not used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+from controller.fabric.graph import FabricGraph, Link
+from controller.heal import probe_frame
+from controller.p4rt.client import SwitchClient
+from controller.p4rt.errors import SwitchError
+from controller.settings import Settings
+
+log = logging.getLogger("p4nsm.heal.links")
+
+LinkListener = Callable[[Link, bool], Awaitable[None]]
+
+
+@dataclasses.dataclass(slots=True)
+class _Direction:
+    src: str
+    src_port: int
+    dst: str
+    dst_port: int
+    seq: int = 0  # last probe sent
+    rx_seq: int = 0  # newest probe that arrived
+
+    @property
+    def unanswered(self) -> int:
+        return self.seq - self.rx_seq
+
+
+@dataclasses.dataclass(slots=True)
+class _LinkState:
+    link: Link
+    up: bool = True
+    streak: int = 0  # consecutive healthy checks while down
+    need: int = 0  # healthy checks required to come back
+    went_up_at: float = 0.0
+
+
+class LinkMonitor:
+    def __init__(self, graph: FabricGraph, clients: dict[str, SwitchClient], settings: Settings, on_change: LinkListener) -> None:
+        self.graph = graph
+        self.clients = clients
+        self.settings = settings
+        self.on_change = on_change
+        self.origin = secrets.randbits(63)
+        self.counters: Counter[str] = Counter()
+        self._by_device = {c.target.device_id: c.name for c in clients.values()}
+        self.directions: dict[tuple[str, int], _Direction] = {}
+        self.links: dict[str, _LinkState] = {}
+        for link in graph.links.values():
+            # Links start up (the topology file says they exist); probes get a grace period from
+            # the moment both ends are up, see _on_switch_state. went_up_at far in the past: a
+            # first failure is not a flap.
+            self.links[link.name] = _LinkState(link, need=settings.probe_recovery, went_up_at=float("-inf"))
+            for s, sp, d, dp in ((link.a, link.a_port, link.b, link.b_port), (link.b, link.b_port, link.a, link.a_port)):
+                self.directions[(s, sp)] = _Direction(s, sp, d, dp)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        for client in self.clients.values():
+            client.packet_listeners.append(self._on_packet_in)
+            client.state_listeners.append(self._on_switch_state)
+        self._task = asyncio.create_task(self._run(), name="heal:link-monitor")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    def link_up(self, name: str) -> bool:
+        return self.links[name].up
+
+    # --- sending and checking -------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        interval = self.settings.probe_interval
+        while True:
+            try:
+                self._send_all()
+                await self._check_all()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the monitor must outlive any one bad tick
+                log.exception("event=link_monitor_tick_failed")
+            await asyncio.sleep(interval)
+
+    def _send_all(self) -> None:
+        now_ns = time.monotonic_ns()
+        for d in self.directions.values():
+            client = self.clients[d.src]
+            if not client.up.is_set():
+                continue
+            d.seq += 1
+            frame = probe_frame.encode(probe_frame.Probe(self.origin, client.target.device_id, d.src_port, d.seq, now_ns))
+            try:
+                client.packet_out(frame, egress_port=d.src_port)
+                self.counters["sent"] += 1
+            except SwitchError:
+                pass
+
+    async def _check_all(self) -> None:
+        s = self.settings
+        now = time.monotonic()
+        for state in self.links.values():
+            link = state.link
+            if not (self.clients[link.a].up.is_set() and self.clients[link.b].up.is_set()):
+                continue  # a dead switch is the switch monitor's news, not a link failure
+            # The probe sent this tick is still in flight: it does not count as missed yet.
+            healthy = all(self.directions[k].unanswered <= s.probe_misses for k in ((link.a, link.a_port), (link.b, link.b_port)))
+            if state.up and not healthy:
+                state.up = False
+                state.streak = 0
+                flapped = now - state.went_up_at < s.flap_window
+                state.need = min(state.need * 2, s.probe_recovery_max) if flapped else s.probe_recovery
+                log.warning("link=%s event=down a=%s:%d b=%s:%d next_recovery_checks=%d", link.name, link.a, link.a_port,
+                            link.b, link.b_port, state.need)
+                await self.on_change(link, False)
+            elif not state.up:
+                state.streak = state.streak + 1 if healthy else 0
+                if state.streak >= state.need:
+                    state.up = True
+                    state.went_up_at = now
+                    log.info("link=%s event=up after_checks=%d", link.name, state.streak)
+                    await self.on_change(link, True)
+
+    # --- receiving ---------------------------------------------------------------------------------
+
+    def _on_packet_in(self, client: SwitchClient, payload: bytes, meta: dict[str, int]) -> None:
+        probe = probe_frame.decode(payload)
+        if probe is None:
+            self.counters["not_probe"] += 1
+            return
+        if probe.origin != self.origin:
+            self.counters["foreign"] += 1
+            log.debug("switch=%s port=%s event=foreign_probe origin=%x", client.name, meta.get("ingress_port"), probe.origin)
+            return
+        src = self._by_device.get(probe.device_id)
+        d = self.directions.get((src, probe.port)) if src else None
+        at = (client.name, meta.get("ingress_port", -1))
+        if d is None or (d.dst, d.dst_port) != at:
+            self.counters["mismatch"] += 1
+            expected = f"{d.dst}:{d.dst_port}" if d else "no link"
+            log.warning("event=probe_topology_mismatch sent_from=%s:%d arrived_at=%s:%s topology_says=%s", src, probe.port, at[0], at[1], expected)
+            return
+        self.counters["received"] += 1
+        if probe.seq > d.rx_seq:
+            d.rx_seq = probe.seq
+
+    async def _on_switch_state(self, client: SwitchClient, up: bool, reason: str) -> None:
+        """A switch's links go down with it, and come back only after probes cross them again:
+        a returning switch is verified before paths use its links."""
+        if up:
+            for d in self.directions.values():
+                if client.name in (d.src, d.dst):
+                    d.rx_seq = d.seq  # nothing was sent while it was away: nothing is owed
+            return
+        for state in self.links.values():
+            if state.up and client.name in (state.link.a, state.link.b):
+                state.up = False
+                state.streak = 0
+                state.need = self.settings.probe_recovery
+                await self.on_change(state.link, False)

@@ -1,0 +1,231 @@
+"""802.1Q subinterfaces on kernels built without the VLAN driver (CONFIG_VLAN_8021Q unset, as on
+some microVM kernels), where `ip link add ... type vlan` fails with EOPNOTSUPP.
+
+The subinterface is one end of a veth pair inside the host's netns; two tc eBPF programs do what
+the VLAN driver would:
+  - on the parent's ingress (one filter per VLAN, prio = VLAN id): a frame tagged with the VLAN
+    loses its tag and is redirected to the pair's inner end, so it arrives on the subinterface;
+  - on the inner end's ingress: what the subinterface sends gets the tag and leaves by the parent.
+The kernel moves a received 802.1Q tag into skb metadata whether or not the driver is built, so
+the programs read it from `__sk_buff.vlan_tci`, and raw sockets (scapy, the softswitch) still see
+it through PACKET_AUXDATA.
+
+The programs are a few hand-assembled instructions, so nothing needs clang or bpffs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import re
+import struct
+import zlib
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+ALIAS_PREFIX = "p4nsm-vlan"
+FILTER_PREFIX = "p4nsm:"
+TC_INGRESS = 0xFFFFFFF2  # clsact/ingress qdisc, ingress hook
+INNER_PRIO = 1
+IN6_ADDR_GEN_MODE_NONE = 1
+
+_NR_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
+_BPF_PROG_LOAD = 5
+_BPF_PROG_TYPE_SCHED_CLS = 3
+_BPF_ATTR_SIZE = 128
+_SKB_VLAN_PRESENT, _SKB_VLAN_TCI = 20, 24  # offsets in struct __sk_buff
+_HELPER_VLAN_PUSH, _HELPER_VLAN_POP, _HELPER_REDIRECT = 18, 19, 23
+_TC_ACT_UNSPEC, _TC_ACT_SHOT = -1, 2
+_ETH_P_8021Q_BE = 0x0081  # htons(0x8100) on a little-endian host, as bpf_skb_vlan_push wants
+
+
+def inner_name(name: str) -> str:
+    """The veth end that carries the subinterface's traffic to and from the programs."""
+    return f"nsv{zlib.crc32(name.encode()):08x}"
+
+
+def alias(parent: str, vlan_id: int) -> str:
+    return f"{ALIAS_PREFIX} parent={parent} vid={vlan_id}"
+
+
+def is_emulation_link(link: Any) -> bool:
+    return (link.get("ifalias") or "").startswith(ALIAS_PREFIX)
+
+
+def create(ipr: IPRoute, name: str, parent: str, parent_index: int, vlan_id: int) -> int:
+    """Create the subinterface `name` (down, no addresses) and its programs; returns its index."""
+    inner = inner_name(name)
+    _drop_stale_parent_filter(ipr, parent_index, vlan_id, name)
+    ipr.link("add", ifname=name, kind="veth", peer=inner)
+    index = ipr.link_lookup(ifname=name)[0]
+    inner_index = ipr.link_lookup(ifname=inner)[0]
+    quiet_ipv6(ipr, index)
+    quiet_ipv6(ipr, inner_index)
+    ipr.link("set", index=index, ifalias=alias(parent, vlan_id))
+    ipr.link("set", index=inner_index, ifalias=f"{ALIAS_PREFIX}-inner of={name}", state="up")
+    _ensure_clsact(ipr, parent_index)
+    _ensure_clsact(ipr, inner_index)
+    _attach(ipr, inner_index, INNER_PRIO, name, _push_program(vlan_id, parent_index))
+    _attach(ipr, parent_index, vlan_id, name, _pop_program(vlan_id, inner_index))
+    return index
+
+
+def quiet_ipv6(ipr: IPRoute, index: int) -> None:
+    """No IPv6 link-local address on a new link, set before it goes up: no DAD, router
+    solicitations or MLD reports of our own into the fabric, where they would count on the
+    connection's counters. Explicitly assigned IPv6 addresses still work."""
+    try:
+        ipr.link("set", index=index, IFLA_AF_SPEC={"attrs": [["AF_INET6", {"attrs": [
+            ["IFLA_INET6_ADDR_GEN_MODE", IN6_ADDR_GEN_MODE_NONE]]}]]})
+    except NetlinkError as exc:
+        if exc.code not in (errno.EAFNOSUPPORT, errno.EOPNOTSUPP):  # IPv6 disabled in this netns
+            raise
+
+
+def matches(ipr: IPRoute, link: Any, parent: str, parent_index: int, vlan_id: int) -> bool:
+    if link.get("ifalias") != alias(parent, vlan_id):
+        return False
+    names = _filter_names(ipr, parent_index)
+    return names.get(vlan_id) == FILTER_PREFIX + link.get("ifname")
+
+
+def remove(ipr: IPRoute, name: str) -> bool:
+    """Remove the subinterface's parent filter and its veth pair; True if anything was there."""
+    found = False
+    for link in ipr.link("dump"):
+        for prio, filter_name in _filter_names(ipr, link["index"]).items():
+            if filter_name == FILTER_PREFIX + name:
+                _delete_filter(ipr, link["index"], prio)
+                found = True
+    for ifname in (name, inner_name(name)):
+        found = _delete_link(ipr, ifname) or found
+    return found
+
+
+def _drop_stale_parent_filter(ipr: IPRoute, parent_index: int, vlan_id: int, name: str) -> None:
+    owner = _filter_names(ipr, parent_index).get(vlan_id)
+    if owner is None:
+        return
+    owner_iface = owner.removeprefix(FILTER_PREFIX)
+    if owner_iface != name and ipr.link_lookup(ifname=owner_iface):
+        raise FileExistsError(f"vlan {vlan_id} on this parent is already used by {owner_iface}")
+    _delete_filter(ipr, parent_index, vlan_id)
+
+
+def _filter_names(ipr: IPRoute, index: int) -> dict[int, str]:
+    """prio -> program name of the bpf filters on the ingress hook of `index`."""
+    names: dict[int, str] = {}
+    try:
+        for msg in ipr.get_filters(index=index, parent=TC_INGRESS):
+            options = msg.get_attr("TCA_OPTIONS")
+            if msg.get_attr("TCA_KIND") == "bpf" and options is not None:
+                names[msg["info"] >> 16] = options.get_attr("TCA_BPF_NAME") or ""
+    except NetlinkError as exc:
+        if exc.code not in (errno.EINVAL, errno.ENOENT, errno.ENODEV):  # no ingress qdisc, or link gone
+            raise
+    return names
+
+
+def _ensure_clsact(ipr: IPRoute, index: int) -> None:
+    try:
+        ipr.tc("add", "clsact", index=index)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
+
+
+def _attach(ipr: IPRoute, index: int, prio: int, name: str, program: bytes) -> None:
+    fd = load_program(program, name)
+    try:
+        ipr.tc("add-filter", "bpf", index=index, handle=1, fd=fd, name=FILTER_PREFIX + name,
+               parent=TC_INGRESS, prio=prio, direct_action=True)
+    finally:
+        os.close(fd)  # the filter holds its own reference to the program
+
+
+def _delete_filter(ipr: IPRoute, index: int, prio: int) -> None:
+    try:
+        ipr.tc("del-filter", "bpf", index=index, parent=TC_INGRESS, prio=prio)
+    except NetlinkError as exc:
+        if exc.code not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
+            raise
+
+
+def _delete_link(ipr: IPRoute, ifname: str) -> bool:
+    indexes = ipr.link_lookup(ifname=ifname)
+    if not indexes:
+        return False
+    try:
+        ipr.link("del", index=indexes[0])
+    except NetlinkError as exc:
+        if exc.code != errno.ENODEV:  # the veth peer went with its pair
+            raise
+    return True
+
+
+# --- eBPF -------------------------------------------------------------------------------------
+
+def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
+    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
+
+
+_MOV64_IMM, _MOV64_REG, _AND64_IMM, _LDX_W = 0xB7, 0xBF, 0x57, 0x61
+_JEQ_IMM, _JNE_IMM, _CALL, _EXIT = 0x15, 0x55, 0x85, 0x95
+
+
+def _pop_program(vlan_id: int, inner_index: int) -> bytes:
+    return b"".join([
+        _insn(_MOV64_REG, 6, 1),                          # r6 = skb
+        _insn(_LDX_W, 2, 6, _SKB_VLAN_PRESENT),
+        _insn(_JEQ_IMM, 2, 0, 9, 0),                      # untagged: not ours
+        _insn(_LDX_W, 2, 6, _SKB_VLAN_TCI),
+        _insn(_AND64_IMM, 2, imm=0xFFF),
+        _insn(_JNE_IMM, 2, 0, 6, vlan_id),                # another VLAN: not ours
+        _insn(_MOV64_REG, 1, 6),
+        _insn(_CALL, imm=_HELPER_VLAN_POP),
+        _insn(_MOV64_IMM, 1, imm=inner_index),
+        _insn(_MOV64_IMM, 2, imm=0),
+        _insn(_CALL, imm=_HELPER_REDIRECT),               # out of the inner end, into the subinterface
+        _insn(_EXIT),
+        _insn(_MOV64_IMM, 0, imm=_TC_ACT_UNSPEC),         # not ours: the next filter decides
+        _insn(_EXIT),
+    ])
+
+
+def _push_program(vlan_id: int, parent_index: int) -> bytes:
+    return b"".join([
+        _insn(_MOV64_IMM, 2, imm=_ETH_P_8021Q_BE),        # r1 is still skb
+        _insn(_MOV64_IMM, 3, imm=vlan_id),
+        _insn(_CALL, imm=_HELPER_VLAN_PUSH),
+        _insn(_JNE_IMM, 0, 0, 4, 0),                      # push failed: drop
+        _insn(_MOV64_IMM, 1, imm=parent_index),
+        _insn(_MOV64_IMM, 2, imm=0),
+        _insn(_CALL, imm=_HELPER_REDIRECT),               # out of the parent, tagged
+        _insn(_EXIT),
+        _insn(_MOV64_IMM, 0, imm=_TC_ACT_SHOT),
+        _insn(_EXIT),
+    ])
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def load_program(program: bytes, name: str) -> int:
+    """BPF_PROG_LOAD a SCHED_CLS program; returns its fd."""
+    log = ctypes.create_string_buffer(16384)
+    license_ = ctypes.create_string_buffer(b"GPL")
+    insns = ctypes.create_string_buffer(program, len(program))
+    attr = ctypes.create_string_buffer(_BPF_ATTR_SIZE)
+    struct.pack_into("<IIQQIIQII16s", attr, 0, _BPF_PROG_TYPE_SCHED_CLS, len(program) // 8,
+                     ctypes.addressof(insns), ctypes.addressof(license_), 1, len(log), ctypes.addressof(log),
+                     0, 0, re.sub(r"[^A-Za-z0-9_.]", "_", name)[:15].encode())  # the kernel's charset for program names
+    fd = _libc.syscall(_NR_BPF, _BPF_PROG_LOAD, attr, _BPF_ATTR_SIZE)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"loading the VLAN program for {name} failed: {os.strerror(err)}: "
+                           f"{log.value.decode(errors='replace').strip()}")
+    return fd

@@ -1,0 +1,388 @@
+"""One asyncio P4Runtime client per switch: arbitration, pipeline by cookie, batched writes,
+reads, packet I/O, liveness and reconnection.
+
+Why not finsy's `Switch`: the write path here coalesces the Writes of concurrent callers into
+one batched RPC and hands each caller back exactly its own per-update errors, splits batches
+under the trailing-metadata limit, and reports liveness within ~200 ms through a unary probe;
+finsy's Switch is built around one program object per switch and offers none of those knobs.
+The protos are finsy's (the PyPI `p4runtime` package does not import under protobuf>=4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+import grpc
+from finsy.proto import U128, p4r, p4r_grpc
+
+from controller.p4rt.errors import SwitchError, UpdateError, per_update_errors
+from controller.p4rt.schema import P4Schema
+from controller.settings import Settings
+
+log = logging.getLogger("p4nsm.p4rt")
+
+StateListener = Callable[["SwitchClient", bool, str], Awaitable[None] | None]
+PacketListener = Callable[["SwitchClient", bytes, dict[str, int]], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class SwitchTarget:
+    name: str
+    address: str
+    device_id: int
+    p4info: bytes  # serialized p4.config.v1.P4Info
+    device_config: bytes
+    cookie: int
+
+
+@dataclasses.dataclass(slots=True)
+class _PendingWrite:
+    updates: Sequence[p4r.Update]
+    future: asyncio.Future[list[UpdateError]]
+
+
+class SwitchClient:
+    """Drives one switch for the lifetime of the controller. Start with `start()`."""
+
+    def __init__(self, target: SwitchTarget, schema: P4Schema, settings: Settings) -> None:
+        self.target = target
+        self.name = target.name
+        self.schema = schema
+        self.settings = settings
+        self.primary = False
+        self.up = asyncio.Event()  # connected, primary, pipeline verified
+        self.state_listeners: list[StateListener] = []
+        self.packet_listeners: list[PacketListener] = []
+        self._election = U128.encode(settings.election_id)
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: p4r_grpc.P4RuntimeStub | None = None
+        self._outbox: asyncio.Queue[p4r.StreamMessageRequest] = asyncio.Queue()
+        self._pending: list[_PendingWrite] = []
+        self._pending_event = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self.sessions = 0  # how many times the stream came up (tests and `p4nsm switches` show it)
+        self.pipeline_pushes = 0  # 0 after a restart that found its program on the switch
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._supervise(), name=f"p4rt:{self.name}")
+            self._writer = asyncio.create_task(self._write_loop(), name=f"p4rt-write:{self.name}")
+
+    async def stop(self) -> None:
+        for task in (self._task, self._writer):
+            if task is not None:
+                task.cancel()
+        for task in (self._task, self._writer):
+            if task is not None:
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        self._task = self._writer = None
+        await self._close_channel()
+        self._fail_pending(grpc.StatusCode.CANCELLED, "controller stopping")
+
+    async def wait_up(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self.up.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def _supervise(self) -> None:
+        delay = self.settings.reconnect_backoff_min
+        while True:
+            try:
+                await self._session()
+                reason = "stream ended"
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as e:
+                reason = f"{e.code().name}: {e.details()}"
+            except (SwitchError, TimeoutError, OSError, ConnectionError) as e:
+                reason = str(e) or type(e).__name__
+            except Exception as e:  # a bug must not kill the switch's supervisor silently
+                log.exception("switch=%s event=session_crash", self.name)
+                reason = f"internal error: {e!r}"
+            was_up = self.up.is_set()
+            await self._set_down(reason)
+            await self._close_channel()
+            if was_up:
+                delay = self.settings.reconnect_backoff_min
+            log.info("switch=%s event=reconnect_wait delay=%.2fs reason=%r", self.name, delay, reason)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.settings.reconnect_backoff_max)
+
+    async def _close_channel(self) -> None:
+        if self._channel is not None:
+            channel, self._channel, self._stub = self._channel, None, None
+            await channel.close(grace=None)
+
+    # --- one connection -------------------------------------------------------------------
+
+    async def _session(self) -> None:
+        s = self.settings
+        self._channel = grpc.aio.insecure_channel(
+            self.target.address,
+            options=[
+                ("grpc.max_metadata_size", s.grpc_max_metadata_bytes),
+                ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+                ("grpc.max_send_message_length", 256 * 1024 * 1024),
+                ("grpc.initial_reconnect_backoff_ms", int(s.reconnect_backoff_min * 1000)),
+                ("grpc.max_reconnect_backoff_ms", int(s.reconnect_backoff_max * 1000)),
+            ],
+        )
+        self._stub = p4r_grpc.P4RuntimeStub(self._channel)
+        await asyncio.wait_for(self._channel.channel_ready(), s.rpc_timeout)
+        self._outbox = asyncio.Queue()
+        stream = self._stub.StreamChannel()
+        await stream.write(self._arbitration_msg())
+        self.sessions += 1
+        sender = asyncio.create_task(self._send_loop(stream), name=f"p4rt-send:{self.name}")
+        keepalive = asyncio.create_task(self._keepalive_loop(), name=f"p4rt-keepalive:{self.name}")
+        try:
+            receiver = asyncio.create_task(self._receive_loop(stream), name=f"p4rt-recv:{self.name}")
+            done, _ = await asyncio.wait({sender, keepalive, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # re-raise the failure that ended the session
+        finally:
+            for task in (sender, keepalive, receiver):
+                task.cancel()
+            stream.cancel()
+
+    def _arbitration_msg(self) -> p4r.StreamMessageRequest:
+        return p4r.StreamMessageRequest(
+            arbitration=p4r.MasterArbitrationUpdate(device_id=self.target.device_id, election_id=self._election)
+        )
+
+    async def _send_loop(self, stream: grpc.aio.StreamStreamCall) -> None:
+        while True:
+            await stream.write(await self._outbox.get())
+
+    async def _receive_loop(self, stream: grpc.aio.StreamStreamCall) -> None:
+        while True:
+            msg = await stream.read()
+            if msg is grpc.aio.EOF:
+                return
+            kind = msg.WhichOneof("update")
+            if kind == "arbitration":
+                await self._on_arbitration(msg.arbitration)
+            elif kind == "packet":
+                meta = self.schema.decode_packet_metadata("packet_in", msg.packet.metadata)
+                for listener in self.packet_listeners:
+                    listener(self, msg.packet.payload, meta)
+            elif kind == "error":
+                log.warning("switch=%s event=stream_error code=%s message=%r", self.name, msg.error.canonical_code, msg.error.message)
+
+    async def _on_arbitration(self, arb: p4r.MasterArbitrationUpdate) -> None:
+        primary = arb.status.code == grpc.StatusCode.OK.value[0]
+        if primary and not self.primary:
+            self.primary = True
+            log.info("switch=%s event=primary election_id=%d", self.name, self.settings.election_id)
+            # Runs on its own task so that the receive loop keeps draining packet-ins meanwhile.
+            asyncio.create_task(self._become_ready(), name=f"p4rt-ready:{self.name}")
+        elif not primary:
+            if self.primary:
+                log.warning("switch=%s event=lost_primary other_election_id=%d", self.name, U128.decode(arb.election_id))
+            else:
+                log.info("switch=%s event=backup code=%d primary_election_id=%d", self.name, arb.status.code, U128.decode(arb.election_id))
+            self.primary = False
+            await self._set_down("not primary")
+
+    async def _become_ready(self) -> None:
+        try:
+            await self._ensure_pipeline()
+        except (grpc.aio.AioRpcError, SwitchError) as e:
+            log.error("switch=%s event=pipeline_failed error=%s", self.name, e)
+            # Ending the stream makes the supervisor retry the whole session with backoff.
+            await self._close_channel()
+            return
+        if self.primary:
+            self.up.set()
+            log.info("switch=%s event=up", self.name)
+            await self._notify(True, "ready")
+
+    async def _ensure_pipeline(self) -> None:
+        assert self._stub is not None
+        timeout = self.settings.rpc_timeout
+        cookie = None
+        try:
+            reply = await self._stub.GetForwardingPipelineConfig(
+                p4r.GetForwardingPipelineConfigRequest(
+                    device_id=self.target.device_id,
+                    response_type=p4r.GetForwardingPipelineConfigRequest.COOKIE_ONLY,
+                ),
+                timeout=timeout,
+            )
+            if reply.config.HasField("cookie"):
+                cookie = reply.config.cookie.cookie
+        except grpc.aio.AioRpcError as e:
+            if e.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
+                raise
+        if cookie == self.target.cookie:
+            log.info("switch=%s event=pipeline_kept cookie=%#x", self.name, cookie)
+            return
+        log.info("switch=%s event=pipeline_push cookie=%s->%#x", self.name, cookie, self.target.cookie)
+        self.pipeline_pushes += 1
+        config = p4r.ForwardingPipelineConfig(p4_device_config=self.target.device_config)
+        config.p4info.ParseFromString(self.target.p4info)
+        config.cookie.cookie = self.target.cookie
+        await self._stub.SetForwardingPipelineConfig(
+            p4r.SetForwardingPipelineConfigRequest(
+                device_id=self.target.device_id,
+                election_id=self._election,
+                action=p4r.SetForwardingPipelineConfigRequest.VERIFY_AND_COMMIT,
+                config=config,
+            ),
+            timeout=timeout,
+        )
+
+    async def _keepalive_loop(self) -> None:
+        """A switch that is frozen keeps its TCP connection; only an unanswered RPC reveals it."""
+        s = self.settings
+        while True:
+            assert self._stub is not None
+            try:
+                await self._stub.Capabilities(p4r.CapabilitiesRequest(), timeout=s.keepalive_timeout)
+            except grpc.aio.AioRpcError as e:
+                if e.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+                    raise SwitchError(self.name, e.code(), f"no answer to keepalive within {s.keepalive_timeout}s") from None
+                raise
+            await asyncio.sleep(s.keepalive_interval)
+
+    async def _set_down(self, reason: str) -> None:
+        if self.up.is_set():
+            self.up.clear()
+            log.warning("switch=%s event=down reason=%r", self.name, reason)
+            self._fail_pending(grpc.StatusCode.UNAVAILABLE, f"switch down: {reason}")
+            await self._notify(False, reason)
+        self.primary = False
+
+    async def _notify(self, up: bool, reason: str) -> None:
+        for listener in self.state_listeners:
+            try:
+                result = listener(self, up, reason)
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.exception("switch=%s event=listener_failed up=%s", self.name, up)
+
+    # --- writes ---------------------------------------------------------------------------
+
+    async def write(self, updates: Sequence[p4r.Update]) -> None:
+        """Write updates in order; raise SwitchError carrying the per-update errors if any failed.
+
+        Concurrent callers are coalesced into shared Write RPCs; each caller gets back only the
+        results of its own updates (indexes relative to its own list).
+        """
+        if not updates:
+            return
+        if not self.up.is_set():
+            raise SwitchError(self.name, grpc.StatusCode.UNAVAILABLE, "switch is not up")
+        fut: asyncio.Future[list[UpdateError]] = asyncio.get_running_loop().create_future()
+        self._pending.append(_PendingWrite(updates, fut))
+        self._pending_event.set()
+        errors = await fut
+        failed = [e for e in errors if e.code != 0]
+        if failed:
+            raise SwitchError(self.name, grpc.StatusCode.UNKNOWN, f"{len(failed)} of {len(updates)} updates failed", errors)
+
+    def _fail_pending(self, code: grpc.StatusCode, message: str) -> None:
+        pending, self._pending = self._pending, []
+        for p in pending:
+            if not p.future.done():
+                p.future.set_exception(SwitchError(self.name, code, message))
+
+    async def _write_loop(self) -> None:
+        limit = self.settings.write_batch_max
+        while True:
+            await self._pending_event.wait()
+            self._pending_event.clear()
+            while self._pending:
+                batch: list[_PendingWrite] = []
+                count = 0
+                while self._pending and (not batch or count + len(self._pending[0].updates) <= limit):
+                    p = self._pending.pop(0)
+                    batch.append(p)
+                    count += len(p.updates)
+                try:
+                    await self._write_batch(batch)
+                except asyncio.CancelledError:
+                    for p in batch:
+                        if not p.future.done():
+                            p.future.cancel()
+                    raise
+                except Exception as e:  # never leave a caller waiting forever
+                    log.exception("switch=%s event=write_loop_error", self.name)
+                    for p in batch:
+                        if not p.future.done():
+                            p.future.set_exception(SwitchError(self.name, grpc.StatusCode.INTERNAL, repr(e)))
+
+    async def _write_batch(self, batch: list[_PendingWrite]) -> None:
+        updates = [u for p in batch for u in p.updates]
+        results: list[UpdateError] = []
+        limit = self.settings.write_batch_max
+        # A single caller may bring more than `limit` updates: send them in order, chunk by chunk.
+        for start in range(0, len(updates), limit):
+            chunk = updates[start : start + limit]
+            results.extend(UpdateError(start + e.index, e.code, e.message) for e in await self._write_rpc(chunk))
+        offset = 0
+        for p in batch:
+            n = len(p.updates)
+            mine = [UpdateError(e.index - offset, e.code, e.message) for e in results[offset : offset + n]]
+            offset += n
+            if not p.future.done():
+                p.future.set_result(mine)
+
+    async def _write_rpc(self, updates: list[p4r.Update]) -> list[UpdateError]:
+        ok = [UpdateError(i, 0, "") for i in range(len(updates))]
+        if self._stub is None or not self.up.is_set():
+            return [UpdateError(i, 14, "switch is not up") for i in range(len(updates))]
+        request = p4r.WriteRequest(
+            device_id=self.target.device_id,
+            election_id=self._election,
+            updates=updates,
+            atomicity=p4r.WriteRequest.CONTINUE_ON_ERROR,
+        )
+        try:
+            await self._stub.Write(request, timeout=self.settings.rpc_timeout)
+            return ok
+        except grpc.aio.AioRpcError as e:
+            errors = per_update_errors(e, len(updates))
+            if errors:
+                return errors
+            # No per-update detail: the whole RPC failed (unavailable, not primary, metadata
+            # over the limit...). Every update of the batch reports the RPC's status.
+            code = e.code().value[0]
+            return [UpdateError(i, code, e.details() or e.code().name) for i in range(len(updates))]
+
+    # --- reads and packets ------------------------------------------------------------------
+
+    async def read(self, entities: Sequence[p4r.Entity]) -> list[p4r.Entity]:
+        if self._stub is None:
+            raise SwitchError(self.name, grpc.StatusCode.UNAVAILABLE, "not connected")
+        out: list[p4r.Entity] = []
+        call = self._stub.Read(p4r.ReadRequest(device_id=self.target.device_id, entities=entities), timeout=self.settings.rpc_timeout)
+        async for reply in call:
+            out.extend(reply.entities)
+        return out
+
+    async def read_table_entries(self, table: str | None = None, counters: bool = False) -> list[p4r.TableEntry]:
+        entry = p4r.TableEntry(table_id=self.schema.table(table).id if table else 0)
+        if counters:
+            entry.counter_data.SetInParent()
+        return [e.table_entry for e in await self.read([p4r.Entity(table_entry=entry)])]
+
+    def packet_out(self, payload: bytes, **metadata: int) -> None:
+        if not self.up.is_set():
+            raise SwitchError(self.name, grpc.StatusCode.UNAVAILABLE, "switch is not up")
+        msg = p4r.StreamMessageRequest(
+            packet=p4r.PacketOut(payload=payload, metadata=self.schema.packet_metadata("packet_out", metadata))
+        )
+        self._outbox.put_nowait(msg)

@@ -1,0 +1,260 @@
+"""The P4Info, indexed by name, and the encoders that turn names and ints into P4Runtime messages.
+
+Everything is addressed by name (full `FabricIngress.edge_classify` or alias `edge_classify`),
+so the same controller code drives the softswitch, BMv2 and Tofino, whose ids differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from finsy.proto import p4i, p4r
+from google.protobuf import text_format
+
+
+class SchemaError(LookupError):
+    """A name that the P4Info does not declare, or a value that does not fit."""
+
+
+def encode_value(value: int, bitwidth: int, what: str) -> bytes:
+    """Canonical P4Runtime bytes: big-endian, no leading zero bytes (zero is one 0x00 byte)."""
+    if value < 0 or value >> bitwidth:
+        raise SchemaError(f"{what}: value {value:#x} does not fit in {bitwidth} bits")
+    return value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
+
+
+def decode_value(data: bytes) -> int:
+    return int.from_bytes(data, "big")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FieldInfo:
+    id: int
+    name: str
+    bitwidth: int
+    match_type: int  # p4i.MatchField.MatchType
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ActionInfo:
+    id: int
+    name: str
+    params: tuple[FieldInfo, ...]
+    params_by_name: dict[str, FieldInfo]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TableInfo:
+    id: int
+    name: str
+    fields: tuple[FieldInfo, ...]
+    fields_by_name: dict[str, FieldInfo]
+    action_ids: frozenset[int]
+    size: int
+    implementation_id: int
+    needs_priority: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProfileInfo:
+    id: int
+    name: str
+    size: int
+    max_group_size: int
+
+
+class P4Schema:
+    """Name -> id index of one P4Info."""
+
+    def __init__(self, p4info: p4i.P4Info) -> None:
+        self.p4info = p4info
+        self._names: dict[str, dict[str, object]] = {"table": {}, "action": {}, "profile": {}, "packet": {}}
+        self.tables_by_id: dict[int, TableInfo] = {}
+        self.actions_by_id: dict[int, ActionInfo] = {}
+        self.packet_meta: dict[str, tuple[FieldInfo, ...]] = {}
+        for a in p4info.actions:
+            params = tuple(FieldInfo(p.id, p.name, p.bitwidth, 0) for p in a.params)
+            info = ActionInfo(a.preamble.id, a.preamble.name, params, {p.name: p for p in params})
+            self.actions_by_id[info.id] = info
+            self._register("action", a.preamble, info)
+        exact_like = {p4i.MatchField.EXACT, p4i.MatchField.LPM}
+        for t in p4info.tables:
+            fields = tuple(FieldInfo(f.id, f.name, f.bitwidth, f.match_type) for f in t.match_fields)
+            info = TableInfo(
+                id=t.preamble.id,
+                name=t.preamble.name,
+                fields=fields,
+                fields_by_name={f.name: f for f in fields},
+                action_ids=frozenset(r.id for r in t.action_refs),
+                size=t.size,
+                implementation_id=t.implementation_id,
+                needs_priority=any(f.match_type not in exact_like for f in fields),
+            )
+            self.tables_by_id[info.id] = info
+            self._register("table", t.preamble, info)
+        for p in p4info.action_profiles:
+            self._register("profile", p.preamble, ProfileInfo(p.preamble.id, p.preamble.name, p.size, p.max_group_size))
+        for c in p4info.controller_packet_metadata:
+            meta = tuple(FieldInfo(m.id, m.name, m.bitwidth, 0) for m in c.metadata)
+            self.packet_meta[c.preamble.name] = meta
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "P4Schema":
+        return cls(text_format.Parse(Path(path).read_text(), p4i.P4Info()))
+
+    def _register(self, kind: str, preamble: p4i.Preamble, info: object) -> None:
+        names = self._names[kind]
+        names[preamble.name] = info
+        if preamble.alias:
+            names.setdefault(preamble.alias, info)
+
+    def _get(self, kind: str, name: str) -> object:
+        try:
+            return self._names[kind][name]
+        except KeyError:
+            raise SchemaError(f"P4Info declares no {kind} named {name!r}") from None
+
+    def table(self, name: str) -> TableInfo:
+        return self._get("table", name)  # type: ignore[return-value]
+
+    def action(self, name: str) -> ActionInfo:
+        return self._get("action", name)  # type: ignore[return-value]
+
+    def profile(self, name: str) -> ProfileInfo:
+        return self._get("profile", name)  # type: ignore[return-value]
+
+    # --- builders ------------------------------------------------------------------------
+
+    def action_msg(self, action: str, params: dict[str, int] | None = None) -> p4r.Action:
+        info = self.action(action)
+        params = params or {}
+        unknown = set(params) - set(info.params_by_name)
+        if unknown:
+            raise SchemaError(f"action {info.name}: no parameter {sorted(unknown)[0]!r}")
+        out = []
+        for p in info.params:
+            if p.name not in params:
+                raise SchemaError(f"action {info.name}: parameter {p.name!r} is missing")
+            out.append(p4r.Action.Param(param_id=p.id, value=encode_value(params[p.name], p.bitwidth, f"{info.name}.{p.name}")))
+        return p4r.Action(action_id=info.id, params=out)
+
+    def match_msgs(self, table: TableInfo, match: dict[str, int | tuple[int, int]]) -> list[p4r.FieldMatch]:
+        """Exact fields take an int; LPM (value, prefix_len); ternary (value, mask); optional an int."""
+        out = []
+        for name, value in match.items():
+            f = table.fields_by_name.get(name)
+            if f is None:
+                raise SchemaError(f"table {table.name}: no match field {name!r}")
+            what = f"{table.name}.{name}"
+            mt = f.match_type
+            if mt == p4i.MatchField.EXACT:
+                out.append(p4r.FieldMatch(field_id=f.id, exact=p4r.FieldMatch.Exact(value=encode_value(value, f.bitwidth, what))))  # type: ignore[arg-type]
+            elif mt == p4i.MatchField.LPM:
+                v, plen = value  # type: ignore[misc]
+                out.append(p4r.FieldMatch(field_id=f.id, lpm=p4r.FieldMatch.LPM(value=encode_value(v, f.bitwidth, what), prefix_len=plen)))
+            elif mt == p4i.MatchField.TERNARY:
+                v, m = value  # type: ignore[misc]
+                out.append(p4r.FieldMatch(field_id=f.id, ternary=p4r.FieldMatch.Ternary(value=encode_value(v, f.bitwidth, what), mask=encode_value(m, f.bitwidth, what))))
+            elif mt == p4i.MatchField.OPTIONAL:
+                out.append(p4r.FieldMatch(field_id=f.id, optional=p4r.FieldMatch.Optional(value=encode_value(value, f.bitwidth, what))))  # type: ignore[arg-type]
+            else:
+                raise SchemaError(f"{what}: match type {mt} is not supported")
+        out.sort(key=lambda m: m.field_id)
+        return out
+
+    def table_entry(
+        self,
+        table: str,
+        match: dict[str, int | tuple[int, int]],
+        action: str | None = None,
+        params: dict[str, int] | None = None,
+        *,
+        priority: int = 0,
+        member_id: int | None = None,
+        group_id: int | None = None,
+    ) -> p4r.TableEntry:
+        info = self.table(table)
+        entry = p4r.TableEntry(table_id=info.id, match=self.match_msgs(info, match), priority=priority)
+        if action is not None:
+            entry.action.action.CopyFrom(self.action_msg(action, params))
+        elif member_id is not None:
+            entry.action.action_profile_member_id = member_id
+        elif group_id is not None:
+            entry.action.action_profile_group_id = group_id
+        return entry
+
+    def member(self, profile: str, member_id: int, action: str, params: dict[str, int]) -> p4r.ActionProfileMember:
+        return p4r.ActionProfileMember(
+            action_profile_id=self.profile(profile).id, member_id=member_id, action=self.action_msg(action, params)
+        )
+
+    def group(self, profile: str, group_id: int, members: list[tuple[int, int | None]]) -> p4r.ActionProfileGroup:
+        """members: (member id, watch port or None)."""
+        info = self.profile(profile)
+        out = []
+        for member_id, watch in members:
+            m = p4r.ActionProfileGroup.Member(member_id=member_id, weight=1)
+            if watch is not None:
+                m.watch_port = encode_value(watch, 32, f"{info.name} member {member_id} watch_port")
+            out.append(m)
+        return p4r.ActionProfileGroup(action_profile_id=info.id, group_id=group_id, members=out, max_size=len(out))
+
+    def packet_metadata(self, header: str, values: dict[str, int]) -> list[p4r.PacketMetadata]:
+        fields = self.packet_meta.get(header)
+        if fields is None:
+            raise SchemaError(f"P4Info declares no controller header {header!r}")
+        return [
+            p4r.PacketMetadata(metadata_id=f.id, value=encode_value(values.get(f.name, 0), f.bitwidth, f"{header}.{f.name}"))
+            for f in fields
+        ]
+
+    def decode_packet_metadata(self, header: str, metadata: list[p4r.PacketMetadata]) -> dict[str, int]:
+        by_id = {f.id: f.name for f in self.packet_meta.get(header, ())}
+        return {by_id.get(m.metadata_id, str(m.metadata_id)): decode_value(m.value) for m in metadata}
+
+    # --- decoders (for show and reconcile) -------------------------------------------------
+
+    def describe_entry(self, entry: p4r.TableEntry) -> dict[str, object]:
+        """A name-keyed view of an entry read back from a switch."""
+        table = self.tables_by_id.get(entry.table_id)
+        tname = table.name if table else str(entry.table_id)
+        fields = {f.id: f.name for f in table.fields} if table else {}
+        match: dict[str, object] = {}
+        for m in entry.match:
+            kind = m.WhichOneof("field_match_type")
+            sub = getattr(m, kind)
+            name = fields.get(m.field_id, str(m.field_id))
+            if kind == "lpm":
+                match[name] = (decode_value(sub.value), sub.prefix_len)
+            elif kind == "ternary":
+                match[name] = (decode_value(sub.value), decode_value(sub.mask))
+            else:
+                match[name] = decode_value(sub.value)
+        out: dict[str, object] = {"table": tname, "match": match, "priority": entry.priority}
+        kind = entry.action.WhichOneof("type")
+        if kind == "action":
+            act = self.actions_by_id.get(entry.action.action.action_id)
+            pnames = {p.id: p.name for p in act.params} if act else {}
+            out["action"] = act.name if act else str(entry.action.action.action_id)
+            out["params"] = {pnames.get(p.param_id, str(p.param_id)): decode_value(p.value) for p in entry.action.action.params}
+        elif kind == "action_profile_member_id":
+            out["member"] = entry.action.action_profile_member_id
+        elif kind == "action_profile_group_id":
+            out["group"] = entry.action.action_profile_group_id
+        if entry.HasField("counter_data"):
+            out["packets"] = entry.counter_data.packet_count
+            out["bytes"] = entry.counter_data.byte_count
+        return out
+
+
+_ENTITY_FIELD = {
+    p4r.TableEntry: "table_entry",
+    p4r.ActionProfileMember: "action_profile_member",
+    p4r.ActionProfileGroup: "action_profile_group",
+}
+
+
+def update(kind: "p4r.Update.Type.ValueType", msg: p4r.TableEntry | p4r.ActionProfileMember | p4r.ActionProfileGroup) -> p4r.Update:
+    """Wrap an entity into an Update (kind: p4r.Update.INSERT / MODIFY / DELETE)."""
+    return p4r.Update(type=kind, entity=p4r.Entity(**{_ENTITY_FIELD[type(msg)]: msg}))

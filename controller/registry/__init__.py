@@ -1,0 +1,1 @@
+"""The NSM registry: network services and their endpoints, Register/Find(watch)/Unregister, expiry."""

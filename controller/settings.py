@@ -1,0 +1,58 @@
+"""Every timeout, interval and size of the controller, with its default, in one place.
+
+Each can be overridden by an environment variable `P4NSM_<NAME>` (upper case) or by the
+`--set name=value` option of `p4nsm run`. The README's settings table is generated from here
+(`p4nsm settings`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseModel):
+    # --- P4Runtime client ---
+    election_id: int = Field(10, description="Election id this controller asks for (primary wins by highest)")
+    keepalive_interval: float = Field(0.1, description="Seconds between liveness RPCs to each switch")
+    keepalive_timeout: float = Field(0.2, description="A switch that does not answer a liveness RPC within this many seconds is down")
+    reconnect_backoff_min: float = Field(0.1, description="First reconnect delay after a switch is lost (s)")
+    reconnect_backoff_max: float = Field(2.0, description="Largest reconnect delay (s)")
+    rpc_timeout: float = Field(5.0, description="Deadline of Write, Read and pipeline RPCs (s)")
+    write_batch_max: int = Field(1000, description="Most updates in one Write; larger requests are split in order")
+    grpc_max_metadata_bytes: int = Field(
+        8 * 1024 * 1024,
+        description="Client limit on trailing metadata: BMv2 sends ~120 bytes of error detail per failed update",
+    )
+    # --- fabric ---
+    label_min: int = Field(1024, description="Lowest MPLS label the controller allocates (below are reserved)")
+    label_max: int = Field(0xFFFFF, description="Highest MPLS label")
+    vlan_min: int = Field(2, description="Lowest host-link VLAN id allocated to connections")
+    vlan_max: int = Field(4094, description="Highest host-link VLAN id")
+    # --- heal ---
+    probe_interval: float = Field(0.01, description="Seconds between link probes out of each fabric port")
+    probe_misses: int = Field(3, description="A link is down after this many probe intervals without a probe in either direction")
+    probe_recovery: int = Field(25, description="Healthy probe intervals (both directions) before a down link is used again")
+    probe_recovery_max: int = Field(1000, description="Cap on the recovery requirement, which doubles each time a link flaps")
+    flap_window: float = Field(2.0, description="A link that fails within this many seconds of recovering counts as flapping (s)")
+    # --- store ---
+    store_path: Path = Field(REPO_ROOT / "run" / "p4nsm.sqlite", description="SQLite file of the desired state")
+    # --- pipeline ---
+    p4info_path: Path = Field(REPO_ROOT / "p4" / "nsm_fabric.p4info.txtpb", description="P4Info of the fabric program")
+    softswitch_config_path: Path = Field(REPO_ROOT / "p4" / "nsm_fabric.softswitch.json", description="Device config for softswitch targets")
+    bmv2_json_path: Path = Field(REPO_ROOT / "build" / "nsm_fabric.json", description="BMv2 JSON written by p4c (make -C p4)")
+    tofino_pipeline_dir: Path = Field(REPO_ROOT / "build" / "tofino", description="bf-p4c output dir (tofino.bin, context.json)")
+
+    @classmethod
+    def load(cls, overrides: dict[str, str] | None = None) -> "Settings":
+        values: dict[str, object] = {}
+        for name in cls.model_fields:
+            env = os.environ.get(f"P4NSM_{name.upper()}")
+            if env is not None:
+                values[name] = env
+        values.update(overrides or {})
+        return cls.model_validate(values)

@@ -1,0 +1,1 @@
+"""Desired state (connections, their paths and labels, pipeline revision) kept across restarts."""

@@ -1,0 +1,125 @@
+"""`p4nsm-softswitch`: a P4Runtime switch on Linux interfaces, started like simple_switch_grpc.
+
+    p4nsm-softswitch -i 1@veth1 -i 2@veth2 --device-id 1 --grpc-server-addr 127.0.0.1:9559 --cpu-port 255
+
+The pipeline arrives over P4Runtime (SetForwardingPipelineConfig); until then every frame is
+dropped. Options BMv2 launchers pass after `--` are accepted in the same place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from softswitch.pipeline import Pipeline
+from softswitch.ports import Ports
+
+log = logging.getLogger("softswitch")
+
+DEFAULT_ADDRESS = "127.0.0.1:9559"
+DEFAULT_CPU_PORT = 255
+# v1model ports are 9 bits; 511 is BMv2's drop port.
+MAX_PORT = 510
+STOP_GRACE = 0.5
+
+# BMv2's level names, for launchers written for simple_switch_grpc.
+_LOG_LEVELS = {
+    "trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+    "warning": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL, "off": logging.CRITICAL + 10,
+}
+
+
+def interface(text: str) -> tuple[int, str]:
+    number, sep, ifname = text.partition("@")
+    if not sep or not ifname or not number.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected PORT@IFNAME")
+    if int(number) > MAX_PORT:
+        raise argparse.ArgumentTypeError(f"{text!r}: port numbers go up to {MAX_PORT}")
+    return int(number), ifname
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="p4nsm-softswitch", description=__doc__.split("\n\n")[0])
+    p.add_argument("-i", "--interface", type=interface, action="append", default=[], metavar="PORT@IFNAME",
+                   help="attach a Linux interface as a switch port (repeatable)")
+    p.add_argument("--device-id", type=int, default=0)
+    p.add_argument("--grpc-server-addr", default=DEFAULT_ADDRESS, metavar="HOST:PORT")
+    p.add_argument("--cpu-port", type=int, default=DEFAULT_CPU_PORT,
+                   help="port number whose traffic travels as packet-in/packet-out")
+    p.add_argument("--log-level", default="info", type=str.lower, choices=sorted(_LOG_LEVELS))
+    p.add_argument("--no-p4", action="store_true", help="accepted for BMv2 compatibility: always without a program")
+    p.add_argument("config", nargs="?", help="ignored: the controller pushes the pipeline")
+    return p
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    # simple_switch_grpc takes its gRPC options after "--"; here they all live in one namespace.
+    p = parser()
+    options = p.parse_args([a for a in argv if a != "--"])
+    numbers = [number for number, _ in options.interface]
+    names = [name for _, name in options.interface]
+    if options.cpu_port in numbers:
+        p.error(f"port {options.cpu_port} is the CPU port")
+    if len(set(numbers)) != len(numbers) or len(set(names)) != len(names):
+        p.error("each port number and each interface may be given once")
+    return options
+
+
+async def serve(options: argparse.Namespace) -> None:
+    # Imported here so that --help works without the gRPC stack.
+    from softswitch.server import SoftSwitchServer
+
+    device_id = options.device_id
+    ports = Ports(device_id, options.interface)
+    server: SoftSwitchServer | None = None
+
+    def packet_in(payload: bytes, metadata: dict[str, int]) -> None:
+        if server is not None:
+            server.packet_in(payload, metadata)
+
+    pipeline = Pipeline(device_id, options.cpu_port, ports, packet_in)
+    server = SoftSwitchServer(device_id, options.cpu_port, on_commit=pipeline.load, on_packet_out=pipeline.packet_out)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, ports.log_counters)
+
+    await ports.start()
+    try:
+        await server.start(options.grpc_server_addr)
+        try:
+            log.info("event=ready device=%d addr=%s cpu_port=%d ports=%s (listening)", device_id,
+                     options.grpc_server_addr, options.cpu_port,
+                     ",".join(f"{n}@{name}" for n, name in options.interface) or "none")
+            await stop.wait()
+            log.info("event=stopping device=%d", device_id)
+        finally:
+            await server.stop(STOP_GRACE)
+    finally:
+        await ports.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    options = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=_LOG_LEVELS[options.log_level],
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    if options.config:
+        log.info("event=config_ignored config=%s reason=pushed_by_controller", options.config)
+    try:
+        asyncio.run(serve(options))
+    except OSError as err:
+        log.error("event=failed device=%d error=%s", options.device_id, err)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,354 @@
+"""Switch ports on Linux interfaces: one AF_PACKET socket each, carrier followed over netlink.
+
+Frames are read on the asyncio loop (`loop.add_reader`), up to RX_BUDGET per wakeup and port,
+so that a flooded port cannot starve the others or the gRPC server that shares the loop.
+
+The kernel always moves an outer 802.1Q tag out of the frame into packet metadata before a
+packet socket sees it: in software on veth, whatever `ethtool -K rxvlan` says. The tag comes
+back through PACKET_AUXDATA. 802.1Q (TPID 0x8100) tags are handed to the pipeline beside the
+untagged frame, which is what the pipeline needs to push a label without re-inserting the tag
+first; any other TPID is put back into the frame, where the pipeline treats it like the P4
+parser would (not a VLAN frame).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import struct
+from collections.abc import Callable, Iterable
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.rtnl import RTMGRP_LINK
+
+log = logging.getLogger("softswitch.ports")
+
+# Frames handled per port and per loop wakeup before the loop gets a turn.
+RX_BUDGET = 64
+# Largest frame read; a longer one (beyond any MTU configured in practice) arrives truncated
+# and is dropped.
+RX_BUFFER = 16384
+# Socket receive buffer: absorbs bursts while the loop serves gRPC or other ports.
+SOCKET_RCVBUF = 4 * 1024 * 1024
+# Pause before the carrier watcher is restarted after a failure (s).
+NETLINK_RESTART_DELAY = 1.0
+
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_PROMISC = 1
+PACKET_AUXDATA = 8
+PACKET_IGNORE_OUTGOING = 23
+SO_RCVBUFFORCE = 33
+TP_STATUS_VLAN_VALID = 0x10
+TP_STATUS_VLAN_TPID_VALID = 0x40
+ETH_P_8021Q = 0x8100
+IFF_UP = 0x1
+IFF_LOWER_UP = 0x10000
+RTM_NEWLINK = 16
+RTM_DELLINK = 17
+# A plain int: socket.MSG_TRUNC is an IntFlag, whose `&` costs microseconds per frame.
+MSG_TRUNC = int(socket.MSG_TRUNC)
+
+# struct tpacket_auxdata: status, len, snaplen, mac, net, vlan_tci, vlan_tpid
+_AUXDATA = struct.Struct("=IIIHHHH")
+_ANCILLARY_SPACE = socket.CMSG_SPACE(_AUXDATA.size)
+_TAG = struct.Struct("!HH")
+
+# (ingress port, frame, tci): tci is the 802.1Q tag the kernel took out of the frame, or -1.
+FrameHandler = Callable[["Port", bytes, int], None]
+
+
+class Port:
+    """One switch port: its interface, socket (None while the interface is absent) and counters."""
+
+    __slots__ = (
+        "number", "ifname", "ifindex", "sock", "up", "device_id",
+        "rx", "rx_bytes", "tx", "tx_bytes", "drops", "tx_errors",
+    )
+
+    def __init__(self, number: int, ifname: str, device_id: int) -> None:
+        self.number = number
+        self.ifname = ifname
+        self.device_id = device_id
+        self.ifindex = 0
+        self.sock: socket.socket | None = None
+        self.up = False
+        self.rx = 0
+        self.rx_bytes = 0
+        self.tx = 0
+        self.tx_bytes = 0
+        # Frames that arrived here and that the pipeline dropped.
+        self.drops = 0
+        self.tx_errors = 0
+
+    def transmit(self, frame: bytes) -> None:
+        sock = self.sock
+        if sock is None:
+            self.tx_errors += 1
+            return
+        try:
+            sock.send(frame)
+        except OSError:
+            # Full queue, interface down or gone: the frame is lost, as on a real wire.
+            self.tx_errors += 1
+            return
+        self.tx += 1
+        self.tx_bytes += len(frame)
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "rx": self.rx, "rx_bytes": self.rx_bytes, "tx": self.tx, "tx_bytes": self.tx_bytes,
+            "drops": self.drops, "tx_errors": self.tx_errors,
+        }
+
+
+def open_packet_socket(ifname: str, ifindex: int) -> socket.socket:
+    # Protocol 0 until bind: a socket opened with ETH_P_ALL would queue frames of every
+    # interface in the namespace until it is bound to this one.
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    try:
+        sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+        sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCKET_RCVBUF)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF)
+        # A switch port takes every frame, not only those addressed to the interface's MAC;
+        # the membership ends with the socket.
+        mreq = struct.pack("iHH8s", ifindex, PACKET_MR_PROMISC, 0, b"")
+        sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+        sock.bind((ifname, ETH_P_ALL))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Ports:
+    """The switch's ports: frame I/O on the loop and their carrier state from netlink."""
+
+    def __init__(self, device_id: int, interfaces: Iterable[tuple[int, str]]) -> None:
+        self.device_id = device_id
+        self.by_number: dict[int, Port] = {}
+        self._by_name: dict[str, Port] = {}
+        for number, ifname in interfaces:
+            if number in self.by_number or ifname in self._by_name:
+                raise ValueError(f"port {number}@{ifname}: port number or interface given twice")
+            port = Port(number, ifname, device_id)
+            self.by_number[number] = port
+            self._by_name[ifname] = port
+        # Read at every wakeup, so that a pipeline commit takes effect at the next frame.
+        self.on_frame: FrameHandler = self._discard
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ipr: AsyncIPRoute | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._errors = 0
+        self._oversized_frames = 0
+
+    @staticmethod
+    def _discard(port: Port, frame: bytes, tci: int) -> None:
+        port.drops += 1
+
+    def port_up(self, number: int) -> bool:
+        port = self.by_number.get(number)
+        return port is not None and port.up
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Attach every port whose interface exists and start following link events."""
+        self._loop = asyncio.get_running_loop()
+        await self._open_netlink()
+        self._watcher = asyncio.create_task(self._supervise_watcher(), name=f"ports-netlink-{self.device_id}")
+        for port in self.by_number.values():
+            if port.sock is None:
+                log.warning(
+                    "event=interface_absent device=%d port=%d ifname=%s state=down_until_it_appears",
+                    self.device_id, port.number, port.ifname,
+                )
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            try:
+                await self._watcher
+            except asyncio.CancelledError:
+                pass
+            self._watcher = None
+        self._close_netlink()
+        for port in self.by_number.values():
+            self._detach(port)
+        self.log_counters()
+
+    def log_counters(self) -> None:
+        for port in self.by_number.values():
+            log.info("event=port_counters device=%d port=%d ifname=%s up=%s %s", self.device_id, port.number,
+                     port.ifname, port.up, " ".join(f"{k}={v}" for k, v in port.counters().items()))
+
+    # -- netlink ----------------------------------------------------------------------------
+
+    async def _open_netlink(self) -> None:
+        """Subscribe first, then dump: a change between the two is seen as an event."""
+        ipr = AsyncIPRoute()
+        try:
+            await ipr.bind(groups=RTMGRP_LINK)
+            present = set()
+            async for msg in await ipr.link("dump"):
+                present.add(msg["index"])
+                self._on_link(msg, RTM_NEWLINK)
+        except BaseException:
+            ipr.close()
+            raise
+        self._ipr = ipr
+        # After a watcher restart: interfaces that went away while nobody listened.
+        for port in self.by_number.values():
+            if port.sock is not None and port.ifindex not in present:
+                self._removed(port)
+
+    def _close_netlink(self) -> None:
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+
+    async def _supervise_watcher(self) -> None:
+        while True:
+            try:
+                await self._watch_links()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("event=link_watcher_failed device=%d action=resync", self.device_id)
+            self._close_netlink()
+            await asyncio.sleep(NETLINK_RESTART_DELAY)
+            try:
+                await self._open_netlink()
+            except OSError:
+                log.exception("event=netlink_reopen_failed device=%d", self.device_id)
+
+    async def _watch_links(self) -> None:
+        if self._ipr is None:
+            raise RuntimeError("netlink socket not open")
+        ipr = self._ipr
+        while True:
+            async for msg in ipr.get():
+                self._on_link(msg, msg["header"]["type"])
+
+    def _on_link(self, msg: dict, kind: int) -> None:
+        index = msg["index"]
+        name = msg.get("ifname")
+        port = next((p for p in self.by_number.values() if p.ifindex == index and p.sock is not None), None)
+        if kind == RTM_DELLINK:
+            if port is not None:
+                self._removed(port)
+            return
+        if kind != RTM_NEWLINK:
+            return
+        if port is not None and name is not None and name != port.ifname:
+            log.warning("event=interface_renamed device=%d port=%d ifname=%s new_name=%s state=down",
+                        self.device_id, port.number, port.ifname, name)
+            self._detach(port)
+            port = None
+        if port is None:
+            port = self._by_name.get(name) if name is not None else None
+            if port is None or port.sock is not None:
+                return
+            self._attach(port, index)
+            if port.sock is None:
+                return
+        self._set_carrier(port, msg["flags"])
+
+    def _removed(self, port: Port) -> None:
+        log.warning("event=interface_removed device=%d port=%d ifname=%s ifindex=%d state=down",
+                    self.device_id, port.number, port.ifname, port.ifindex)
+        self._detach(port)
+
+    def _set_carrier(self, port: Port, flags: int) -> None:
+        up = bool(flags & IFF_UP) and bool(flags & IFF_LOWER_UP)
+        if up != port.up:
+            port.up = up
+            log.info("event=port_%s device=%d port=%d ifname=%s", "up" if up else "down",
+                     self.device_id, port.number, port.ifname)
+
+    # -- sockets ----------------------------------------------------------------------------
+
+    def _attach(self, port: Port, ifindex: int) -> None:
+        assert self._loop is not None
+        try:
+            sock = open_packet_socket(port.ifname, ifindex)
+        except OSError as err:
+            log.error("event=port_open_failed device=%d port=%d ifname=%s error=%s",
+                      self.device_id, port.number, port.ifname, err)
+            return
+        port.sock = sock
+        port.ifindex = ifindex
+        self._loop.add_reader(sock.fileno(), self._drain, port)
+        log.info("event=port_attached device=%d port=%d ifname=%s ifindex=%d",
+                 self.device_id, port.number, port.ifname, ifindex)
+
+    def _detach(self, port: Port) -> None:
+        sock = port.sock
+        if port.up:
+            port.up = False
+            log.info("event=port_down device=%d port=%d ifname=%s", self.device_id, port.number, port.ifname)
+        if sock is None:
+            return
+        port.sock = None
+        port.ifindex = 0
+        if self._loop is not None:
+            self._loop.remove_reader(sock.fileno())
+        sock.close()
+
+    def _drain(self, port: Port) -> None:
+        sock = port.sock
+        if sock is None:
+            return
+        handle = self.on_frame
+        recvmsg = sock.recvmsg
+        unpack_aux = _AUXDATA.unpack
+        for _ in range(RX_BUDGET):
+            try:
+                frame, ancillary, flags, _addr = recvmsg(RX_BUFFER, _ANCILLARY_SPACE)
+            except BlockingIOError:
+                return
+            except OSError as err:
+                # The interface went away or down under the socket; netlink tells the rest.
+                if err.errno != errno.ENETDOWN:
+                    log.warning("event=receive_failed device=%d port=%d ifname=%s error=%s",
+                                self.device_id, port.number, port.ifname, err)
+                return
+            port.rx += 1
+            port.rx_bytes += len(frame)
+            if flags & MSG_TRUNC:
+                port.drops += 1
+                self._oversized(port)
+                continue
+            tci = -1
+            if ancillary:
+                status, _l, _s, _m, _n, vlan_tci, vlan_tpid = unpack_aux(ancillary[0][2])
+                if status & TP_STATUS_VLAN_VALID:
+                    port.rx_bytes += 4
+                    if status & TP_STATUS_VLAN_TPID_VALID and vlan_tpid != ETH_P_8021Q:
+                        frame = frame[:12] + _TAG.pack(vlan_tpid, vlan_tci) + frame[12:]
+                    else:
+                        tci = vlan_tci
+            try:
+                handle(port, frame, tci)
+            except Exception:
+                # One malformed frame or bad entry must not stop the port.
+                port.drops += 1
+                self._errors += 1
+                if self._errors & (self._errors - 1) == 0:  # 1st, 2nd, 4th, ...: no log flood
+                    log.exception("event=pipeline_error device=%d port=%d errors=%d",
+                                  self.device_id, port.number, self._errors)
+
+    def _oversized(self, port: Port) -> None:
+        self._oversized_frames += 1
+        if self._oversized_frames & (self._oversized_frames - 1) == 0:
+            # Typically GSO: a host interface with TSO/GSO on hands the veth 64 KiB "frames".
+            log.warning("event=oversized_frame device=%d port=%d ifname=%s limit=%d count=%d "
+                        "hint=disable_tso_gso_on_the_peer", self.device_id, port.number, port.ifname,
+                        RX_BUFFER, self._oversized_frames)

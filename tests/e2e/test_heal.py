@@ -1,0 +1,232 @@
+"""Heal end to end on diamond: each failure kind moves the connection to the other path, frames
+flow again, the element's return does not disturb traffic, and afterwards every switch holds
+exactly the desired entries (read back). Functional, not timed: figures are in the heal benchmark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import uuid
+
+import pytest
+
+from controller.runtime import Controller
+from controller.settings import REPO_ROOT, Settings
+from tests.e2e.hosts import Host
+from tests.e2e.test_fabric_connections import send_and_expect
+from tests.e2e.topology import tagged
+from topologies import faults
+from topologies.schema import load_topology, switch_ifname
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (Mininet, network namespaces)"),
+    pytest.mark.skipif(shutil.which("mnexec") is None, reason="needs Mininet (mnexec)"),
+]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    from topologies.lab import Lab
+
+    topo = load_topology(REPO_ROOT / "topologies" / "diamond.yaml")
+    run_dir = tmp_path_factory.mktemp("heal")
+    lab = Lab(topo, run_dir)
+    lab.start()
+    try:
+        yield topo, lab, run_dir
+    finally:
+        lab.stop()
+
+
+@pytest.fixture(scope="module")
+def hosts(lab):
+    topo = lab[0]
+    agents = {h: Host(h, h) for h in ("h1", "h4")}
+    try:
+        for name, agent in agents.items():
+            agent.listen(f"{name}-eth0")
+        yield agents
+    finally:
+        for a in agents.values():
+            a.close()
+
+
+@pytest.fixture
+async def ctl(lab):
+    topo, _, run_dir = lab
+    ctl = Controller(topo, Settings.load({"store_path": str(run_dir / f"{uuid.uuid4().hex[:6]}.sqlite")}))
+    events: list[tuple[str, str]] = []
+    ctl.fabric.listeners.append(lambda plan, event: events.append((plan.id, event)))
+    ctl.events = events  # type: ignore[attr-defined]
+    await ctl.start()
+    assert await ctl.wait_ready(30)
+    try:
+        yield ctl
+    finally:
+        for conn_id in list(ctl.fabric.plans):
+            await ctl.fabric.disconnect(conn_id)
+        await ctl.stop()
+
+
+async def wait_for(predicate, timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def flows_again(hosts, plan, timeout: float = 8.0) -> None:
+    """Send a frame every 100 ms until one crosses (the path may still be moving)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    n = 0
+    while loop.time() < end:
+        n += 1
+        marker = f"heal-{n}-".encode()
+        await asyncio.to_thread(hosts["h1"].send, "h1-eth0", [tagged(plan.a.vlan, marker)])
+        if await asyncio.to_thread(hosts["h4"].take, "h4-eth0", marker, 1, 0.1):
+            return
+    raise AssertionError("traffic did not resume")
+
+
+async def exactly_desired(ctl: Controller) -> None:
+    for sw in ctl.clients:
+        have = set(await ctl.fabric.read_back(sw))
+        want = set(ctl.fabric.desired(sw))
+        assert have == want, f"{sw}: extra {have - want}, missing {want - have}"
+
+
+def silent_cut(ifname: str, on: bool) -> None:
+    """A silent cut of what the interface sends (carrier stays up)."""
+    (faults.cut if on else faults.mend)(ifname)
+
+
+async def connect(ctl, hosts):
+    plan = await ctl.fabric.connect("h1", "h4")
+    await send_and_expect(hosts, "h1", "h4", plan.a.vlan, plan.b.vlan, b"before-" + plan.id[:6].encode())
+    return plan
+
+
+def middle(plan) -> str:
+    return plan.a_to_b.path.switches[1]
+
+
+async def recovered(ctl, plan, failed_switch: str | None = None, failed_link: str | None = None) -> None:
+    await wait_for(lambda: ctl.fabric.plans[plan.id].state == "up"
+                   and not ctl.fabric.plans[plan.id].crosses(switch=failed_switch, link=failed_link), 8, "reroute")
+
+
+async def test_silent_link_cut(ctl, hosts, lab):
+    plan = await connect(ctl, hosts)
+    link = plan.a_to_b.path.links[0]
+    link_obj = ctl.fabric.graph.links[link]
+    ifs = [switch_ifname(link_obj.a, link_obj.a_port), switch_ifname(link_obj.b, link_obj.b_port)]
+    for i in ifs:
+        await asyncio.to_thread(silent_cut, i, True)
+    try:
+        await recovered(ctl, plan, failed_link=link)
+        await flows_again(hosts, plan)
+        assert (plan.id, "rerouted") in ctl.events
+        moved = ctl.fabric.plans[plan.id]
+    finally:
+        for i in ifs:
+            await asyncio.to_thread(silent_cut, i, False)
+    # the link returns after its hysteresis; traffic stays where it is and keeps flowing
+    await wait_for(lambda: ctl.links.link_up(link), 10, "link recovery")
+    await send_and_expect(hosts, "h1", "h4", plan.a.vlan, plan.b.vlan, b"after-return")
+    assert ctl.fabric.plans[plan.id].a_to_b.path == moved.a_to_b.path
+    await wait_for(lambda: ctl.fabric.plans[plan.id].a_to_b_backup is not None, 5, "a new backup")
+    await exactly_desired(ctl)
+
+
+async def test_port_down(ctl, hosts, lab):
+    _, lab_obj, _ = lab
+    plan = await connect(ctl, hosts)
+    hop = plan.a_to_b.path.hops[0]
+    await asyncio.to_thread(lab_obj.set_port_up, hop.switch, hop.out_port, False)
+    try:
+        await recovered(ctl, plan, failed_link=plan.a_to_b.path.links[0])
+        await flows_again(hosts, plan)
+    finally:
+        await asyncio.to_thread(lab_obj.set_port_up, hop.switch, hop.out_port, True)
+    await wait_for(lambda: ctl.links.link_up(plan.a_to_b.path.links[0]), 10, "link recovery")
+    await send_and_expect(hosts, "h1", "h4", plan.a.vlan, plan.b.vlan, b"port-back")
+    await exactly_desired(ctl)
+
+
+async def test_switch_killed_and_restarted(ctl, hosts, lab):
+    _, lab_obj, _ = lab
+    plan = await connect(ctl, hosts)
+    victim = middle(plan)
+    lab_obj.kill_switch(victim, signal.SIGKILL)
+    await recovered(ctl, plan, failed_switch=victim)
+    await flows_again(hosts, plan)
+    await asyncio.to_thread(lab_obj.restart_switch, victim)
+    # back: arbitrated, pipeline pushed again (it lost it), reconciled, links re-verified
+    await wait_for(lambda: victim in ctl.fabric.ready_switches, 15, f"{victim} to return")
+    await wait_for(lambda: all(ctl.links.link_up(l.name) for l in ctl.fabric.graph.links.values()), 10, "links")
+    await send_and_expect(hosts, "h1", "h4", plan.a.vlan, plan.b.vlan, b"victim-back")
+    await wait_for(lambda: ctl.fabric.plans[plan.id].a_to_b_backup is not None, 5, "a new backup")
+    await exactly_desired(ctl)
+
+
+async def test_switch_frozen(ctl, hosts, lab):
+    _, lab_obj, _ = lab
+    plan = await connect(ctl, hosts)
+    victim = middle(plan)
+    lab_obj.kill_switch(victim, signal.SIGSTOP)
+    try:
+        await recovered(ctl, plan, failed_switch=victim)
+        await flows_again(hosts, plan)
+    finally:
+        lab_obj.kill_switch(victim, signal.SIGCONT)
+    await wait_for(lambda: victim in ctl.fabric.ready_switches, 15, f"{victim} to return")
+    await wait_for(lambda: all(ctl.links.link_up(l.name) for l in ctl.fabric.graph.links.values()), 10, "links")
+    await send_and_expect(hosts, "h1", "h4", plan.a.vlan, plan.b.vlan, b"thawed")
+    await exactly_desired(ctl)
+
+
+async def test_no_path_is_down_then_up(ctl, hosts, lab):
+    """Both middle switches frozen: DOWN with its record kept; one returns: UP again."""
+    _, lab_obj, _ = lab
+    plan = await connect(ctl, hosts)
+    for s in ("s2", "s3"):
+        lab_obj.kill_switch(s, signal.SIGSTOP)
+    try:
+        await wait_for(lambda: ctl.fabric.plans[plan.id].state == "down", 8, "DOWN")
+        assert ctl.store.get(plan.id) is not None
+    finally:
+        for s in ("s2", "s3"):
+            lab_obj.kill_switch(s, signal.SIGCONT)
+    await wait_for(lambda: ctl.fabric.plans[plan.id].state == "up", 15, "UP")
+    await flows_again(hosts, plan)
+    assert (plan.id, "down") in ctl.events and (plan.id, "up") in ctl.events
+    await wait_for(lambda: all(ctl.links.link_up(l.name) for l in ctl.fabric.graph.links.values()), 10, "links")
+    await exactly_desired(ctl)
+
+
+async def test_flapping_link_does_not_thrash(ctl, hosts, lab):
+    plan = await connect(ctl, hosts)
+    link = plan.a_to_b.path.links[0]
+    lk = ctl.fabric.graph.links[link]
+    ifs = [switch_ifname(lk.a, lk.a_port), switch_ifname(lk.b, lk.b_port)]
+    for _ in range(10):  # down and up every 100 ms for 2 s
+        for i in ifs:
+            await asyncio.to_thread(silent_cut, i, True)
+        await asyncio.sleep(0.1)
+        for i in ifs:
+            await asyncio.to_thread(silent_cut, i, False)
+        await asyncio.sleep(0.1)
+    reroutes = [e for e in ctl.events if e == (plan.id, "rerouted")]
+    assert len(reroutes) == 1, f"thrashed: {len(reroutes)} reroutes"
+    assert not ctl.fabric.plans[plan.id].crosses(link=link)
+    await flows_again(hosts, plan)
+    await wait_for(lambda: ctl.links.link_up(link), 10, "link recovery after the flapping stops")
+    await exactly_desired(ctl)

@@ -1,0 +1,60 @@
+"""Faults to inject into a running lab that Mininet has no verb for.
+
+A silent link cut: every frame leaving either end of a link is dropped by a tc eBPF program on
+the interfaces' egress hook, while carrier stays up; the kernels here have no netem, but clsact
+and eBPF are there. Egress, not ingress: AF_PACKET taps see a received frame before tc ingress
+runs, so only dropping at the sender hides it from the peer switch's raw socket.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from controller.host import vlan_emu
+
+TC_EGRESS = 0xFFFFFFF3
+_CUT_PRIO = 1
+_DROP_ALL = struct.pack("<BBhi", 0xB7, 0, 0, 2) + struct.pack("<BBhi", 0x95, 0, 0, 0)  # r0 = TC_ACT_SHOT; exit
+
+
+def cut(ifname: str) -> None:
+    """Drop everything `ifname` sends (idempotent)."""
+    with IPRoute() as ipr:
+        index = _index(ipr, ifname)
+        try:
+            ipr.tc("add", "clsact", index=index)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+        fd = vlan_emu.load_program(_DROP_ALL, f"cut_{ifname}")
+        try:
+            ipr.tc("add-filter", "bpf", index=index, handle=1, fd=fd, name=f"p4nsm:cut:{ifname}",
+                   parent=TC_EGRESS, prio=_CUT_PRIO, direct_action=True)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+        finally:
+            os.close(fd)
+
+
+def mend(ifname: str) -> None:
+    """Remove the cut (idempotent)."""
+    with IPRoute() as ipr:
+        index = _index(ipr, ifname)
+        try:
+            ipr.tc("del-filter", "bpf", index=index, parent=TC_EGRESS, prio=_CUT_PRIO)
+        except NetlinkError as exc:
+            if exc.code not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
+                raise
+
+
+def _index(ipr: IPRoute, ifname: str) -> int:
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        raise LookupError(f"no interface {ifname!r}")
+    return found[0]
