@@ -64,7 +64,12 @@ def show_rows(title: str, rows: list[dict]) -> None:
 
 
 @app.command()
-def run(topology: TopologyOpt, set: SetOpt = None, log_level: str = "INFO") -> None:
+def run(
+    topology: TopologyOpt,
+    set: SetOpt = None,
+    log_level: str = "INFO",
+    nsm_address: Annotated[Optional[str], typer.Option("--nsm-address", help="Serve the NSM API here (default: the nsm_address setting)")] = None,
+) -> None:
     """Run the controller for a topology until interrupted."""
     from controller.runtime import Controller
 
@@ -73,7 +78,7 @@ def run(topology: TopologyOpt, set: SetOpt = None, log_level: str = "INFO") -> N
     settings = load_settings(set)
 
     async def main() -> None:
-        ctl = Controller(topo, settings, admin_path=ADMIN_SOCKET)
+        ctl = Controller(topo, settings, admin_path=ADMIN_SOCKET, nsm_address=nsm_address or settings.nsm_address)
         await ctl.start()
         try:
             await asyncio.Event().wait()
@@ -196,6 +201,15 @@ def demo(
     ok = run_demo(load_topo(topology), console)
     raise typer.Exit(0 if ok else 1)
 
+
+def _add_nsm_commands() -> None:
+    from controller.sdk.commands import nsc_app, nse_app
+
+    app.add_typer(nse_app, name="nse")
+    app.add_typer(nsc_app, name="nsc")
+
+
+_add_nsm_commands()
 
 if __name__ == "__main__":
     app()

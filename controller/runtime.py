@@ -14,6 +14,7 @@ from controller.fabric.graph import FabricGraph, Link, link_name
 from controller.fabric.service import Fabric
 from controller.heal.link_monitor import LinkMonitor
 from controller.heal.reroute import Rerouter
+from controller.nsm.server import NsmServer
 from controller.p4rt.client import SwitchClient, SwitchTarget
 from controller.p4rt.schema import P4Schema
 from controller.settings import Settings
@@ -41,7 +42,8 @@ def pipeline_cookie(p4info: bytes, device_configs: list[bytes]) -> int:
 
 
 class Controller:
-    def __init__(self, topo: Topology, settings: Settings, admin_path: Path | None = None) -> None:
+    def __init__(self, topo: Topology, settings: Settings, admin_path: Path | None = None,
+                 nsm_address: str | None = None) -> None:
         self.topo = topo
         self.settings = settings
         self.schema = P4Schema.from_file(settings.p4info_path)
@@ -54,11 +56,18 @@ class Controller:
         }
         self.store = Store(settings.store_path)
         hosts = {h.name: (h.attach.switch, h.attach.port) for h in topo.hosts}
-        self.fabric = Fabric(fabric_graph(topo), hosts, self.clients, self.store, settings)
+        watch_ports = {s.name for s in topo.switches if s.target in ("softswitch", "bmv2")}
+        self.fabric = Fabric(
+            fabric_graph(topo), hosts, self.clients, self.store, settings,
+            fast_failover=frozenset(watch_ports if settings.fast_failover else ()),
+            group_watch_unreliable=frozenset(s.name for s in topo.switches if s.target == "bmv2"),
+        )
         self.rerouter = Rerouter(self.fabric)
         self.fabric.graph_listeners.append(self.rerouter.kick)
         self.links = LinkMonitor(self.fabric.graph, self.clients, settings, self._on_link)
         self.admin = AdminServer(admin_path, self._admin_handlers()) if admin_path else None
+        self.nsm_address = nsm_address
+        self.nsm: NsmServer | None = None
 
     async def _on_link(self, link: Link, up: bool) -> None:
         self.fabric.set_link(link.name, up)
@@ -70,8 +79,14 @@ class Controller:
         self.fabric.start()
         if self.admin:
             await self.admin.start()
+        if self.nsm_address is not None:
+            self.nsm = NsmServer(self.fabric, self.settings)
+            await self.nsm.start(self.nsm_address)
 
     async def stop(self) -> None:
+        if self.nsm:
+            await self.nsm.stop()
+            self.nsm = None
         if self.admin:
             await self.admin.stop()
         await self.links.stop()

@@ -34,6 +34,7 @@ class Settings(BaseModel):
     vlan_min: int = Field(2, description="Lowest host-link VLAN id allocated to connections")
     vlan_max: int = Field(4094, description="Highest host-link VLAN id")
     # --- heal ---
+    fast_failover: bool = Field(True, description="Head-end protection groups with watch ports on targets that honour them (softswitch, BMv2)")
     probe_interval: float = Field(0.01, description="Seconds between link probes out of each fabric port")
     probe_misses: int = Field(3, description="A link is down after this many probe intervals without a probe in either direction")
     probe_recovery: int = Field(25, description="Healthy probe intervals (both directions) before a down link is used again")
@@ -46,6 +47,21 @@ class Settings(BaseModel):
     softswitch_config_path: Path = Field(REPO_ROOT / "p4" / "nsm_fabric.softswitch.json", description="Device config for softswitch targets")
     bmv2_json_path: Path = Field(REPO_ROOT / "build" / "nsm_fabric.json", description="BMv2 JSON written by p4c (make -C p4)")
     tofino_pipeline_dir: Path = Field(REPO_ROOT / "build" / "tofino", description="bf-p4c output dir (tofino.bin, context.json)")
+    # --- NSM ---
+    nsm_address: str = Field("127.0.0.1:5001", description="NSM API address: host:port, tcp://host:port or unix:///path")
+    nsm_name: str = Field("p4nsm", description="This hop's path segment name in NSM connections")
+    nsm_spiffe_id: str = Field("spiffe://p4nsm/controller", description="`sub` of the tokens this hop issues")
+    nsm_token_lifetime: float = Field(600.0, description="Lifetime of the tokens this hop and the SDK issue (s); the server closes a connection its client has not refreshed by then")
+    nsm_registry_default_expiration: float = Field(60.0, description="Longest life of an endpoint registration without re-Register (s)")
+    nsm_endpoint_timeout: float = Field(15.0, description="Deadline of a Request or Close forwarded to an endpoint, and of one SDK Request try (s)")
+    nsm_retry_interval: float = Field(0.2, description="SDK: wait between failed Request, refresh or Register tries (s)")
+    nsm_max_requests_in_progress: int = Field(512, description="Requests served at once; more are refused with RESOURCE_EXHAUSTED")
+    nsm_max_name_length: int = Field(253, description="Longest name, id or label key accepted in NSM messages")
+    nsm_max_value_length: int = Field(4096, description="Longest label or parameter value or token accepted")
+    nsm_max_map_entries: int = Field(64, description="Most labels, parameters or metrics in one map")
+    nsm_max_list_entries: int = Field(64, description="Most path segments, mechanisms, addresses or routes in one list")
+    nsm_max_message_bytes: int = Field(1024 * 1024, description="Largest NSM gRPC message accepted")
+    nsm_run_dir: Path = Field(REPO_ROOT / "run" / "nsm", description="SDK endpoints' unix sockets: <dir>/<host>/<name>.sock")
 
     @classmethod
     def load(cls, overrides: dict[str, str] | None = None) -> "Settings":

@@ -1,8 +1,9 @@
-"""Ordered, compensated writes of a connection's entries across switches.
+"""Ordered, compensated writes of connection entities across switches.
 
 BMv2 and Stratum accept only CONTINUE_ON_ERROR, so atomicity across updates and switches is
-the controller's job: label entries first (no packet reaches them until a head entry pushes
-their label), head entries last; on any rejection, delete what this call wrote, everywhere.
+the controller's job: operations are applied phase by phase (entries.phases: data path tail
+first, head last; deletes the other way), each phase one batched Write per switch in parallel,
+and a rejected connect deletes what it wrote, everywhere.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ from collections.abc import Iterable
 import grpc
 from finsy.proto import p4r, rpc_code
 
-from controller.fabric.entries import EntrySpec, by_switch
+from controller.fabric import entries as E
 from controller.p4rt.client import SwitchClient
 from controller.p4rt.errors import SwitchError
 from controller.p4rt.schema import P4Schema, update
 
 log = logging.getLogger("p4nsm.fabric")
+
+Op = tuple[str, E.Spec]
+_KIND = {E.INSERT: p4r.Update.INSERT, E.MODIFY: p4r.Update.MODIFY, E.DELETE: p4r.Update.DELETE}
 
 
 class Programmer:
@@ -27,81 +31,92 @@ class Programmer:
         self.clients = clients
         self.schema = schema
 
-    def to_entry(self, spec: EntrySpec, with_action: bool = True) -> p4r.TableEntry:
-        if not with_action:
-            return self.schema.table_entry(spec.table, dict(spec.match))
-        return self.schema.table_entry(spec.table, dict(spec.match), spec.action, dict(spec.params))
+    def to_update(self, op: str, spec: E.Spec) -> p4r.Update:
+        s = self.schema
+        full = op != E.DELETE  # a delete names the entity only
+        if isinstance(spec, E.EntrySpec):
+            if not full:
+                msg = s.table_entry(spec.table, dict(spec.match))
+            elif spec.group_id is not None:
+                msg = s.table_entry(spec.table, dict(spec.match), group_id=spec.group_id)
+            else:
+                msg = s.table_entry(spec.table, dict(spec.match), spec.action, dict(spec.params))
+        elif isinstance(spec, E.MemberSpec):
+            if full:
+                msg = s.member(spec.profile, spec.member_id, spec.action, dict(spec.params))
+            else:
+                msg = p4r.ActionProfileMember(action_profile_id=s.profile(spec.profile).id, member_id=spec.member_id)
+        else:
+            if full:
+                msg = s.group(spec.profile, spec.group_id, list(spec.members))
+            else:
+                msg = p4r.ActionProfileGroup(action_profile_id=s.profile(spec.profile).id, group_id=spec.group_id)
+        return update(_KIND[op], msg)
 
-    async def write_phase(self, kind: int, specs: list[EntrySpec], written: list[EntrySpec] | None = None) -> None:
-        """Write `specs` on their switches in parallel (one batched Write per switch).
+    async def write_ops(self, ops: list[Op], done: list[Op] | None = None) -> None:
+        """One phase: every switch's operations in one batched Write, all switches in parallel.
 
-        Appends to `written` every spec the switches accepted (or may have accepted, when an RPC
-        failed without per-update detail), then raises the first failure, if any.
-        """
-        groups = by_switch(specs)
-        results = await asyncio.gather(
-            *(self._write_switch(sw, kind, group) for sw, group in groups.items()), return_exceptions=True
-        )
+        Appends to `done` every operation the switches accepted (or may have accepted, when an
+        RPC failed without per-update detail), then raises the first failure, if any."""
+        groups = E.by_switch(ops)
+        results = await asyncio.gather(*(self._write_switch(sw, group) for sw, group in groups.items()), return_exceptions=True)
         first: BaseException | None = None
         for (sw, group), result in zip(groups.items(), results):
             if isinstance(result, SwitchError):
-                if written is not None:
+                if done is not None:
                     if result.errors:
-                        written.extend(s for s, e in zip(group, result.errors) if e.code == rpc_code.OK)
+                        done.extend(o for o, e in zip(group, result.errors) if e.code == rpc_code.OK)
                     elif result.code != grpc.StatusCode.UNAVAILABLE:
-                        written.extend(group)  # unknown outcome: compensate as if written
+                        done.extend(group)  # unknown outcome: compensate as if written
                 first = first or result
             elif isinstance(result, BaseException):
                 first = first or result
-            elif written is not None:
-                written.extend(group)
+            elif done is not None:
+                done.extend(group)
         if first is not None:
             raise first
 
-    async def _write_switch(self, switch: str, kind: int, specs: list[EntrySpec]) -> None:
+    async def _write_switch(self, switch: str, ops: list[Op]) -> None:
         client = self.clients.get(switch)
         if client is None:
             raise SwitchError(switch, grpc.StatusCode.NOT_FOUND, "unknown switch")
-        with_action = kind != p4r.Update.DELETE
-        await client.write([update(kind, self.to_entry(s, with_action)) for s in specs])
+        await client.write([self.to_update(op, spec) for op, spec in ops])
 
-    async def install(self, conn_id: str, phases: list[list[EntrySpec]]) -> None:
-        """Insert phase by phase; on failure remove everything written and re-raise."""
-        written: list[EntrySpec] = []
+    async def apply(self, conn_id: str, ops: Iterable[Op], *, compensate: bool = False) -> None:
+        """Apply a diff phase by phase. With `compensate` (a fresh connect: inserts only), a
+        rejection deletes everything this call wrote and re-raises."""
+        done: list[Op] = []
         try:
-            for phase in phases:
-                await self.write_phase(p4r.Update.INSERT, phase, written)
+            for phase in E.phases(ops):
+                if all(op == E.DELETE for op, _ in phase):
+                    # A delete that fails on an unreachable switch is finished by that switch's
+                    # reconcile when it returns (the entity is no longer desired there).
+                    await self.delete(conn_id, [s for _, s in phase])
+                    continue
+                await self.write_ops(phase, done)
         except SwitchError as e:
+            if not compensate:
+                raise
+            written = [s for op, s in done if op == E.INSERT]
             log.warning("connection=%s event=install_rejected switch=%s error=%s rollback=%d", conn_id, e.switch, e, len(written))
-            await self.delete(conn_id, list(reversed(written)))
+            await self.delete(conn_id, written)
             raise
 
-    async def delete(self, conn_id: str, specs: Iterable[EntrySpec]) -> list[EntrySpec]:
-        """Delete, tolerating entries already gone. Returns those that could not be deleted
-        (their switch is unreachable): the switch's reconcile removes them when it returns."""
+    async def delete(self, conn_id: str, specs: Iterable[E.Spec]) -> list[E.Spec]:
+        """Delete in safe order, tolerating what is already gone. Returns what could not be
+        deleted because its switch is unreachable: that switch's reconcile removes it on return."""
         specs = list(specs)
-        if not specs:
-            return []
-        heads = [s for s in specs if s.table.endswith("edge_classify")]
-        rest = [s for s in specs if not s.table.endswith("edge_classify")]
-        left: list[EntrySpec] = []
-        for phase in (heads, rest):
-            if not phase:
-                continue
+        left: list[E.Spec] = []
+        for phase in E.phases((E.DELETE, s) for s in specs):
             try:
-                await self.write_phase(p4r.Update.DELETE, phase)
+                await self.write_ops(phase)
             except SwitchError:
-                pass
-            # Re-check per switch which deletes truly failed, ignoring NOT_FOUND (already gone).
-            left.extend(await self._undeleted(phase))
+                pass  # NOT_FOUND is success here; unreachable switches are collected below
+            left.extend(s for _, s in phase if not self._reachable(s.switch))
         if left:
-            log.warning("connection=%s event=delete_deferred entries=%d switches=%s", conn_id, len(left), sorted({s.switch for s in left}))
+            log.warning("connection=%s event=delete_deferred entities=%d switches=%s", conn_id, len(left), sorted({s.switch for s in left}))
         return left
 
-    async def _undeleted(self, specs: list[EntrySpec]) -> list[EntrySpec]:
-        left = []
-        for sw, group in by_switch(specs).items():
-            client = self.clients.get(sw)
-            if client is None or not client.up.is_set():
-                left.extend(group)
-        return left
+    def _reachable(self, switch: str) -> bool:
+        client = self.clients.get(switch)
+        return client is not None and client.up.is_set()

@@ -21,7 +21,7 @@ from controller.store.sqlite import Store
 
 log = logging.getLogger("p4nsm.fabric")
 
-OWNED_TABLES = (E.FABRIC_PORTS_TABLE, E.EDGE_TABLE, E.LABEL_TABLE)
+OWNED_TABLES = (E.FABRIC_PORTS_TABLE, E.EDGE_TABLE, E.LABEL_TABLE, E.GROUP_TABLE)
 
 
 class ConnectError(Exception):
@@ -41,8 +41,15 @@ class Fabric:
         clients: dict[str, SwitchClient],
         store: Store,
         settings: Settings,
+        fast_failover: frozenset[str] = frozenset(),
+        group_watch_unreliable: frozenset[str] = frozenset(),
     ) -> None:
         self.graph = graph
+        # Switches whose targets honour watch ports get head-end protection groups.
+        self.fast_failover = fast_failover
+        # BMv2 reads every group member back with the last member's watch port: comparing
+        # them there would see drift that is not there.
+        self.group_watch_unreliable = group_watch_unreliable
         self.hosts = hosts
         self.clients = clients
         self.store = store
@@ -106,53 +113,70 @@ class Fabric:
 
     # --- desired state ----------------------------------------------------------------------
 
-    def desired(self, switch: str) -> list[E.EntrySpec]:
-        out = E.fabric_port_entries(switch, self.graph.fabric_ports(switch))
-        for plan in self.plans.values():
-            out.extend(e for e in E.all_entries(plan) if e.switch == switch)
-        return out
+    def specs(self, plan: ConnectionPlan | None) -> list[E.Spec]:
+        return E.plan_specs(plan, self.fast_failover)
 
-    async def read_back(self, switch: str) -> list[E.EntrySpec]:
-        """The entries of the tables we own, as the switch reports them."""
+    def desired(self, switch: str) -> list[E.Spec]:
+        out: list[E.Spec] = list(E.fabric_port_entries(switch, self.graph.fabric_ports(switch)))
+        for plan in self.plans.values():
+            out.extend(e for e in self.specs(plan) if e.switch == switch)
+        return [self._comparable(e) for e in out]
+
+    def _comparable(self, spec: E.Spec) -> E.Spec:
+        if isinstance(spec, E.GroupSpec) and spec.switch in self.group_watch_unreliable:
+            return E.GroupSpec(spec.switch, spec.group_id, tuple((m, None) for m, _ in spec.members), spec.profile)
+        return spec
+
+    async def read_back(self, switch: str) -> list[E.Spec]:
+        """The entities we own, as the switch reports them."""
         client = self.clients[switch]
-        out = []
-        for entry in await client.read_table_entries():
-            d = client.schema.describe_entry(entry)
-            if d["table"] not in OWNED_TABLES:
-                continue
-            out.append(
-                E.EntrySpec(
-                    switch,
-                    str(d["table"]),
-                    tuple(d["match"].items()),  # type: ignore[union-attr]
-                    str(d.get("action", "")),
-                    tuple(d.get("params", {}).items()),  # type: ignore[union-attr]
-                )
-            )
+        schema = client.schema
+        profile_id = schema.profile(E.PROFILE).id
+        entities = await client.read([
+            p4r.Entity(table_entry=p4r.TableEntry()),
+            p4r.Entity(action_profile_member=p4r.ActionProfileMember(action_profile_id=profile_id)),
+            p4r.Entity(action_profile_group=p4r.ActionProfileGroup(action_profile_id=profile_id)),
+        ])
+        out: list[E.Spec] = []
+        for ent in entities:
+            kind = ent.WhichOneof("entity")
+            if kind == "table_entry":
+                d = schema.describe_entry(ent.table_entry)
+                if d["table"] not in OWNED_TABLES:
+                    continue
+                out.append(E.EntrySpec(switch, str(d["table"]), tuple(d["match"].items()),  # type: ignore[union-attr]
+                                       str(d.get("action", "")), tuple(d.get("params", {}).items()),  # type: ignore[union-attr]
+                                       d.get("group")))  # type: ignore[arg-type]
+            elif kind == "action_profile_member":
+                m = ent.action_profile_member
+                act = schema.actions_by_id[m.action.action_id]
+                names = {p.id: p.name for p in act.params}
+                out.append(E.MemberSpec(switch, m.member_id, act.name,
+                                        tuple((names[p.param_id], int.from_bytes(p.value, "big")) for p in m.action.params)))
+            elif kind == "action_profile_group":
+                g = ent.action_profile_group
+                members = tuple((m.member_id, int.from_bytes(m.watch_port, "big") if m.watch_port else None) for m in g.members)
+                out.append(self._comparable(E.GroupSpec(switch, g.group_id, members)))
         return out
 
     async def reconcile(self, switch: str) -> tuple[int, int, int]:
-        """Make the switch hold exactly the desired entries, touching only what differs.
+        """Make the switch hold exactly the desired entities, touching only what differs.
 
         On a controller restart the switch usually already holds them: nothing is rewritten
         and traffic is not interrupted. Returns (inserted, modified, deleted)."""
         assert self.programmer is not None
-        want = {e.key: e for e in self.desired(switch)}
-        have = {e.key: e for e in await self.read_back(switch)}
-        extra = [e for k, e in have.items() if k not in want]
-        missing = [e for k, e in want.items() if k not in have]
-        changed = [e for k, e in want.items() if k in have and have[k] != e]
-        # Removing stale head entries first keeps traffic out of labels about to vanish.
-        if extra:
-            await self.programmer.write_phase(p4r.Update.DELETE, sorted(extra, key=lambda e: e.table != E.EDGE_TABLE))
-        if missing:
-            await self.programmer.write_phase(p4r.Update.INSERT, sorted(missing, key=lambda e: e.table == E.EDGE_TABLE))
-        if changed:
-            await self.programmer.write_phase(p4r.Update.MODIFY, changed)
-        self.last_reconcile[switch] = (len(missing), len(changed), len(extra))
-        log.info("switch=%s event=reconciled inserted=%d modified=%d deleted=%d kept=%d",
-                 switch, len(missing), len(changed), len(extra), len(want) - len(missing) - len(changed))
-        return len(missing), len(changed), len(extra)
+        ops = E.diff(await self.read_back(switch), self.desired(switch))
+        await self.programmer.apply(f"reconcile:{switch}", ops)
+        counts = tuple(sum(1 for op, _ in ops if op == k) for k in (E.INSERT, E.MODIFY, E.DELETE))
+        self.last_reconcile[switch] = counts  # type: ignore[assignment]
+        log.info("switch=%s event=reconciled inserted=%d modified=%d deleted=%d", switch, *counts)
+        return counts  # type: ignore[return-value]
+
+    async def transition(self, old: ConnectionPlan | None, new: ConnectionPlan | None) -> None:
+        """Move a connection's entities on the switches from `old` to `new` in safe order."""
+        assert self.programmer is not None
+        conn_id = (new or old).id  # type: ignore[union-attr]
+        await self.programmer.apply(conn_id, E.diff(self.specs(old), self.specs(new)), compensate=old is None)
 
     # --- connections ------------------------------------------------------------------------
 
@@ -227,8 +251,7 @@ class Fabric:
             # that the next start cleans up.
             self.store.put(plan)
             try:
-                assert self.programmer is not None
-                await self.programmer.install(conn_id, [E.transit_entries(plan), E.head_entries(plan)])
+                await self.transition(None, plan)
             except BaseException:
                 self.store.delete(conn_id)
                 self.alloc.release(plan)
@@ -252,7 +275,7 @@ class Fabric:
             plan = plan.model_copy(update={"state": "removing"})
             self.store.put(plan)
             assert self.programmer is not None
-            await self.programmer.delete(conn_id, E.all_entries(plan))
+            await self.programmer.delete(conn_id, self.specs(plan))
             del self.plans[conn_id]
             self.store.delete(conn_id)
             self.alloc.release(plan)

@@ -1,9 +1,11 @@
 """Link and port liveness from probes sent and received over the P4Runtime streams.
 
 Every fabric port sends a probe each `probe_interval`; the peer switch punts it back as a
-packet-in. A link is down when either direction has `probe_misses` probes sent after the last one
-that arrived (counted in probes, not seconds, so a stalled event loop, which also stops sending,
-cannot fake a failure), and up
+packet-in. A direction is dead when `probe_misses` probes sent after the last one that arrived
+are missing AND both switches showed life (a packet-in or a keepalive answer) one interval after
+the last of those was sent: a switch that is merely busy (a big Write) or a controller loop that
+stalled delays that evidence too, so neither fakes a link failure. A link is down when either
+direction is dead, and up
 again only after `probe_recovery` consecutive intervals with probes in both directions; every
 fall within `flap_window` of a rise doubles what the next rise needs (no thrash on a flapping
 link). A probe that arrives where the topology file says it should not is reported, not used.
@@ -16,7 +18,7 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 
 from controller.fabric.graph import FabricGraph, Link
@@ -38,6 +40,13 @@ class _Direction:
     dst_port: int
     seq: int = 0  # last probe sent
     rx_seq: int = 0  # newest probe that arrived
+    sent_at: deque = dataclasses.field(default_factory=lambda: deque(maxlen=64))  # (seq, monotonic)
+
+    def sent_time(self, seq: int) -> float | None:
+        for s, t in self.sent_at:
+            if s == seq:
+                return t
+        return None
 
     @property
     def unanswered(self) -> int:
@@ -111,6 +120,7 @@ class LinkMonitor:
             if not client.up.is_set():
                 continue
             d.seq += 1
+            d.sent_at.append((d.seq, now_ns / 1e9))
             frame = probe_frame.encode(probe_frame.Probe(self.origin, client.target.device_id, d.src_port, d.seq, now_ns))
             try:
                 client.packet_out(frame, egress_port=d.src_port)
@@ -125,9 +135,8 @@ class LinkMonitor:
             link = state.link
             if not (self.clients[link.a].up.is_set() and self.clients[link.b].up.is_set()):
                 continue  # a dead switch is the switch monitor's news, not a link failure
-            # The probe sent this tick is still in flight: it does not count as missed yet.
-            healthy = all(self.directions[k].unanswered <= s.probe_misses for k in ((link.a, link.a_port), (link.b, link.b_port)))
-            if state.up and not healthy:
+            dirs = (self.directions[(link.a, link.a_port)], self.directions[(link.b, link.b_port)])
+            if state.up and any(self._dead(d, now) for d in dirs):
                 state.up = False
                 state.streak = 0
                 flapped = now - state.went_up_at < s.flap_window
@@ -136,12 +145,24 @@ class LinkMonitor:
                             link.b, link.b_port, state.need)
                 await self.on_change(link, False)
             elif not state.up:
-                state.streak = state.streak + 1 if healthy else 0
+                # Coming back needs probes that really arrive, in both directions.
+                arriving = all(d.unanswered <= s.probe_misses for d in dirs)
+                state.streak = state.streak + 1 if arriving else 0
                 if state.streak >= state.need:
                     state.up = True
                     state.went_up_at = now
                     log.info("link=%s event=up after_checks=%d", link.name, state.streak)
                     await self.on_change(link, True)
+
+    def _dead(self, d: _Direction, now: float) -> bool:
+        s = self.settings
+        if d.unanswered <= s.probe_misses:
+            return False  # the probes sent since the last arrival may still be in flight
+        sent = d.sent_time(d.rx_seq + s.probe_misses)
+        if sent is None:
+            return True  # older than the send log: long gone
+        proof = sent + s.probe_interval
+        return self.clients[d.src].last_alive > proof and self.clients[d.dst].last_alive > proof
 
     # --- receiving ---------------------------------------------------------------------------------
 

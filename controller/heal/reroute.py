@@ -1,8 +1,11 @@
-"""Move connections off failed elements: switch-over first (one MODIFY per head end, batched
-across connections), then the slower work (fresh backups, removal of dead legs).
+"""Move connections off failed elements.
 
-With no path left a connection is DOWN (its store record stays) and is restored when an
-element returns. Nothing here ever deletes a stored connection.
+A heal round first does the urgent part for every broken connection at once, batched into one
+Write per switch: a connection whose active legs died switches to its pre-installed backup
+(only the head entries change), and a protection group whose backup leg died is taken away so
+that no hash sends packets into it. Then, connection by connection, the slower repairs: a fresh
+path when no backup was alive, a fresh backup, DOWN when no path is left and UP when one
+returns. Nothing here ever deletes a stored connection.
 """
 
 from __future__ import annotations
@@ -11,10 +14,8 @@ import asyncio
 import logging
 import time
 
-from finsy.proto import p4r
-
 from controller.fabric import entries as E
-from controller.fabric.model import ConnectionPlan, Leg, Path
+from controller.fabric.model import ConnectionPlan, Leg
 from controller.fabric.paths import NoPath, backup_for, shortest
 from controller.fabric.service import Fabric
 from controller.p4rt.errors import SwitchError
@@ -22,15 +23,23 @@ from controller.p4rt.errors import SwitchError
 log = logging.getLogger("p4nsm.heal.reroute")
 
 
-def _leg_alive(fabric: Fabric, leg: Leg | None) -> bool:
+def leg_alive(fabric: Fabric, leg: Leg | None) -> bool:
     if leg is None:
         return False
     g = fabric.graph
     return all(g.usable(s) for s in leg.path.switches) and not any(l in g.down_links for l in leg.path.links)
 
 
-def _active_alive(fabric: Fabric, plan: ConnectionPlan) -> bool:
-    return _leg_alive(fabric, plan.a_to_b) and _leg_alive(fabric, plan.b_to_a)
+def active_alive(fabric: Fabric, plan: ConnectionPlan) -> bool:
+    return leg_alive(fabric, plan.a_to_b) and leg_alive(fabric, plan.b_to_a)
+
+
+def backup_alive(fabric: Fabric, plan: ConnectionPlan) -> bool:
+    return leg_alive(fabric, plan.a_to_b_backup) and leg_alive(fabric, plan.b_to_a_backup)
+
+
+def has_backup(plan: ConnectionPlan) -> bool:
+    return plan.a_to_b_backup is not None or plan.b_to_a_backup is not None
 
 
 class Rerouter:
@@ -41,6 +50,12 @@ class Rerouter:
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.last_round: dict[str, float] = {}
+        self._running = False
+
+    @property
+    def idle(self) -> bool:
+        """No round running and none pending: the switches hold what the plans say."""
+        return not self._running and not self._dirty.is_set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="heal:reroute")
@@ -60,6 +75,7 @@ class Rerouter:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
+            self._running = True
             try:
                 await self.heal_round()
             except asyncio.CancelledError:
@@ -68,130 +84,131 @@ class Rerouter:
                 log.exception("event=heal_round_failed")
                 await asyncio.sleep(0.1)
                 self._dirty.set()
+            finally:
+                self._running = False
 
     async def heal_round(self) -> None:
         t0 = time.perf_counter()
         fabric = self.fabric
-        broken = [p for p in fabric.plans.values() if p.state in ("up", "down") and not _active_alive(fabric, p)]
-        switched = await self._switch_over([p for p in broken if _leg_alive(fabric, p.a_to_b_backup) and _leg_alive(fabric, p.b_to_a_backup)])
-        t_switch = time.perf_counter()
-        # Everything else: connections without a live backup, connections that just lost their
-        # backup, DOWN connections that may have a path again.
-        for plan in list(fabric.plans.values()):
-            if plan.state not in ("up", "down"):
+        urgent: list[tuple[ConnectionPlan, ConnectionPlan]] = []
+        for p in fabric.plans.values():
+            if p.state not in ("up", "down"):
+                continue
+            if not active_alive(fabric, p) and backup_alive(fabric, p):
+                urgent.append((p, self._swapped(p)))
+            elif active_alive(fabric, p) and has_backup(p) and not backup_alive(fabric, p):
+                urgent.append((p, p.model_copy(update={"a_to_b_backup": None, "b_to_a_backup": None, "revision": p.revision + 1})))
+        t_heads = await self._apply_urgent(urgent)
+        for p in list(fabric.plans.values()):
+            if p.state not in ("up", "down"):
                 continue
             try:
-                async with fabric._lock(plan.id):
-                    current = fabric.plans.get(plan.id)
-                    if current is None:
-                        continue
-                    await self._repair(current)
+                async with fabric._lock(p.id):
+                    current = fabric.plans.get(p.id)
+                    if current is not None:
+                        await self._repair(current)
             except SwitchError as e:
-                log.error("connection=%s event=repair_failed error=%s", plan.id, e)
-        self.last_round = {"switched": len(switched), "switch_over_ms": (t_switch - t0) * 1000, "round_ms": (time.perf_counter() - t0) * 1000}
-        if broken:
-            log.info("event=heal_round broken=%d switched=%d switch_over_ms=%.1f round_ms=%.1f", len(broken), len(switched),
-                     self.last_round["switch_over_ms"], self.last_round["round_ms"])
+                log.error("connection=%s event=repair_failed error=%s", p.id, e)
+                self.kick()  # try again in the next round
+        self.last_round = {
+            "urgent": len(urgent),
+            "heads_acked_ms": (t_heads - t0) * 1000 if t_heads else 0.0,
+            "round_ms": (time.perf_counter() - t0) * 1000,
+            "finished_at": time.time(),
+        }
+        if urgent:
+            log.info("event=heal_round urgent=%d heads_acked_ms=%.1f round_ms=%.1f", len(urgent),
+                     self.last_round["heads_acked_ms"], self.last_round["round_ms"])
 
-    async def _switch_over(self, plans: list[ConnectionPlan]) -> list[ConnectionPlan]:
-        """Point every head end at its pre-installed backup label: one batched MODIFY per switch."""
-        if not plans:
-            return []
-        fabric = self.fabric
-        swapped = []
-        for p in plans:
-            assert p.a_to_b_backup and p.b_to_a_backup
-            swapped.append(p.model_copy(update={
-                "a_to_b": p.a_to_b_backup, "b_to_a": p.b_to_a_backup,
-                "a_to_b_backup": p.a_to_b, "b_to_a_backup": p.b_to_a,  # the dead legs, cleaned up in _repair
-                "state": "up", "revision": p.revision + 1,
-            }))
-        heads = [e for p in swapped for e in E.head_entries(p)]
-        try:
-            await fabric.programmer.write_phase(p4r.Update.MODIFY, heads)  # type: ignore[union-attr]
-        except SwitchError as e:
-            log.error("event=switch_over_partial error=%s", e)
-        fabric.store.put_many(swapped)
-        for p in swapped:
-            fabric.plans[p.id] = p
-            fabric._emit(p, "rerouted")
-        return swapped
+    @staticmethod
+    def _swapped(p: ConnectionPlan) -> ConnectionPlan:
+        assert p.a_to_b_backup and p.b_to_a_backup
+        return p.model_copy(update={"a_to_b": p.a_to_b_backup, "b_to_a": p.b_to_a_backup, "a_to_b_backup": None,
+                                    "b_to_a_backup": None, "state": "up", "revision": p.revision + 1})
 
-    async def _repair(self, plan: ConnectionPlan) -> None:
+    async def _apply_urgent(self, pairs: list[tuple[ConnectionPlan, ConnectionPlan]]) -> float | None:
+        """All connections' changes merged phase by phase: one Write per switch per phase.
+        Returns when the phase holding the head entries was acknowledged."""
+        if not pairs:
+            return None
         fabric = self.fabric
         prog = fabric.programmer
         assert prog is not None
-        alive = _active_alive(fabric, plan)
-        if alive and plan.state == "down":
-            plan = plan.model_copy(update={"state": "up", "revision": plan.revision + 1})
-            await self._commit(plan, "up")
-        if alive and _leg_alive(fabric, plan.a_to_b_backup) and _leg_alive(fabric, plan.b_to_a_backup):
-            return
-        if alive and plan.a_to_b_backup is None and plan.b_to_a_backup is None and not self._could_back_up(plan):
-            return  # nothing to do: no alternative exists right now
+        ops = [op for old, new in pairs for op in E.diff(fabric.specs(old), fabric.specs(new))]
+        t_heads = None
+        for phase in E.phases(ops):
+            try:
+                await prog.write_ops(phase)
+            except SwitchError as e:
+                # Deletes on a dead switch fail; its reconcile cleans up when it returns.
+                log.info("event=urgent_phase_partial error=%s", e)
+            if t_heads is None and any(isinstance(s, E.EntrySpec) and s.table in (E.EDGE_TABLE, E.GROUP_TABLE) for _, s in phase):
+                t_heads = time.perf_counter()
+        fabric.store.put_many([new for _, new in pairs])
+        for old, new in pairs:
+            self._free_labels(old, new)
+            fabric.plans[new.id] = new
+            if new.a_to_b != old.a_to_b:
+                fabric._emit(new, "rerouted")
+        return t_heads
+
+    async def _repair(self, plan: ConnectionPlan) -> None:
+        fabric = self.fabric
         g = fabric.graph
-        if not alive:
-            # No usable backup: find a fresh path, install it, then move the heads onto it.
+        if not active_alive(fabric, plan):
+            if backup_alive(fabric, plan):
+                return  # the next round's urgent pass switches it over
             try:
                 fwd = shortest(g, plan.a, plan.b)
             except NoPath:
                 if plan.state != "down":
                     log.warning("connection=%s event=down reason=no_path", plan.id)
-                    await self._commit(plan.model_copy(update={"state": "down"}), "down")
-                return
-            if not (g.usable(plan.a.switch) and g.usable(plan.b.switch)):
+                    await self._commit(plan, plan.model_copy(update={"state": "down", "revision": plan.revision + 1}), "down")
                 return
             new = plan.model_copy(update={
                 "a_to_b": Leg(label=fabric.alloc.labels.take(), path=fwd),
                 "b_to_a": Leg(label=fabric.alloc.labels.take(), path=fwd.reversed()),
                 "a_to_b_backup": None, "b_to_a_backup": None, "state": "up", "revision": plan.revision + 1,
             })
-            await prog.install(plan.id, [E.leg_transit_entries(new.a_to_b, new.b) + E.leg_transit_entries(new.b_to_a, new.a)])
-            await prog.write_phase(p4r.Update.MODIFY, E.head_entries(new))
-            await self._retire(plan, [plan.a_to_b, plan.b_to_a, plan.a_to_b_backup, plan.b_to_a_backup])
+            await self._commit(plan, new, "up" if plan.state == "down" else "rerouted")
             plan = new
-            await self._commit(plan, "rerouted")
-        # The active legs are alive; make sure there is a live backup.
-        dead_backups = [l for l in (plan.a_to_b_backup, plan.b_to_a_backup) if l is not None and not _leg_alive(fabric, l)]
+        elif plan.state == "down":
+            new = plan.model_copy(update={"state": "up", "revision": plan.revision + 1})
+            await self._commit(plan, new, "up")
+            plan = new
+        if backup_alive(fabric, plan):
+            return
         back = backup_for(g, plan.a_to_b.path, plan.a, plan.b)
         if back is None:
-            if dead_backups:
-                await self._retire(plan, dead_backups)
-                plan = plan.model_copy(update={"a_to_b_backup": None, "b_to_a_backup": None, "revision": plan.revision + 1})
-                await self._commit(plan, None)
+            if has_backup(plan):
+                await self._commit(plan, plan.model_copy(update={"a_to_b_backup": None, "b_to_a_backup": None,
+                                                                 "revision": plan.revision + 1}), None)
             return
         new = plan.model_copy(update={
             "a_to_b_backup": Leg(label=fabric.alloc.labels.take(), path=back),
             "b_to_a_backup": Leg(label=fabric.alloc.labels.take(), path=back.reversed()),
             "revision": plan.revision + 1,
         })
-        assert new.a_to_b_backup and new.b_to_a_backup
-        await prog.install(plan.id, [E.leg_transit_entries(new.a_to_b_backup, new.b) + E.leg_transit_entries(new.b_to_a_backup, new.a)])
-        await self._retire(plan, [plan.a_to_b_backup, plan.b_to_a_backup])
-        await self._commit(new, None)
+        await self._commit(plan, new, None)
 
-    def _could_back_up(self, plan: ConnectionPlan) -> bool:
-        return backup_for(self.fabric.graph, plan.a_to_b.path, plan.a, plan.b) is not None
-
-    async def _retire(self, plan: ConnectionPlan, legs: list[Leg | None]) -> None:
-        """Delete a leg's label entries and free its labels. Entries on unreachable switches are
-        removed by that switch's reconcile when it returns (they are no longer desired)."""
+    async def _commit(self, old: ConnectionPlan, new: ConnectionPlan, event: str | None) -> None:
+        """Write the difference, then record the new plan. A rejected insert leaves the old plan
+        in force (and its new labels free) for the next round to retry."""
         fabric = self.fabric
-        specs = []
-        for leg in legs:
-            if leg is None:
-                continue
-            # A delete matches on the label only, so which tail the leg pops at does not matter.
-            specs.extend(E.leg_transit_entries(leg, plan.b))
-            fabric.alloc.labels.give(leg.label)
-        await fabric.programmer.delete(plan.id, specs)  # type: ignore[union-attr]
-
-    async def _commit(self, plan: ConnectionPlan, event: str | None) -> None:
-        self.fabric.plans[plan.id] = plan
-        self.fabric.store.put(plan)
+        try:
+            await fabric.transition(old, new)
+        except SwitchError:
+            self._free_labels(new, old)
+            raise
+        self._free_labels(old, new)
+        fabric.plans[new.id] = new
+        fabric.store.put(new)
         if event:
-            self.fabric._emit(plan, event)
+            fabric._emit(new, event)
 
-
-def path_text(path: Path) -> str:
-    return "-".join(path.switches)
+    def _free_labels(self, old: ConnectionPlan, new: ConnectionPlan) -> None:
+        """Give back the labels `old` used that `new` no longer does."""
+        keep = {leg.label for leg in new.legs()}
+        for leg in old.legs():
+            if leg.label not in keep:
+                self.fabric.alloc.labels.give(leg.label)

@@ -37,3 +37,8 @@ async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     """End the call with the status `exc` reads as (raises grpc's AbortError)."""
     code, message = status_of(exc)
     await context.abort(code, message)
+
+
+class EndpointFailed(NsmError):
+    """The chosen endpoint could not serve the connection (unreachable, refused, no path to its
+    host); endpoint selection then tries the next candidate."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
@@ -66,6 +67,8 @@ class SwitchClient:
         self._writer: asyncio.Task[None] | None = None
         self.sessions = 0  # how many times the stream came up (tests and `p4nsm switches` show it)
         self.pipeline_pushes = 0  # 0 after a restart that found its program on the switch
+        # monotonic time of the last sign of life: a keepalive answer or any stream message
+        self.last_alive = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -170,6 +173,7 @@ class SwitchClient:
             msg = await stream.read()
             if msg is grpc.aio.EOF:
                 return
+            self.last_alive = time.monotonic()
             kind = msg.WhichOneof("update")
             if kind == "arbitration":
                 await self._on_arbitration(msg.arbitration)
@@ -250,6 +254,7 @@ class SwitchClient:
             assert self._stub is not None
             try:
                 await self._stub.Capabilities(p4r.CapabilitiesRequest(), timeout=s.keepalive_timeout)
+                self.last_alive = time.monotonic()
             except grpc.aio.AioRpcError as e:
                 if e.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
                     raise SwitchError(self.name, e.code(), f"no answer to keepalive within {s.keepalive_timeout}s") from None

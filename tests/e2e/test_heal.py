@@ -97,6 +97,7 @@ async def flows_again(hosts, plan, timeout: float = 8.0) -> None:
 
 
 async def exactly_desired(ctl: Controller) -> None:
+    await wait_for(lambda: ctl.rerouter.idle, 10, "the heal rounds to finish")
     for sw in ctl.clients:
         have = set(await ctl.fabric.read_back(sw))
         want = set(ctl.fabric.desired(sw))

@@ -108,3 +108,53 @@ def test_allocator_reuses_and_exhausts():
     with pytest.raises(Exhausted, match="VLAN id on s1:1"):
         pool.take()
     assert alloc.vlan_pool("s1", 2).take() == 5  # pools are per host port
+
+
+def diamond_plan(ff: bool) -> tuple[ConnectionPlan, list]:
+    g = graph(DIAMOND)
+    a, b = att("h1", "s1", 1, 100), att("h3", "s4", 1, 200)
+    p = shortest(g, a, b)
+    back = backup_for(g, p, a, b)
+    plan = ConnectionPlan(id="c", a=a, b=b, a_to_b=Leg(label=1001, path=p), b_to_a=Leg(label=1002, path=p.reversed()),
+                          a_to_b_backup=Leg(label=1003, path=back), b_to_a_backup=Leg(label=1004, path=back.reversed()))
+    return plan, E.plan_specs(plan, frozenset({"s1", "s4"}) if ff else frozenset())
+
+
+def test_protection_groups_watch_both_ports():
+    plan, specs = diamond_plan(ff=True)
+    groups = [s for s in specs if isinstance(s, E.GroupSpec)]
+    assert {g.switch for g in groups} == {"s1", "s4"}
+    g1 = next(g for g in groups if g.switch == "s1")
+    assert g1.group_id == 1001
+    assert {w for _, w in g1.members} == {plan.a_to_b.path.hops[0].out_port, plan.a_to_b_backup.path.hops[0].out_port}
+    members = {s.member_id: s for s in specs if isinstance(s, E.MemberSpec) and s.switch == "s1"}
+    assert dict(members[1003].params) == {"label": 1003, "port": plan.a_to_b_backup.path.hops[0].out_port}
+    assert not [s for s in diamond_plan(ff=False)[1] if isinstance(s, (E.GroupSpec, E.MemberSpec))]
+
+
+def test_install_order_never_points_at_missing_entities():
+    plan, specs = diamond_plan(ff=True)
+    order = [s for phase in E.phases(E.diff([], specs)) for _, s in phase]
+    pos = {s.key: i for i, s in enumerate(order)}
+    for s in specs:
+        if isinstance(s, E.GroupSpec):
+            assert all(pos[(s.switch, "member", E.PROFILE, m)] < pos[s.key] for m, _ in s.members)
+        if isinstance(s, E.EntrySpec) and s.group_id is not None:
+            assert pos[(s.switch, "group", E.PROFILE, s.group_id)] < pos[s.key]
+        if isinstance(s, E.EntrySpec) and s.table == E.EDGE_TABLE:
+            label = dict(s.params)["label"]
+            assert all(pos[t.key] < pos[s.key] for t in specs if isinstance(t, E.EntrySpec) and t.match == (("label", label),))
+    # removal runs the other way round
+    rev = [s for phase in E.phases(E.diff(specs, [])) for _, s in phase]
+    assert isinstance(rev[0], E.EntrySpec) and rev[0].table in (E.EDGE_TABLE, E.GROUP_TABLE)
+    assert rev.index(next(s for s in rev if isinstance(s, E.GroupSpec))) < rev.index(next(s for s in rev if isinstance(s, E.MemberSpec)))
+
+
+def test_switch_over_diff_touches_heads_first():
+    plan, specs = diamond_plan(ff=True)
+    swapped = plan.model_copy(update={"a_to_b": plan.a_to_b_backup, "b_to_a": plan.b_to_a_backup,
+                                      "a_to_b_backup": None, "b_to_a_backup": None})
+    ph = E.phases(E.diff(specs, E.plan_specs(swapped, frozenset({"s1", "s4"}))))
+    first = ph[0]
+    assert {op for op, _ in first} == {E.MODIFY}
+    assert {s.table for _, s in first} == {E.EDGE_TABLE}

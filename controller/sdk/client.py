@@ -1,0 +1,158 @@
+"""An NSC: Request a network service for a netns, keep the connection refreshed (contract §8.1)
+and healed (§8.4): it watches its own connection on the server's MonitorConnections, and on
+DOWN, DELETE or a broken stream requests again: with reselect (a new endpoint), or, when a
+liveness check says the data plane still works, with the same path."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+import grpc
+from nsm_api import connection_pb2, connection_pb2_grpc, networkservice_pb2, networkservice_pb2_grpc
+
+from controller.nsm import kernel
+from controller.nsm.channels import dial_target
+from controller.nsm.metadata import Credentials
+from controller.nsm.tasks import Tasks
+from controller.nsm.tokens import TokenSource
+from controller.sdk.heal import own_state
+from controller.sdk.refresh import refresh_delay
+from controller.sdk.retry import retry
+from controller.settings import Settings
+
+log = logging.getLogger("p4nsm.sdk")
+
+Liveness = Callable[[connection_pb2.Connection], Awaitable[bool]]
+MY_INDEX = 0
+
+
+class Client:
+    def __init__(self, nsm_url: str, settings: Settings, *, name: str = "", refresh: bool = True, heal: bool = True,
+                 liveness: Liveness | None = None, token_lifetime: float | None = None) -> None:
+        self.settings = settings
+        self.name = name or f"client-{uuid.uuid4()}"
+        self.id = str(uuid.uuid4())
+        self.refresh, self.heal, self.liveness = refresh, heal, liveness
+        self.tokens = TokenSource(f"spiffe://p4nsm/nsc/{self.name}", token_lifetime or settings.nsm_token_lifetime)
+        self.channel = grpc.aio.insecure_channel(dial_target(nsm_url))
+        self.stub = networkservice_pb2_grpc.NetworkServiceStub(self.channel)
+        self.monitor_stub = connection_pb2_grpc.MonitorConnectionStub(self.channel)
+        self.tasks = Tasks(f"nsc:{self.name}")
+        self.connection: connection_pb2.Connection | None = None
+        self.history: list[str] = []  # "up", "refreshed", "down: <why>", "healed": what tests and the CLI show
+        self._template = networkservice_pb2.NetworkServiceRequest()
+        self._lock = asyncio.Lock()
+        self._timer: asyncio.TimerHandle | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self._healing = False
+        self._closed = False
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return Credentials(*self.tokens.issue()).as_metadata()
+
+    async def request(self, service: str, netns: str, *, iface: str = "", labels: dict[str, str] | None = None,
+                      endpoint: str = "", give_up_after: float | None = None) -> connection_pb2.Connection:
+        conn = connection_pb2.Connection(
+            id=self.id, network_service=service, labels=labels or {}, network_service_endpoint_name=endpoint,
+            path=connection_pb2.Path(index=MY_INDEX, path_segments=[connection_pb2.PathSegment(name=self.name, id=self.id)]))
+        self._template = networkservice_pb2.NetworkServiceRequest(connection=conn,
+                                                                  mechanism_preferences=[kernel.mechanism(netns, iface)])
+        resp = await retry(f"request {service}", lambda: self._send(self._next()), self.settings.nsm_retry_interval, give_up_after)
+        self.history.append("up")
+        return resp
+
+    def _next(self, reselect: bool = False) -> networkservice_pb2.NetworkServiceRequest:
+        req = networkservice_pb2.NetworkServiceRequest()
+        req.CopyFrom(self._template)
+        if self.connection is not None:
+            req.connection.CopyFrom(self.connection)
+            req.connection.state = connection_pb2.UP
+        if reselect:
+            req.connection.ClearField("mechanism")
+            req.connection.network_service_endpoint_name = ""
+            req.connection.state = connection_pb2.RESELECT_REQUESTED
+        return req
+
+    async def _send(self, req: networkservice_pb2.NetworkServiceRequest) -> connection_pb2.Connection:
+        async with self._lock:
+            resp: connection_pb2.Connection = await self.stub.Request(
+                req, timeout=self.settings.nsm_endpoint_timeout, metadata=self._metadata())
+            self.connection = resp
+            if self.refresh:
+                self.tasks.cancel(self._timer)
+                self._timer = self.tasks.later(refresh_delay(resp), self._refresh, f"refresh:{self.id}")
+            if self.heal:
+                if self._monitor is not None:
+                    self._monitor.cancel()
+                self._monitor = self.tasks.spawn(self._watch(), f"monitor:{self.id}")
+            return resp
+
+    async def _refresh(self) -> None:
+        if self._closed:
+            return
+        try:
+            await self._send(self._next())
+            self.history.append("refreshed")
+        except grpc.aio.AioRpcError as e:
+            log.info("connection=%s event=refresh_failed code=%s error=%s", self.id, e.code().name, e.details())
+            self._timer = self.tasks.later(self.settings.nsm_retry_interval, self._refresh, f"refresh:{self.id}")
+
+    async def _watch(self) -> None:
+        selector = connection_pb2.MonitorScopeSelector(path_segments=[connection_pb2.PathSegment(id=self.id, name=self.name)])
+        reason = "monitor stream ended"
+        try:
+            async for event in self.monitor_stub.MonitorConnections(selector, metadata=self._metadata()):
+                if connection_pb2.DOWN in own_state(event, MY_INDEX, self.id):
+                    reason = f"{connection_pb2.ConnectionEventType.Name(event.type)} with state DOWN"
+                    break
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.CANCELLED:
+                return
+            reason = f"monitor failed: {e.code().name}"
+        if not self._closed and not self._healing:
+            self.history.append(f"down: {reason}")
+            log.warning("connection=%s event=down reason=%s", self.id, reason)
+            self.tasks.spawn(self._heal(), f"heal:{self.id}")
+
+    async def _heal(self) -> None:
+        self._healing = True
+        try:
+            reselect = self.liveness is None or self.connection is None or not await self.liveness(self.connection)
+            while not self._closed:
+                try:
+                    if reselect:
+                        await self._close_quietly()
+                    await self._send(self._next(reselect))
+                    self.history.append("healed")
+                    log.info("connection=%s event=healed reselect=%s endpoint=%s", self.id, reselect,
+                             self.connection.network_service_endpoint_name if self.connection else "")
+                    return
+                except grpc.aio.AioRpcError as e:
+                    log.info("connection=%s event=heal_failed code=%s error=%s", self.id, e.code().name, e.details())
+                    # Go retries with no pause; a pause keeps a dead server from being hammered.
+                    await asyncio.sleep(self.settings.nsm_retry_interval)
+        finally:
+            self._healing = False
+
+    async def _close_quietly(self) -> None:
+        if self.connection is None:
+            return
+        try:
+            await self.stub.Close(self.connection, timeout=self.settings.nsm_endpoint_timeout, metadata=self._metadata())
+        except grpc.aio.AioRpcError as e:
+            log.info("connection=%s event=close_failed code=%s", self.id, e.code().name)
+
+    async def close(self) -> None:
+        """Close the connection and stop refreshing and healing it."""
+        self._closed = True
+        await self.tasks.stop()
+        async with self._lock:
+            if self.connection is not None:
+                await retry("close", lambda: self.stub.Close(self.connection, timeout=self.settings.nsm_endpoint_timeout,
+                                                             metadata=self._metadata()),
+                            self.settings.nsm_retry_interval, self.settings.nsm_endpoint_timeout)
+                self.history.append("closed")
+        await self.channel.close()

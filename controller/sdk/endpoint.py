@@ -1,0 +1,107 @@
+"""An NSE: serves NetworkService and MonitorConnection on its own socket, registers itself with
+the NSM registry, and answers each Request with a point-to-point pair of addresses from its
+CIDR. Its host on the fabric is the label `p4nsm.io/host`; the controller creates the kernel
+interfaces on both sides, so the endpoint itself touches no interface."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+
+import grpc
+from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc, registry_pb2
+
+from controller.nsm.authorize import Authorize
+from controller.nsm.begin import Begin
+from controller.nsm.chain import Chain
+from controller.nsm.channels import dial_target
+from controller.nsm.monitor import Monitor, MonitorHub, MonitorServicer
+from controller.nsm.placement import HOST_LABEL
+from controller.nsm.server import bind, grpc_options, limits_of, serve_health
+from controller.nsm.service import NetworkServiceServicer
+from controller.nsm.tasks import Tasks
+from controller.nsm.timeout import Timeout
+from controller.nsm.tokens import TokenSource
+from controller.nsm.trimpath import TrimPath
+from controller.nsm.updatepath import UpdatePath
+from controller.nsm.updatetoken import UpdateToken
+from controller.nsm.validate import Validate
+from controller.sdk.endpoint_mechanism import AcceptKernel
+from controller.sdk.ipam import PairPool, PointToPointIpam
+from controller.sdk.registration import Registration
+from controller.settings import Settings
+
+log = logging.getLogger("p4nsm.sdk")
+
+
+@dataclasses.dataclass(frozen=True)
+class EndpointConfig:
+    service: str
+    host: str  # the fabric host (netns) the endpoint serves from
+    cidr: str
+    nsm_url: str  # the controller's NSM API: its registry
+    name: str = ""  # default: <service>-<host>-<random>
+    listen_url: str = ""  # default: unix://<nsm_run_dir>/<host>/<name>.sock
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    payload: str = "IP"
+
+
+class Endpoint:
+    def __init__(self, config: EndpointConfig, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.name = config.name or f"{config.service}-{config.host}-{uuid.uuid4().hex[:6]}"
+        self.listen_url = config.listen_url or f"unix://{settings.nsm_run_dir / config.host / self.name}.sock"
+        self.tokens = TokenSource(f"spiffe://p4nsm/nse/{self.name}", settings.nsm_token_lifetime)
+        self.tasks = Tasks(f"nse:{self.name}")
+        self.hub = MonitorHub(self.name)
+        self.pool = PairPool(config.cidr)
+        self.begin = Begin()
+        self.chain = Chain([
+            Validate(limits_of(settings)),
+            UpdatePath(self.name),
+            self.begin,
+            UpdateToken(self.tokens),
+            Authorize(),
+            Timeout(self.tasks),
+            Monitor(self.hub),
+            TrimPath(),
+            AcceptKernel(),
+            PointToPointIpam(self.pool),
+        ])
+        self.url = ""
+        self.registration: Registration | None = None
+        self._server: grpc.aio.Server | None = None
+        self._channel: grpc.aio.Channel | None = None
+
+    def registration_message(self) -> registry_pb2.NetworkServiceEndpoint:
+        labels = {**self.config.labels, HOST_LABEL: self.config.host}
+        return registry_pb2.NetworkServiceEndpoint(
+            name=self.name, network_service_names=[self.config.service], url=self.url,
+            network_service_labels={self.config.service: registry_pb2.NetworkServiceLabels(labels=labels)},
+        )
+
+    async def start(self, register_within: float | None = None) -> None:
+        server = grpc.aio.server(options=grpc_options(self.settings))
+        networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(NetworkServiceServicer(self.chain), server)
+        connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorServicer(self.hub), server)
+        await serve_health(server, ("networkservice.NetworkService", "connection.MonitorConnection"))
+        self.url = bind(server, self.listen_url)
+        await server.start()
+        self._server = server
+        log.info("endpoint=%s event=listening url=%s service=%s host=%s cidr=%s", self.name, self.url,
+                 self.config.service, self.config.host, self.config.cidr)
+        self._channel = grpc.aio.insecure_channel(dial_target(self.config.nsm_url), options=grpc_options(self.settings))
+        self.registration = Registration(self._channel, self.registration_message(), self.config.payload, self.tokens,
+                                         self.settings.nsm_retry_interval, self.settings.nsm_endpoint_timeout)
+        await self.registration.start(register_within)
+
+    async def stop(self) -> None:
+        if self.registration is not None:
+            await self.registration.stop()
+        if self._server is not None:
+            await self._server.stop(0.5)
+        await self.tasks.stop()
+        if self._channel is not None:
+            await self._channel.close()
