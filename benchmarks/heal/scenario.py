@@ -1,0 +1,205 @@
+"""Which connections to make, which element to fail, how to fail and restore it, and when the
+fabric has settled again."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import signal
+import time
+
+import networkx as nx
+
+from controller.fabric.model import ConnectionPlan
+from controller.heal.reroute import _active_alive, _leg_alive
+from controller.runtime import Controller
+from topologies import faults
+from topologies.lab import Lab
+from topologies.schema import Topology, switch_ifname
+
+KINDS = ("cut", "port", "kill", "freeze")
+# Sources per topology: on fattree4 the four hosts of pod 1, so that 10,000 connections fit in
+# their VLAN pools (4,093 per host link) while all of them still leave the pod.
+SOURCES = {"diamond": ("h1", "h2"), "fattree4": ("h1", "h2", "h3", "h4")}
+CONNECT_CONCURRENCY = 64  # concurrent connects: the clients coalesce their writes into batches
+SETTLE_POLL_S = 0.1
+
+
+def host_pairs(topo: Topology) -> list[tuple[str, str]]:
+    """Each source with every host at the largest distance from it: their paths cross the core,
+    where the failed elements are."""
+    graph = topo.graph()
+    attach = {h.name: h.attach.switch for h in topo.hosts}
+    sources = SOURCES.get(topo.name) or tuple(h for h, s in attach.items() if s == topo.hosts[0].attach.switch)
+    pairs = []
+    for a in sources:
+        hops = nx.single_source_shortest_path_length(graph, attach[a])
+        far = max(hops[attach[b]] for b in attach if b not in sources)
+        pairs += [(a, b) for b in attach if b not in sources and hops[attach[b]] == far]
+    return pairs
+
+
+async def connect_all(ctl: Controller, pairs: list[tuple[str, str]], n: int, progress) -> list[ConnectionPlan]:
+    """n connections spread round-robin over the pairs, in order of index."""
+    sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    done = 0
+
+    async def one(i: int) -> ConnectionPlan:
+        nonlocal done
+        async with sem:
+            plan = await ctl.fabric.connect(*pairs[i % len(pairs)])
+        done += 1
+        if done % 500 == 0:
+            progress(f"  {done:,}/{n:,} connections")
+        return plan
+
+    return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+def sample(n: int, size: int) -> list[int]:
+    """`size` indexes spread evenly over range(n) (all of them when n <= size)."""
+    if n <= size:
+        return list(range(n))
+    return sorted({round(i * n / size) for i in range(size)})
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    kind: str
+    element: str  # a link name or a switch
+    switch: str = ""  # link kinds: the upstream end of the link (toward the data's source) ...
+    port: int = 0  # ... and its port there
+
+    def crossed_by(self, plan: ConnectionPlan) -> bool:
+        path = plan.a_to_b.path
+        return self.element in (path.links if self.kind in ("cut", "port") else path.switches)
+
+
+def choose(kind: str, tracked: list[ConnectionPlan], every: list[ConnectionPlan]) -> Target:
+    """The element that most tracked connections cross on their active a->b path.
+
+    port: the first link of the path, where the head end's own port loses carrier (what
+    watch-port groups at the head end can react to). cut: any link. kill/freeze: a transit
+    switch that is no connection's head or tail end (with its ends gone a connection has no
+    path at all)."""
+    counts: dict[str, int] = {}
+    first_seen: dict[str, int] = {}
+    ends = {s for p in every for s in (p.a.switch, p.b.switch)}
+    for plan in tracked:
+        path = plan.a_to_b.path
+        if kind == "port":
+            names = list(path.links[:1])
+        elif kind == "cut":
+            names = list(path.links)
+        else:
+            names = [s for s in path.switches[1:-1] if s not in ends]
+        for pos, name in enumerate(names):
+            counts[name] = counts.get(name, 0) + 1
+            first_seen[name] = min(first_seen.get(name, pos), pos)
+    if not counts:
+        raise RuntimeError(f"no element to fail for {kind}: the tracked connections cross none")
+    element = max(counts, key=lambda e: (counts[e], -first_seen[e]))
+    if kind in ("kill", "freeze"):
+        return Target(kind, element)
+    for plan in tracked:
+        path = plan.a_to_b.path
+        if element in path.links:
+            hop = path.hops[path.links.index(element)]
+            return Target(kind, element, hop.switch, hop.out_port)
+    raise AssertionError("unreachable")
+
+
+class Fault:
+    """One failure of a target, injected and later undone; `undo_now` is for cleanup paths."""
+
+    def __init__(self, lab: Lab, ctl: Controller, target: Target) -> None:
+        self.lab = lab
+        self.ctl = ctl
+        self.target = target
+        self.active = False
+        self.inject_ms = 0.0
+
+    def _ifnames(self) -> list[str]:
+        link = self.ctl.fabric.graph.links[self.target.element]
+        up = (self.target.switch, self.target.port)
+        down = (link.b, link.b_port) if (link.a, link.a_port) == up else (link.a, link.a_port)
+        return [switch_ifname(*up), switch_ifname(*down)]  # the data's direction first
+
+    async def inject(self) -> int:
+        """Returns the failure time (CLOCK_MONOTONIC ns), taken just before the first action."""
+        t = self.target
+        t0 = time.monotonic_ns()
+        self.active = True
+        if t.kind == "cut":
+            for ifname in self._ifnames():
+                await asyncio.to_thread(faults.cut, ifname)
+        elif t.kind == "port":
+            await asyncio.to_thread(self.lab.set_port_up, t.switch, t.port, False)
+        else:
+            self.lab.kill_switch(t.element, signal.SIGKILL if t.kind == "kill" else signal.SIGSTOP)
+        self.inject_ms = (time.monotonic_ns() - t0) / 1e6
+        return t0
+
+    async def restore(self) -> None:
+        t = self.target
+        if t.kind == "cut":
+            for ifname in self._ifnames():
+                await asyncio.to_thread(faults.mend, ifname)
+        elif t.kind == "port":
+            await asyncio.to_thread(self.lab.set_port_up, t.switch, t.port, True)
+        elif t.kind == "kill":
+            await asyncio.to_thread(self.lab.restart_switch, t.element)
+        else:
+            self.lab.kill_switch(t.element, signal.SIGCONT)
+        self.active = False
+
+    def undo_now(self) -> None:
+        """Best effort, synchronous: a frozen switch would not even die on the lab's SIGTERM."""
+        if not self.active:
+            return
+        t = self.target
+        try:
+            if t.kind == "cut":
+                for ifname in self._ifnames():
+                    faults.mend(ifname)
+            elif t.kind == "port":
+                self.lab.set_port_up(t.switch, t.port, True)
+            elif t.kind == "freeze":
+                self.lab.kill_switch(t.element, signal.SIGCONT)
+        except Exception:
+            pass
+        self.active = False
+
+
+def unsettled(ctl: Controller) -> str:
+    """Why the fabric is not back to normal yet ("" once it is): every switch ready, every link
+    up, every connection up on live legs with a live backup, and no link recovered so recently
+    that failing it again would count as a flap (which doubles its next recovery time)."""
+    fabric, links = ctl.fabric, ctl.links
+    g = fabric.graph
+    if fabric.ready_switches != set(ctl.clients):
+        return f"switches not ready: {sorted(set(ctl.clients) - fabric.ready_switches)}"
+    if g.down_links or g.down_switches:
+        return f"down: {sorted(g.down_links | g.down_switches)}"
+    recent = max((s.went_up_at for s in links.links.values()), default=float("-inf"))
+    if time.monotonic() - recent < ctl.settings.flap_window:
+        return "a link recovered within the flap window"
+    for plan in fabric.plans.values():
+        if plan.state != "up" or not _active_alive(fabric, plan):
+            return f"connection {plan.id[:8]} is {plan.state}"
+        if not (_leg_alive(fabric, plan.a_to_b_backup) and _leg_alive(fabric, plan.b_to_a_backup)):
+            return f"connection {plan.id[:8]} has no live backup yet"
+    return ""
+
+
+async def settle(ctl: Controller, timeout: float) -> float:
+    """Seconds until the fabric settled; raises TimeoutError with the reason if it does not."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    why = unsettled(ctl)
+    while why:
+        if loop.time() - start > timeout:
+            raise TimeoutError(f"the fabric did not settle within {timeout:.0f}s: {why}")
+        await asyncio.sleep(SETTLE_POLL_S)
+        why = unsettled(ctl)
+    return loop.time() - start

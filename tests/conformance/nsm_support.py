@@ -1,0 +1,76 @@
+"""Helpers of the NSM API conformance suite: hand-built messages, a recording data plane, and
+servers on real gRPC (against a real Fabric whose switches are never started, or with the data
+plane short-circuited)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import grpc
+from nsm_api import connection_pb2, networkservice_pb2
+
+from controller.nsm import clock
+from controller.nsm.chain import CallContext, Connection, Element, Next, Request
+from controller.settings import REPO_ROOT, Settings
+
+DIAMOND = REPO_ROOT / "topologies" / "diamond.yaml"
+
+
+def nsm_settings(tmp: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {"store_path": str(tmp / "store.sqlite"), "nsm_run_dir": str(tmp / "nsm"),
+                                 "nsm_endpoint_timeout": 2.0, "nsm_retry_interval": 0.05}
+    values.update(overrides)
+    return Settings.load({k: str(v) for k, v in values.items()})
+
+
+def segment(name: str, seg_id: str, expires_in: float | None = 60.0) -> connection_pb2.PathSegment:
+    seg = connection_pb2.PathSegment(name=name, id=seg_id)
+    if expires_in is not None:
+        seg.expires.CopyFrom(clock.timestamp(clock.now() + expires_in))
+    return seg
+
+
+def nsc_request(service: str = "icmp", netns: str = "h1", *, expires_in: float | None = 60.0,
+                mechanism: str = "KERNEL", labels: dict[str, str] | None = None,
+                segments: list[connection_pb2.PathSegment] | None = None, index: int = 0,
+                conn_id: str | None = None) -> networkservice_pb2.NetworkServiceRequest:
+    """A Request as an NSC sends it: its own segment first, the connection id = that segment's id."""
+    own = str(uuid.uuid4())
+    segments = segments if segments is not None else [segment("nsc", own, expires_in)]
+    cid = conn_id if conn_id is not None else (segments[index].id if segments else own)
+    conn = connection_pb2.Connection(id=cid, network_service=service, labels=labels or {},
+                                     path=connection_pb2.Path(index=index, path_segments=segments))
+    params = {"inodeURL": f"file:///var/run/netns/{netns}"}
+    return networkservice_pb2.NetworkServiceRequest(
+        connection=conn, mechanism_preferences=[connection_pb2.Mechanism(cls="LOCAL", type=mechanism, parameters=params)])
+
+
+def refresh_of(resp: Connection, expires_in: float = 60.0) -> networkservice_pb2.NetworkServiceRequest:
+    """The refresh an NSC sends: the connection it got, its own segment's expiry renewed."""
+    req = networkservice_pb2.NetworkServiceRequest()
+    req.connection.CopyFrom(resp)
+    req.connection.path.path_segments[resp.path.index].expires.CopyFrom(clock.timestamp(clock.now() + expires_in))
+    return req
+
+
+class Recorder(Element):
+    """The data plane short-circuited: it records what reaches it and makes nothing."""
+
+    def __init__(self) -> None:
+        self.new: list[str] = []
+        self.refreshes: list[str] = []
+        self.closes: list[tuple[str, str]] = []
+
+    async def request(self, req: Request, ctx: CallContext, nxt: Next) -> Connection:
+        (self.refreshes if ctx.refresh else self.new).append(req.connection.id)
+        return await nxt.request(req, ctx)
+
+    async def close(self, conn: Connection, ctx: CallContext, nxt: Next) -> None:
+        self.closes.append((conn.id, ctx.internal))
+        await nxt.close(conn, ctx)
+
+
+def code_of(exc: BaseException) -> grpc.StatusCode:
+    assert isinstance(exc, grpc.aio.AioRpcError), exc
+    return exc.code()
