@@ -279,6 +279,11 @@ class Lab:
         for h in topo.hosts:
             for addr in h.addresses:
                 _run(net[h.name], f"ip addr add {addr} dev {host_ifname(h.name)}", what=f"host {h.name} address {addr}")
+            # veth hands the switch frames of up to 64 KiB when segmentation offloads are on; a
+            # switch (ours, like BMv2) forwards wire-sized frames only, so hosts must segment.
+            if shutil.which("ethtool"):
+                _run(net[h.name], f"ethtool -K {host_ifname(h.name)} tso off gso off gro off tx off >/dev/null",
+                     what=f"host {h.name} offloads")
         log.info("lab built topology=%s hosts=%d links=%d", topo.name, len(topo.hosts), len(topo.links) + len(topo.hosts))
 
     def _created_ifaces(self, *ifnames: str) -> None:
