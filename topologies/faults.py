@@ -9,7 +9,6 @@ runs, so only dropping at the sender hides it from the peer switch's raw socket.
 from __future__ import annotations
 
 import errno
-import os
 import struct
 
 from pyroute2 import IPRoute
@@ -26,31 +25,18 @@ def cut(ifname: str) -> None:
     """Drop everything `ifname` sends (idempotent)."""
     with IPRoute() as ipr:
         index = _index(ipr, ifname)
+        vlan_emu.ensure_clsact(ipr, index)
         try:
-            ipr.tc("add", "clsact", index=index)
+            vlan_emu.attach_filter(ipr, index, _CUT_PRIO, f"cut_{ifname}", _DROP_ALL, parent=TC_EGRESS)
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise
-        fd = vlan_emu.load_program(_DROP_ALL, f"cut_{ifname}")
-        try:
-            ipr.tc("add-filter", "bpf", index=index, handle=1, fd=fd, name=f"p4nsm:cut:{ifname}",
-                   parent=TC_EGRESS, prio=_CUT_PRIO, direct_action=True)
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise
-        finally:
-            os.close(fd)
 
 
 def mend(ifname: str) -> None:
     """Remove the cut (idempotent)."""
     with IPRoute() as ipr:
-        index = _index(ipr, ifname)
-        try:
-            ipr.tc("del-filter", "bpf", index=index, parent=TC_EGRESS, prio=_CUT_PRIO)
-        except NetlinkError as exc:
-            if exc.code not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
-                raise
+        vlan_emu.delete_filter(ipr, _index(ipr, ifname), _CUT_PRIO, parent=TC_EGRESS)
 
 
 def _index(ipr: IPRoute, ifname: str) -> int:

@@ -67,10 +67,10 @@ def create(ipr: IPRoute, name: str, parent: str, parent_index: int, vlan_id: int
     quiet_ipv6(ipr, inner_index)
     ipr.link("set", index=index, ifalias=alias(parent, vlan_id))
     ipr.link("set", index=inner_index, ifalias=f"{ALIAS_PREFIX}-inner of={name}", state="up")
-    _ensure_clsact(ipr, parent_index)
-    _ensure_clsact(ipr, inner_index)
-    _attach(ipr, inner_index, INNER_PRIO, name, _push_program(vlan_id, parent_index))
-    _attach(ipr, parent_index, vlan_id, name, _pop_program(vlan_id, inner_index))
+    ensure_clsact(ipr, parent_index)
+    ensure_clsact(ipr, inner_index)
+    attach_filter(ipr, inner_index, INNER_PRIO, name, _push_program(vlan_id, parent_index))
+    attach_filter(ipr, parent_index, vlan_id, name, _pop_program(vlan_id, inner_index))
     return index
 
 
@@ -99,7 +99,7 @@ def remove(ipr: IPRoute, name: str) -> bool:
     for link in ipr.link("dump"):
         for prio, filter_name in _filter_names(ipr, link["index"]).items():
             if filter_name == FILTER_PREFIX + name:
-                _delete_filter(ipr, link["index"], prio)
+                delete_filter(ipr, link["index"], prio)
                 found = True
     for ifname in (name, inner_name(name)):
         found = _delete_link(ipr, ifname) or found
@@ -113,7 +113,7 @@ def _drop_stale_parent_filter(ipr: IPRoute, parent_index: int, vlan_id: int, nam
     owner_iface = owner.removeprefix(FILTER_PREFIX)
     if owner_iface != name and ipr.link_lookup(ifname=owner_iface):
         raise FileExistsError(f"vlan {vlan_id} on this parent is already used by {owner_iface}")
-    _delete_filter(ipr, parent_index, vlan_id)
+    delete_filter(ipr, parent_index, vlan_id)
 
 
 def _filter_names(ipr: IPRoute, index: int) -> dict[int, str]:
@@ -130,7 +130,7 @@ def _filter_names(ipr: IPRoute, index: int) -> dict[int, str]:
     return names
 
 
-def _ensure_clsact(ipr: IPRoute, index: int) -> None:
+def ensure_clsact(ipr: IPRoute, index: int) -> None:
     try:
         ipr.tc("add", "clsact", index=index)
     except NetlinkError as exc:
@@ -138,18 +138,18 @@ def _ensure_clsact(ipr: IPRoute, index: int) -> None:
             raise
 
 
-def _attach(ipr: IPRoute, index: int, prio: int, name: str, program: bytes) -> None:
+def attach_filter(ipr: IPRoute, index: int, prio: int, name: str, program: bytes, parent: int = TC_INGRESS) -> None:
     fd = load_program(program, name)
     try:
         ipr.tc("add-filter", "bpf", index=index, handle=1, fd=fd, name=FILTER_PREFIX + name,
-               parent=TC_INGRESS, prio=prio, direct_action=True)
+               parent=parent, prio=prio, direct_action=True)
     finally:
         os.close(fd)  # the filter holds its own reference to the program
 
 
-def _delete_filter(ipr: IPRoute, index: int, prio: int) -> None:
+def delete_filter(ipr: IPRoute, index: int, prio: int, parent: int = TC_INGRESS) -> None:
     try:
-        ipr.tc("del-filter", "bpf", index=index, parent=TC_INGRESS, prio=prio)
+        ipr.tc("del-filter", "bpf", index=index, parent=parent, prio=prio)
     except NetlinkError as exc:
         if exc.code not in (errno.ENOENT, errno.EINVAL, errno.ENODEV):
             raise
