@@ -13,6 +13,7 @@ import uuid
 
 import pytest
 
+from controller.fabric import entries as E
 from controller.runtime import Controller
 from controller.settings import REPO_ROOT, Settings
 from tests.e2e.hosts import Host
@@ -231,3 +232,70 @@ async def test_flapping_link_does_not_thrash(ctl, hosts, lab):
     await flows_again(hosts, plan)
     await wait_for(lambda: ctl.links.link_up(link), 10, "link recovery after the flapping stops")
     await exactly_desired(ctl)
+
+
+async def test_forged_probe_is_ignored_and_counted(ctl, hosts, lab):
+    """A host sends frames that look like probes: they are punted, recognised as not ours,
+    counted, and change nothing."""
+    from controller.heal import probe_frame
+
+    links_before = {n: s.up for n, s in ctl.links.links.items()}
+    foreign = ctl.links.counters["foreign"]
+    forged = probe_frame.encode(probe_frame.Probe(origin=ctl.links.origin ^ 1, device_id=2, port=3, seq=1, sent_ns=0))
+    await asyncio.to_thread(hosts["h1"].send, "h1-eth0", [forged] * 5)
+    await wait_for(lambda: ctl.links.counters["foreign"] >= foreign + 5, 3, "forged probes to be counted")
+    # our own origin but arriving where no link says it should: a topology mismatch, not used
+    mismatch = ctl.links.counters["mismatch"]
+    spoofed = probe_frame.encode(probe_frame.Probe(origin=ctl.links.origin, device_id=2, port=3, seq=10**9, sent_ns=0))
+    await asyncio.to_thread(hosts["h1"].send, "h1-eth0", [spoofed])
+    await wait_for(lambda: ctl.links.counters["mismatch"] > mismatch, 3, "the mismatch to be reported")
+    assert {n: s.up for n, s in ctl.links.links.items()} == links_before
+
+
+async def test_losing_every_switch_keeps_the_store(ctl, hosts, lab):
+    """Every switch unreachable at once (all frozen): connections go DOWN but stay stored; when
+    the switches answer again everything reconciles and traffic flows on the same entries."""
+    _, lab_obj, _ = lab
+    plan = await connect(ctl, hosts)
+    names = [s.name for s in lab[0].switches]
+    for s in names:
+        lab_obj.kill_switch(s, signal.SIGSTOP)
+    try:
+        await wait_for(lambda: not ctl.fabric.ready_switches, 8, "every switch to be seen down")
+        await wait_for(lambda: ctl.fabric.plans[plan.id].state == "down", 8, "DOWN")
+        assert [p.id for p in ctl.store.all()] == [plan.id]
+    finally:
+        for s in names:
+            lab_obj.kill_switch(s, signal.SIGCONT)
+    await wait_for(lambda: ctl.fabric.ready_switches == set(names), 20, "switches back")
+    await wait_for(lambda: ctl.fabric.plans[plan.id].state == "up", 15, "UP")
+    await flows_again(hosts, plan)
+    await wait_for(lambda: all(ctl.links.link_up(l.name) for l in ctl.fabric.graph.links.values()), 10, "links")
+    await exactly_desired(ctl)
+
+
+async def test_watch_port_failover_without_the_controller(ctl, hosts, lab):
+    """The head end's protection group fails over locally: with the controller's heal stopped,
+    taking down the port that carries the traffic does not stop it."""
+    _, lab_obj, _ = lab
+    plan = await connect(ctl, hosts)
+    assert any(isinstance(s, E.GroupSpec) and s.switch == "s1" for s in ctl.fabric.specs(plan))
+    await ctl.links.stop()
+    await ctl.rerouter.stop()
+    # which of s1's two fabric ports carries h1's frames now?
+    watch = Host("root", None)
+    try:
+        for ifname in ("s2-eth3", "s3-eth3"):
+            await asyncio.to_thread(watch.listen, ifname)
+        marker = b"which-way"
+        await asyncio.to_thread(hosts["h1"].send, "h1-eth0", [tagged(plan.a.vlan, marker)])
+        via = [i for i in ("s2-eth3", "s3-eth3") if await asyncio.to_thread(watch.take, i, marker, 1, 1.0)]
+        assert len(via) == 1
+        carrying_port = 3 if via[0] == "s2-eth3" else 4
+        await asyncio.to_thread(lab_obj.set_port_up, "s1", carrying_port, False)
+        try:
+            await flows_again(hosts, plan, timeout=3)
+        finally:
+            await asyncio.to_thread(lab_obj.set_port_up, "s1", carrying_port, True)
+    finally:
+        watch.close()
