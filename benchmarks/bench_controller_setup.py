@@ -28,6 +28,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -38,19 +39,33 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import grpc  # noqa: E402
+from finsy.proto import p4r, p4r_grpc  # noqa: E402
+
 from controller.fabric import entries as E  # noqa: E402
 from controller.fabric.model import ConnectionPlan  # noqa: E402
+from controller.fabric.service import OWNED_TABLES, ConnectError  # noqa: E402
+from controller.p4rt.errors import SwitchError  # noqa: E402
+from controller.p4rt.schema import P4Schema  # noqa: E402
 from controller.runtime import Controller  # noqa: E402
 from controller.settings import Settings  # noqa: E402
 from topologies.schema import Topology, load_topology  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "controller_setup.md"
 READY_TIMEOUT_S = 120.0
+SETTLE_TIMEOUT_S = 60.0
+# A phase takes seconds; far longer means the controller is stuck, and the benchmark must end.
+PHASE_TIMEOUT_S = 300.0
+CLEANUP_TIMEOUT_S = 120.0
 # Targets from the issue.
 P99_TARGET_MS = 20.0
 RATE_TARGET = 500.0
 
 log = logging.getLogger("bench")
+
+
+class Stuck(Exception):
+    """A phase that did not end: the rest of that topology is skipped, the lab still stopped."""
 
 
 @dataclass
@@ -62,13 +77,22 @@ class Phase:
     disconnect_seconds: float = 0.0
     entries: int = 0  # table entries the connections needed, all switches together
     writes: int = 0  # Write RPCs the switches received while connecting
+    controller_cpu: float = 0.0  # CPU seconds of the controller process while connecting
+    switches_cpu: float = 0.0  # CPU seconds of all switch processes while connecting
+    link_downs: int = 0  # links declared down while connecting (false alarms)
+    switch_downs: int = 0  # switch sessions the controller lost from connecting to disconnected (false alarms)
+    failed: list[str] = field(default_factory=list)  # connects that raised, with the reason
+    problems: list[str] = field(default_factory=list)  # read-back checks that failed
 
     @property
     def rate(self) -> float:
-        return self.connections / self.seconds
+        """Connections made per second (failed ones do not count)."""
+        return (self.connections - len(self.failed)) / self.seconds
 
     def pct(self, q: float) -> float:
         ordered = sorted(self.latencies)
+        if not ordered:
+            return math.nan
         return ordered[max(0, math.ceil(q * len(ordered)) - 1)] * 1000
 
 
@@ -80,7 +104,7 @@ class TopoResult:
     links: int
     lab_start_s: float
     phases: list[Phase] = field(default_factory=list)
-    restored: bool = False
+    aborted: str = ""
     path_lengths: Counter[int] = field(default_factory=Counter)
 
 
@@ -103,25 +127,117 @@ def host_pairs(topo: Topology) -> list[tuple[str, str]]:
     return out
 
 
-async def read_all(ctl: Controller) -> dict[str, Counter[bytes]]:
-    """Every table entry of every switch (all tables, not only the controller's)."""
-    async def one(name: str) -> tuple[str, Counter[bytes]]:
-        entries = await ctl.clients[name].read_table_entries()
-        return name, Counter(e.SerializeToString(deterministic=True) for e in entries)
+class Reader:
+    """Reads the switches over channels of its own, in a worker thread.
 
-    return dict(await asyncio.gather(*(one(n) for n in ctl.clients)))
+    Not through the controller: decoding tens of thousands of entities on its event loop stalls
+    the loop for a good part of a second, long enough for the controller to miss its switches'
+    keepalive answers and declare them down, which would measure the verification, not set-up."""
+
+    def __init__(self, topo: Topology, schema: P4Schema) -> None:
+        self.schema = schema
+        self.profile_id = schema.profile(E.PROFILE).id
+        options = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
+        self.channels = {s.name: grpc.insecure_channel(s.grpc_addr, options=options) for s in topo.switches}
+        self.device_ids = {s.name: s.device_id for s in topo.switches}
+
+    def close(self) -> None:
+        for channel in self.channels.values():
+            channel.close()
+
+    def _read(self, sw: str) -> list[p4r.Entity]:
+        request = p4r.ReadRequest(device_id=self.device_ids[sw], entities=[
+            p4r.Entity(table_entry=p4r.TableEntry()),
+            p4r.Entity(action_profile_member=p4r.ActionProfileMember(action_profile_id=self.profile_id)),
+            p4r.Entity(action_profile_group=p4r.ActionProfileGroup(action_profile_id=self.profile_id)),
+        ])
+        stub = p4r_grpc.P4RuntimeStub(self.channels[sw])
+        return [e for reply in stub.Read(request, timeout=60) for e in reply.entities]
+
+    def raw(self) -> dict[str, Counter[bytes]]:
+        """Every entity of every switch, serialized: for "exactly as before"."""
+        return {sw: Counter(e.SerializeToString(deterministic=True) for e in self._read(sw)) for sw in self.channels}
+
+    def specs(self, sw: str) -> set[E.Spec]:
+        """The switch's entities of the controller's tables, as the controller's specs (what
+        Fabric.read_back makes of them)."""
+        out: set[E.Spec] = set()
+        for ent in self._read(sw):
+            kind = ent.WhichOneof("entity")
+            if kind == "table_entry":
+                d = self.schema.describe_entry(ent.table_entry)
+                if d["table"] in OWNED_TABLES:
+                    out.add(E.EntrySpec(sw, str(d["table"]), tuple(d["match"].items()),  # type: ignore[union-attr]
+                                        str(d.get("action", "")), tuple(d.get("params", {}).items()),  # type: ignore[union-attr]
+                                        d.get("group")))  # type: ignore[arg-type]
+            elif kind == "action_profile_member":
+                m = ent.action_profile_member
+                act = self.schema.actions_by_id[m.action.action_id]
+                names = {p.id: p.name for p in act.params}
+                out.add(E.MemberSpec(sw, m.member_id, act.name,
+                                     tuple((names[p.param_id], int.from_bytes(p.value, "big")) for p in m.action.params)))
+            elif kind == "action_profile_group":
+                g = ent.action_profile_group
+                out.add(E.GroupSpec(sw, g.group_id, tuple(
+                    (m.member_id, int.from_bytes(m.watch_port, "big") if m.watch_port else None) for m in g.members)))
+        return out
 
 
-async def check_installed(ctl: Controller, plans: list[ConnectionPlan]) -> int:
-    """Every entry of every plan is on its switch, read back; returns how many there are."""
-    want = [spec for plan in plans for spec in E.all_entries(plan)]
-    have: dict[str, set[E.EntrySpec]] = {}
-    for sw in {s.switch for s in want}:
-        have[sw] = set(await ctl.fabric.read_back(sw))
-    missing = [s for s in want if s not in have[s.switch]]
-    if missing:
-        raise SystemExit(f"{len(missing)} of {len(want)} entries are not on their switches, e.g. {missing[0]}")
-    return len(want)
+def check_installed(ctl: Controller, reader: Reader, plans: list[ConnectionPlan]) -> list[str]:
+    """Every switch holds exactly its fabric-port entries and the connections' entities, read
+    back. Runs in a worker thread; `plans` is a snapshot taken on the loop."""
+    want: dict[str, set[E.Spec]] = {sw: set(E.fabric_port_entries(sw, ctl.fabric.graph.fabric_ports(sw))) for sw in ctl.clients}
+    for plan in plans:
+        for spec in ctl.fabric.specs(plan):
+            want[spec.switch].add(spec)
+    problems = []
+    for sw in ctl.clients:
+        have = reader.specs(sw)
+        if want[sw] != have:
+            missing, extra = want[sw] - have, have - want[sw]
+            problems.append(f"after connecting, switch {sw}: {len(missing)} entities missing, {len(extra)} unexpected, "
+                            f"e.g. {next(iter(missing or extra))}")
+    return problems
+
+
+def link_down_counter(ctl: Controller) -> list[int]:
+    """Counts links the controller declares down. Nothing fails in this benchmark, so any is a
+    false alarm (probes late on a starved machine) and its heal round disturbs the figures."""
+    count = [0]
+    original = ctl.fabric.set_link
+
+    def counted(link: str, up: bool) -> None:
+        if not up and link not in ctl.fabric.graph.down_links:
+            count[0] += 1
+        original(link, up)
+
+    ctl.fabric.set_link = counted  # type: ignore[method-assign]
+    return count
+
+
+def switch_down_counter(ctl: Controller) -> list[int]:
+    count = [0]
+
+    def listener(client: object, up: bool, reason: str) -> None:
+        if not up:
+            count[0] += 1
+
+    for client in ctl.clients.values():
+        client.state_listeners.append(listener)
+    return count
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """user+system CPU of processes (switches), from /proc."""
+    total = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def rpc_counter(ctl: Controller) -> list[int]:
@@ -139,16 +255,22 @@ def rpc_counter(ctl: Controller) -> list[int]:
 
 
 async def connect_phase(ctl: Controller, pairs: list[tuple[str, str]], n: int, concurrency: int,
-                        rpcs: list[int]) -> tuple[Phase, list[ConnectionPlan]]:
-    plans: list[ConnectionPlan | None] = [None] * n
-    latencies = [0.0] * n
-    before = rpcs[0]
+                        rpcs: list[int], downs: list[int], switch_pids: list[int]) -> tuple[Phase, list[ConnectionPlan]]:
+    plans: list[ConnectionPlan] = []
+    latencies: list[float] = []
+    failed: list[str] = []
+    before, downs_before = rpcs[0], downs[0]
+    cpu_before, switches_before = time.process_time(), cpu_seconds(switch_pids)
 
     async def one(i: int) -> None:
         a, b = pairs[i % len(pairs)]
         t0 = time.perf_counter()
-        plans[i] = await ctl.fabric.connect(a, b)
-        latencies[i] = time.perf_counter() - t0
+        try:
+            plans.append(await ctl.fabric.connect(a, b))
+        except (ConnectError, SwitchError) as e:  # reported, not fatal: the other figures still hold
+            failed.append(f"{a}<->{b}: {e}")
+            return
+        latencies.append(time.perf_counter() - t0)
 
     start = time.perf_counter()
     if concurrency <= 1:
@@ -164,8 +286,20 @@ async def connect_phase(ctl: Controller, pairs: list[tuple[str, str]], n: int, c
         await asyncio.gather(*(limited(i) for i in range(n)))
     seconds = time.perf_counter() - start
     mode = "sequential" if concurrency <= 1 else f"concurrent ({concurrency} in flight)"
-    done = [p for p in plans if p is not None]
-    return Phase(mode, n, seconds, latencies, writes=rpcs[0] - before), done
+    phase = Phase(mode, n, seconds, latencies, writes=rpcs[0] - before, controller_cpu=time.process_time() - cpu_before,
+                  switches_cpu=cpu_seconds(switch_pids) - switches_before, link_downs=downs[0] - downs_before, failed=failed)
+    phase.entries = sum(len(ctl.fabric.specs(p)) for p in plans)
+    return phase, plans
+
+
+async def links_settled(ctl: Controller, timeout: float) -> bool:
+    """Until no link is held down (a false alarm of the previous phase must not leak into the next)."""
+    deadline = time.monotonic() + timeout
+    while ctl.fabric.graph.down_links:
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
 
 
 async def disconnect_all(ctl: Controller, plans: list[ConnectionPlan], concurrency: int) -> float:
@@ -184,47 +318,84 @@ async def disconnect_all(ctl: Controller, plans: list[ConnectionPlan], concurren
     return time.perf_counter() - start
 
 
-async def measure(topo: Topology, settings: Settings, n: int, concurrency: int, result: TopoResult) -> None:
+async def measure(topo: Topology, settings: Settings, n: int, concurrency: int, switch_pids: list[int],
+                  result: TopoResult) -> None:
     ctl = Controller(topo, settings)
+    reader = Reader(topo, ctl.schema)
     await ctl.start()
     try:
         if not await ctl.wait_ready(READY_TIMEOUT_S):
             raise SystemExit(f"{topo.name}: switches not ready within {READY_TIMEOUT_S:.0f}s: "
                              f"{sorted(set(ctl.clients) - ctl.fabric.ready_switches)}")
         pairs = host_pairs(topo)
-        baseline = await read_all(ctl)
+        baseline = await asyncio.to_thread(reader.raw)
         rpcs = rpc_counter(ctl)
+        downs = link_down_counter(ctl)
+        switch_downs = switch_down_counter(ctl)
         # A few connections first, so that the first measured one does not pay for warm-up
         # (gRPC channels' first Writes, lazily built code paths).
-        warm, warm_plans = await connect_phase(ctl, pairs, min(20, n), 1, rpcs)
-        await disconnect_all(ctl, warm_plans, 1)
+        _, warm_plans = await asyncio.wait_for(connect_phase(ctl, pairs, min(20, n), 1, rpcs, downs, switch_pids), PHASE_TIMEOUT_S)
+        await asyncio.wait_for(disconnect_all(ctl, warm_plans, 1), PHASE_TIMEOUT_S)
         for conc in (1, concurrency):
-            phase, plans = await connect_phase(ctl, pairs, n, conc, rpcs)
-            phase.entries = await check_installed(ctl, plans)
+            if not await links_settled(ctl, SETTLE_TIMEOUT_S):
+                log.warning("links still down before the %s phase: %s", conc, sorted(ctl.fabric.graph.down_links))
+            mode = "sequential" if conc <= 1 else f"concurrent ({conc} in flight)"
+            downs_before = switch_downs[0]
+            try:
+                phase, plans = await asyncio.wait_for(connect_phase(ctl, pairs, n, conc, rpcs, downs, switch_pids), PHASE_TIMEOUT_S)
+            except TimeoutError:
+                raise Stuck(f"{topo.name} {mode}: {n} connects did not finish within {PHASE_TIMEOUT_S:.0f} s "
+                            f"(switch sessions lost meanwhile: {switch_downs[0] - downs_before})") from None
+            phase.problems += await asyncio.to_thread(check_installed, ctl, reader, list(ctl.fabric.plans.values()))
             for p in plans:
                 result.path_lengths[len(p.a_to_b.path.hops)] += 1
-            phase.disconnect_seconds = await disconnect_all(ctl, plans, conc)
-            after = await read_all(ctl)
+            try:
+                phase.disconnect_seconds = await asyncio.wait_for(disconnect_all(ctl, plans, conc), PHASE_TIMEOUT_S)
+            except TimeoutError:
+                raise Stuck(f"{topo.name} {mode}: disconnecting did not finish within {PHASE_TIMEOUT_S:.0f} s "
+                            f"(switch sessions lost meanwhile: {switch_downs[0] - downs_before})") from None
+            after = await asyncio.to_thread(reader.raw)
             if after != baseline:
                 diff = {sw: (sum((after[sw] - baseline[sw]).values()), sum((baseline[sw] - after[sw]).values()))
                         for sw in baseline if after[sw] != baseline[sw]}
-                raise SystemExit(f"{topo.name} {phase.mode}: tables differ from the start after disconnecting "
-                                 f"(switch: (extra, missing)) {diff}")
-            if ctl.fabric.plans or ctl.store.all():
-                raise SystemExit(f"{topo.name} {phase.mode}: connections left after disconnecting all")
+                phase.problems.append(f"after disconnecting all, tables differ from the start, switch: (extra, missing) {diff}")
+                # The next phase must start from the same tables: have the controller put them right.
+                for sw in diff:
+                    await ctl.fabric.reconcile(sw)
+            left = len(ctl.fabric.plans) + len(ctl.store.all())
+            if left:
+                phase.problems.append(f"after disconnecting all, {left} connections left in the controller or its store")
+            phase.switch_downs = switch_downs[0] - downs_before
+            if phase.switch_downs:
+                phase.problems.append(f"the controller lost {phase.switch_downs} switch sessions during the phase "
+                                      "(keepalive answers late on a loaded machine)")
             result.phases.append(phase)
             print(f"{topo.name:9} {phase.mode:26} {phase.rate:8.0f} conn/s  p50 {phase.pct(0.5):6.2f} ms  "
                   f"p99 {phase.pct(0.99):6.2f} ms  max {phase.pct(1.0):7.2f} ms  "
-                  f"disconnect {n / phase.disconnect_seconds:6.0f}/s  {phase.entries / n:.1f} entries/conn  "
-                  f"{phase.writes / n:.2f} Writes/conn", flush=True)
-        result.restored = True
+                  f"disconnect {n / phase.disconnect_seconds:6.0f}/s  {phase.entries / n:.1f} entities/conn  "
+                  f"{phase.writes / n:.2f} Writes/conn  CPU ms/conn: controller {phase.controller_cpu / n * 1000:.2f} "
+                  f"switches {phase.switches_cpu / n * 1000:.2f}  false link-downs {phase.link_downs}  "
+                  f"failed {len(phase.failed)}", flush=True)
+            for problem in phase.problems + phase.failed[:5]:
+                print(f"  PROBLEM: {problem}", flush=True)
+    except Stuck as e:
+        result.aborted = str(e)
+        print(f"  ABORTED: {e}", flush=True)
     finally:
-        for conn_id in list(ctl.fabric.plans):
-            try:
-                await ctl.fabric.disconnect(conn_id)
-            except Exception as e:  # the lab goes away anyway; keep stopping
-                log.warning("cleanup disconnect %s failed: %s", conn_id, e)
+        reader.close()
+        try:
+            await asyncio.wait_for(cleanup(ctl), CLEANUP_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("cleanup did not finish within %.0f s; the lab is stopped anyway", CLEANUP_TIMEOUT_S)
         await ctl.stop()
+
+
+async def cleanup(ctl: Controller) -> None:
+    for conn_id in list(ctl.fabric.plans):
+        try:
+            await ctl.fabric.disconnect(conn_id)
+        except Exception as e:  # the lab goes away anyway; keep stopping
+            log.warning("cleanup disconnect %s failed: %s", conn_id, e)
 
 
 def run_topology(name: str, n: int, concurrency: int, overrides: dict[str, str], work: Path) -> TopoResult:
@@ -235,9 +406,9 @@ def run_topology(name: str, n: int, concurrency: int, overrides: dict[str, str],
     settings = Settings.load({**overrides, "store_path": str(run_dir / "store.sqlite")})
     began = time.perf_counter()
     with Lab(topo, run_dir / "lab") as lab:
-        del lab
         result = TopoResult(name, len(topo.switches), len(topo.hosts), len(topo.links), time.perf_counter() - began)
-        asyncio.run(measure(topo, settings, n, concurrency, result))
+        pids = [pid for s in topo.switches if (pid := lab.switch_pid(s.name)) is not None]
+        asyncio.run(measure(topo, settings, n, concurrency, pids, result))
     return result
 
 
@@ -254,21 +425,26 @@ def report(results: list[TopoResult], args: argparse.Namespace, began: str, load
         f"Real Mininet lab with one `p4nsm-softswitch` per switch and the real `Controller` (settings: {settings_note}; "
         "link probes and keepalives on; SQLite store written before and after each install). "
         f"{args.connections:,} connections per mode, between host pairs on different switches taken round robin; each "
-        "connection is a primary and a disjoint backup path in both directions (label entries on every hop of 4 legs, "
-        "then the 2 head-end VLAN->label entries). Latency: from `fabric.connect()` to its return, i.e. every entry "
-        "acknowledged by every switch. After each mode every entry was read back from the switches, then all "
-        "connections were disconnected and every switch's tables read back identical to before the first connection.",
+        "connection is a primary and a disjoint backup path in both directions: a label_fwd entry on every hop of the "
+        "4 legs, at each head end a protection group (2 members, the group, a label_group entry) when `fast_failover` "
+        "is on, and the 2 head-end VLAN->label entries, written in 3 ordered phases. Latency: from `fabric.connect()` "
+        "to its return, i.e. every entity acknowledged by every switch. After each mode every switch was read back "
+        "and compared with what the controller wants; then all connections were disconnected and every switch's "
+        "tables read back and compared with the tables before the first connection.",
         "",
         "| topology | switches / hosts | mode | connections/s | p50 (ms) | p99 (ms) | max (ms) | disconnects/s "
-        "| entries per connection | Write RPCs per connection | tables restored |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| entities per connection | Write RPCs per connection | CPU ms per connection: controller / switches "
+        "| false link / switch downs | failed connects | read-back checks |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         for p in r.phases:
             lines.append(
                 f"| {r.name} | {r.switches} / {r.hosts} | {p.mode} | {p.rate:,.0f} | {p.pct(0.5):.2f} | {p.pct(0.99):.2f} "
                 f"| {p.pct(1.0):.2f} | {p.connections / p.disconnect_seconds:,.0f} | {p.entries / p.connections:.1f} "
-                f"| {p.writes / p.connections:.2f} | {'yes' if r.restored else 'NO'} |"
+                f"| {p.writes / p.connections:.2f} | {p.controller_cpu / p.connections * 1000:.2f} / "
+                f"{p.switches_cpu / p.connections * 1000:.2f} | {p.link_downs} / {p.switch_downs} | {len(p.failed)} "
+                f"| {'passed' if not p.problems else f'**{len(p.problems)} failed**'} |"
             )
     lines += ["", "Targets (from the issue):", ""]
     for r in results:
@@ -282,6 +458,10 @@ def report(results: list[TopoResult], args: argparse.Namespace, began: str, load
             ok = best.rate >= RATE_TARGET
             lines.append(f"* {r.name}: ≥ {RATE_TARGET:.0f} connections/s: **{'met' if ok else 'NOT met'}** "
                          f"({best.rate:,.0f}/s, {best.mode})")
+    problems = [f"* {r.name}, {p.mode}: {x}" for r in results for p in r.phases for x in p.problems + p.failed[:5]]
+    problems += [f"* {r.name}: ABORTED: {r.aborted}" for r in results if r.aborted]
+    if problems:
+        lines += ["", "Problems seen (the run is not clean):", "", *problems]
     lines += ["", "Primary path lengths (switches) of the measured connections: " + "; ".join(
         f"{r.name}: " + ", ".join(f"{k} hops × {v}" for k, v in sorted(r.path_lengths.items())) for r in results) + ".",
         "Lab start-up (not measured above): " + ", ".join(f"{r.name} {r.lab_start_s:.1f} s" for r in results) + ".", ""]
@@ -299,6 +479,8 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root: the lab makes network namespaces and veth pairs")
+    # So that a `timeout` or `kill` unwinds through the lab's context manager and stops it.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     overrides = dict(o.split("=", 1) for o in args.set)
     began = time.strftime("%Y-%m-%d %H:%M")
@@ -318,6 +500,8 @@ def main() -> None:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(text)
     print(text)
+    if any(r.aborted for r in results) or any(p.problems or p.failed for r in results for p in r.phases):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

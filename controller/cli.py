@@ -171,8 +171,12 @@ def topo(topology: TopologyOpt, png: Annotated[Path, typer.Option(help="Write a 
 @app.command()
 def settings() -> None:
     """Print every setting with its default (the README's table)."""
+    print("| setting | default | meaning |\n|---|---|---|")
     for name, field in Settings.model_fields.items():
-        console.print(f"| `{name}` | `{field.default}` | {field.description} |", markup=False, highlight=False)
+        default = field.default
+        if isinstance(default, Path):
+            default = default.relative_to(REPO_ROOT) if default.is_relative_to(REPO_ROOT) else default
+        print(f"| `{name}` | `{default}` | {field.description} |")
 
 
 @app.command()

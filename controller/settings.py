@@ -18,8 +18,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 class Settings(BaseModel):
     # --- P4Runtime client ---
     election_id: int = Field(10, description="Election id this controller asks for (primary wins by highest)")
-    keepalive_interval: float = Field(0.1, description="Seconds between liveness RPCs to each switch")
-    keepalive_timeout: float = Field(0.2, description="A switch that does not answer a liveness RPC within this many seconds is down")
+    keepalive_interval: float = Field(0.05, description="Seconds between liveness RPCs to each switch")
+    keepalive_timeout: float = Field(0.15, description="A switch from which nothing (liveness answer, packet-in) arrived for this many seconds is down")
     reconnect_backoff_min: float = Field(0.1, description="First reconnect delay after a switch is lost (s)")
     reconnect_backoff_max: float = Field(2.0, description="Largest reconnect delay (s)")
     rpc_timeout: float = Field(5.0, description="Deadline of Write, Read and pipeline RPCs (s)")
@@ -36,7 +36,7 @@ class Settings(BaseModel):
     # --- heal ---
     fast_failover: bool = Field(True, description="Head-end protection groups with watch ports on targets that honour them (softswitch, BMv2)")
     probe_interval: float = Field(0.01, description="Seconds between link probes out of each fabric port")
-    probe_misses: int = Field(3, description="A link is down after this many probe intervals without a probe in either direction")
+    probe_misses: int = Field(3, description="A link is down when this many probes in a row are missing in either direction while both switches show life")
     probe_recovery: int = Field(25, description="Healthy probe intervals (both directions) before a down link is used again")
     probe_recovery_max: int = Field(1000, description="Cap on the recovery requirement, which doubles each time a link flaps")
     flap_window: float = Field(2.0, description="A link that fails within this many seconds of recovering counts as flapping (s)")
@@ -51,17 +51,19 @@ class Settings(BaseModel):
     nsm_address: str = Field("127.0.0.1:5001", description="NSM API address: host:port, tcp://host:port or unix:///path")
     nsm_name: str = Field("p4nsm", description="This hop's path segment name in NSM connections")
     nsm_spiffe_id: str = Field("spiffe://p4nsm/controller", description="`sub` of the tokens this hop issues")
+    nsm_run_dir: Path = Field(REPO_ROOT / "run" / "nsm", description="SDK endpoints' unix sockets: <dir>/<host>/<name>.sock")
+    nsm_max_message_bytes: int = Field(1024 * 1024, description="Largest NSM gRPC message accepted")
+    # NSM timers (the SDK's also)
     nsm_token_lifetime: float = Field(600.0, description="Lifetime of the tokens this hop and the SDK issue (s); the server closes a connection its client has not refreshed by then")
     nsm_registry_default_expiration: float = Field(60.0, description="Longest life of an endpoint registration without re-Register (s)")
     nsm_endpoint_timeout: float = Field(15.0, description="Deadline of a Request or Close forwarded to an endpoint, and of one SDK Request try (s)")
     nsm_retry_interval: float = Field(0.2, description="SDK: wait between failed Request, refresh or Register tries (s)")
+    # NSM limits: beyond them a Request is refused (INVALID_ARGUMENT, or RESOURCE_EXHAUSTED when too many are in progress)
     nsm_max_requests_in_progress: int = Field(512, description="Requests served at once; more are refused with RESOURCE_EXHAUSTED")
     nsm_max_name_length: int = Field(253, description="Longest name, id or label key accepted in NSM messages")
     nsm_max_value_length: int = Field(4096, description="Longest label or parameter value or token accepted")
     nsm_max_map_entries: int = Field(64, description="Most labels, parameters or metrics in one map")
     nsm_max_list_entries: int = Field(64, description="Most path segments, mechanisms, addresses or routes in one list")
-    nsm_max_message_bytes: int = Field(1024 * 1024, description="Largest NSM gRPC message accepted")
-    nsm_run_dir: Path = Field(REPO_ROOT / "run" / "nsm", description="SDK endpoints' unix sockets: <dir>/<host>/<name>.sock")
 
     @classmethod
     def load(cls, overrides: dict[str, str] | None = None) -> "Settings":

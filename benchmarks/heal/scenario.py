@@ -11,7 +11,7 @@ import time
 import networkx as nx
 
 from controller.fabric.model import ConnectionPlan
-from controller.heal.reroute import _active_alive, _leg_alive
+from controller.heal.reroute import active_alive, backup_alive
 from controller.runtime import Controller
 from topologies import faults
 from topologies.lab import Lab
@@ -117,7 +117,6 @@ class Fault:
         self.ctl = ctl
         self.target = target
         self.active = False
-        self.inject_ms = 0.0
 
     def _ifnames(self) -> list[str]:
         link = self.ctl.fabric.graph.links[self.target.element]
@@ -125,20 +124,26 @@ class Fault:
         down = (link.b, link.b_port) if (link.a, link.a_port) == up else (link.a, link.a_port)
         return [switch_ifname(*up), switch_ifname(*down)]  # the data's direction first
 
-    async def inject(self) -> int:
-        """Returns the failure time (CLOCK_MONOTONIC ns), taken just before the first action."""
+    async def inject(self) -> tuple[int, int]:
+        """(start, end) of the call that breaks the data's direction (CLOCK_MONOTONIC ns). The
+        failure took effect somewhere inside it: pyroute2's set-up and tear-down take most of
+        a call's few ms, a signal is immediate."""
         t = self.target
-        t0 = time.monotonic_ns()
         self.active = True
+        start = time.monotonic_ns()
         if t.kind == "cut":
-            for ifname in self._ifnames():
+            first, *rest = self._ifnames()
+            await asyncio.to_thread(faults.cut, first)
+            done = time.monotonic_ns()
+            for ifname in rest:
                 await asyncio.to_thread(faults.cut, ifname)
         elif t.kind == "port":
             await asyncio.to_thread(self.lab.set_port_up, t.switch, t.port, False)
+            done = time.monotonic_ns()
         else:
             self.lab.kill_switch(t.element, signal.SIGKILL if t.kind == "kill" else signal.SIGSTOP)
-        self.inject_ms = (time.monotonic_ns() - t0) / 1e6
-        return t0
+            done = start
+        return start, done
 
     async def restore(self) -> None:
         t = self.target
@@ -184,10 +189,12 @@ def unsettled(ctl: Controller) -> str:
     recent = max((s.went_up_at for s in links.links.values()), default=float("-inf"))
     if time.monotonic() - recent < ctl.settings.flap_window:
         return "a link recovered within the flap window"
+    if not ctl.rerouter.idle:
+        return "a heal round is running"
     for plan in fabric.plans.values():
-        if plan.state != "up" or not _active_alive(fabric, plan):
+        if plan.state != "up" or not active_alive(fabric, plan):
             return f"connection {plan.id[:8]} is {plan.state}"
-        if not (_leg_alive(fabric, plan.a_to_b_backup) and _leg_alive(fabric, plan.b_to_a_backup)):
+        if not backup_alive(fabric, plan):
             return f"connection {plan.id[:8]} has no live backup yet"
     return ""
 

@@ -1,6 +1,7 @@
 """The controller's own view of a failure, recorded from the outside: when its graph changed
-(detection), when connections were rerouted (the head-end writes were acknowledged: the fabric
-emits `rerouted` after the batched MODIFY returns) and what each heal round reported."""
+(detection), when the heal round's head-end writes were acknowledged (the rerouter reports it in
+`last_round`: `heads_acked_ms` after the round began, which ended at `finished_at`), and when
+connections were reported rerouted (after every phase of the round's writes)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ ROUND_POLL_S = 0.005
 class Window:
     detect_ns: int | None  # first graph change after the failure
     detected_by: str  # what the graph lost first: "link ..." or "switch ..."
-    ack_ns: int | None  # last `rerouted` event
+    heads_ack_ns: int | None  # the last heal round with urgent work: its head-end phase acknowledged
+    rerouted_ns: int | None  # last `rerouted` event
     rerouted: int
     rounds: list[dict[str, float]]
 
@@ -28,6 +30,9 @@ class Timeline:
         self.graph: list[tuple[int, frozenset[str], frozenset[str]]] = []
         self.plans: list[tuple[int, str]] = []  # (time, event) of every connection event
         self.rounds: list[tuple[int, dict[str, float]]] = []
+        self.sessions: list[tuple[int, str, str]] = []  # (time, switch, reason) of every session lost
+        for client in ctl.clients.values():
+            client.state_listeners.append(self._on_switch)
         ctl.fabric.graph_listeners.append(self._on_graph)
         ctl.fabric.listeners.append(self._on_plan)
         self._task = asyncio.create_task(self._watch_rounds(), name="bench:rounds")
@@ -35,6 +40,10 @@ class Timeline:
     def _on_graph(self) -> None:
         g = self.ctl.fabric.graph
         self.graph.append((time.monotonic_ns(), frozenset(g.down_links), frozenset(g.down_switches)))
+
+    def _on_switch(self, client: object, up: bool, reason: str) -> None:
+        if not up:
+            self.sessions.append((time.monotonic_ns(), getattr(client, "name", "?"), reason))
 
     def _on_plan(self, plan: object, event: str) -> None:
         self.plans.append((time.monotonic_ns(), event))
@@ -47,10 +56,17 @@ class Timeline:
             current = self.ctl.rerouter.last_round
             if current is not seen:
                 seen = current
-                self.rounds.append((time.monotonic_ns(), dict(current)))
+                now_ns = time.monotonic_ns()
+                r = dict(current)
+                if r.get("finished_at") and r.get("heads_acked_ms"):
+                    # finished_at is wall-clock time: carried over to the monotonic clock here.
+                    finished_ns = now_ns - int((time.time() - r["finished_at"]) * 1e9)
+                    r["heads_ack_ns"] = finished_ns - int((r["round_ms"] - r["heads_acked_ms"]) * 1e6)
+                self.rounds.append((now_ns, r))
 
     def clear(self) -> None:
         self.graph.clear()
+        self.sessions.clear()
         self.plans.clear()
         self.rounds.clear()
 
@@ -59,10 +75,14 @@ class Timeline:
         acks = [t for t, e in self.plans if start_ns <= t < end_ns and e == "rerouted"]
         by = ""
         if detect is not None:
-            by = " ".join([*(f"switch {s}" for s in sorted(detect[2])), *(f"link {l}" for l in sorted(detect[1]))])
+            # A lost session takes the switch's links down first: the graph shows links either way.
+            lost = [(sw, why) for t, sw, why in self.sessions if start_ns <= t <= detect[0]]
+            by = f"session of {lost[0][0]} ({lost[0][1]})" if lost else f"probes: {' '.join(sorted(detect[1]))}"
+        rounds = [r for t, r in self.rounds if start_ns <= t < end_ns]
+        heads = [r["heads_ack_ns"] for r in rounds if r.get("urgent") and "heads_ack_ns" in r]
         return Window(
-            detect_ns=detect[0] if detect else None, detected_by=by, ack_ns=max(acks) if acks else None,
-            rerouted=len(acks), rounds=[r for t, r in self.rounds if start_ns <= t < end_ns],
+            detect_ns=detect[0] if detect else None, detected_by=by, heads_ack_ns=max(heads) if heads else None,
+            rerouted_ns=max(acks) if acks else None, rerouted=len(acks), rounds=rounds,
         )
 
     async def close(self) -> None:

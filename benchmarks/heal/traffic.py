@@ -4,6 +4,7 @@ per destination host, each started inside the host's namespace, and the streams 
 from __future__ import annotations
 
 import asyncio
+import binascii
 import dataclasses
 import json
 import os
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.heal.wire import PAYLOAD, RECORD_DTYPE
-from tests.e2e.topology import tagged
+from tests.e2e.topology import DST, tagged
 
 REPO = Path(__file__).resolve().parents[2]
 START_LEAD_S = 0.3  # between the run request and the first frame: every sender has it by then
@@ -35,6 +36,19 @@ class Stream:
     @property
     def period_ms(self) -> float:
         return 1000.0 / self.rate
+
+
+def primary_member_src(index: int) -> str:
+    """A source MAC of the stream's own that the head end's protection group hashes onto its
+    primary member. The group (p4/nsm_fabric.p4 label_group) picks member crc16(src, dst) modulo
+    the live members, the primary written first: without this choice about half of the streams
+    would ride the backup leg and never meet the failed element."""
+    dst = bytes.fromhex(DST.replace(":", ""))
+    for salt in range(256):
+        src = bytes([0x02, salt]) + index.to_bytes(4, "big")
+        if binascii.crc_hqx(dst, binascii.crc_hqx(src, 0)) % 2 == 0:
+            return ":".join(f"{b:02x}" for b in src)
+    raise AssertionError("no even hash in 256 tries")
 
 
 class NetnsProcess:
@@ -125,7 +139,7 @@ class Traffic:
             self.receivers[dst] = await NetnsProcess.start(dst, "benchmarks.heal.receiver", self.iface_of[dst])
         for src, flows in sorted(self._flows.items()):
             proc = self.senders[src] = await NetnsProcess.start(src, "benchmarks.heal.sender", self.iface_of[src])
-            await proc.call(op="flows", flows=[[s.index, tagged(s.vlan, bytes(PAYLOAD.size)).hex(), s.rate] for s in flows])
+            await proc.call(op="flows", flows=[[s.index, tagged(s.vlan, bytes(PAYLOAD.size), src=primary_member_src(s.index)).hex(), s.rate] for s in flows])
 
     async def run(self, trial: int, seconds: float) -> tuple[int, asyncio.Task[TrialTraffic]]:
         """Start a trial's streams; returns when the first frame goes out and a task that ends

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import grpc
 
 from controller.nsm import clock
-from controller.nsm.chain import CallContext, Connection, Element, Next, Request
+from controller.nsm.chain import CallContext, Connection, Inspect
 from controller.nsm.errors import NsmError
 from controller.nsm.tokens import claims
 
@@ -30,18 +30,10 @@ def tokens_unexpired(conn: Connection, ctx: CallContext) -> bool:
     return True
 
 
-class Authorize(Element):
+class Authorize(Inspect):
     def __init__(self, policy: Policy = allow_any) -> None:
         self.policy = policy
 
-    def _check(self, conn: Connection, ctx: CallContext) -> None:
+    def inspect(self, conn: Connection, ctx: CallContext) -> None:
         if not ctx.internal and not self.policy(conn, ctx):
             raise NsmError(grpc.StatusCode.PERMISSION_DENIED, "connection.path", "no sufficient privileges")
-
-    async def request(self, req: Request, ctx: CallContext, nxt: Next) -> Connection:
-        self._check(req.connection, ctx)
-        return await nxt.request(req, ctx)
-
-    async def close(self, conn: Connection, ctx: CallContext, nxt: Next) -> None:
-        self._check(conn, ctx)
-        await nxt.close(conn, ctx)

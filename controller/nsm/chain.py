@@ -47,6 +47,22 @@ class Element:
         await nxt.close(conn, ctx)
 
 
+class Inspect(Element):
+    """An element whose one job is the same on Request and on Close: look at (or stamp) the
+    connection, then hand it on."""
+
+    def inspect(self, conn: Connection, ctx: CallContext) -> None:
+        raise NotImplementedError
+
+    async def request(self, req: Request, ctx: CallContext, nxt: Next) -> Connection:
+        self.inspect(req.connection, ctx)
+        return await nxt.request(req, ctx)
+
+    async def close(self, conn: Connection, ctx: CallContext, nxt: Next) -> None:
+        self.inspect(conn, ctx)
+        await nxt.close(conn, ctx)
+
+
 class Next:
     """The rest of the chain after one element."""
 

@@ -1,35 +1,29 @@
 """forward: the Request goes on to the selected endpoint, which answers with the IP context; the
 endpoint's own KERNEL interface lives in its host's netns. While the connection lives, the
-endpoint's MonitorConnections is watched, and its loss or a DOWN/DELETE from it turns this
-connection DOWN, so the client heals (contract §7.3, passthrough propagation)."""
+endpoint is watched (endpoint_watch)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Collection
 
 import grpc
-from nsm_api import connection_pb2, networkservice_pb2, networkservice_pb2_grpc
-from nsm_api import connection_pb2_grpc
+from nsm_api import networkservice_pb2, networkservice_pb2_grpc
 
 from controller.nsm import clock, kernel
-from controller.nsm.begin import ConnState
 from controller.nsm.channels import Channels
 from controller.nsm.chain import CallContext, Connection, Element, Next, Request
 from controller.nsm.errors import EndpointFailed
+from controller.nsm.endpoint_watch import EndpointWatch
 from controller.nsm.metadata import Credentials
-from controller.nsm.monitor import MonitorHub
 from controller.nsm.placement import endpoint_host
 from controller.nsm.roundrobin import ENDPOINT
-from controller.nsm.tasks import Tasks
 
 log = logging.getLogger("p4nsm.nsm")
 
 ENDPOINT_HOST = "forward.endpoint_host"
 ENDPOINT_CONN = "forward.endpoint_conn"  # per call and per connection: the endpoint's answer
 _URL = "forward.url"
-_WATCH = "forward.watch"
 
 
 def _own_credentials(conn: Connection) -> Credentials:
@@ -38,11 +32,10 @@ def _own_credentials(conn: Connection) -> Credentials:
 
 
 class Forward(Element):
-    def __init__(self, channels: Channels, hosts: Collection[str], hub: MonitorHub, tasks: Tasks, timeout: float) -> None:
+    def __init__(self, channels: Channels, hosts: Collection[str], watch: EndpointWatch, timeout: float) -> None:
         self.channels = channels
         self.hosts = hosts
-        self.hub = hub
-        self.tasks = tasks
+        self.watch = watch
         self.timeout = timeout
 
     def _outgoing(self, req: Request, ctx: CallContext, host: str) -> networkservice_pb2.NetworkServiceRequest:
@@ -87,9 +80,7 @@ class Forward(Element):
         if st is not None:
             st.values[ENDPOINT_CONN] = answer
             st.values[_URL] = nse.url
-            watch = st.values.get(_WATCH)
-            if watch is None or watch.done():
-                st.values[_WATCH] = self.tasks.spawn(self._watch(st, nse.url, conn), f"endpoint-monitor:{conn.id}")
+            self.watch.watch(nse.url, conn.id)
         return resp
 
     async def close(self, conn: Connection, ctx: CallContext, nxt: Next) -> None:
@@ -98,37 +89,16 @@ class Forward(Element):
             await nxt.close(conn, ctx)
         finally:
             if st is not None:
-                watch = st.values.pop(_WATCH, None)
-                if watch is not None:
-                    watch.cancel()
                 answer, url = st.values.pop(ENDPOINT_CONN, None), st.values.pop(_URL, None)
                 if answer is not None and url is not None:
+                    self.watch.forget(url, conn.id)
                     await self._close_endpoint(url, answer, conn.id)
 
     async def _close_endpoint(self, url: str, answer: Connection, conn_id: str) -> None:
         """Best effort: a dead endpoint cannot be told, and its own expiry frees what it holds."""
         stub = networkservice_pb2_grpc.NetworkServiceStub(self.channels.get(url))
         try:
-            await asyncio.shield(stub.Close(answer, timeout=self.timeout, metadata=_own_credentials(answer).as_metadata()))
+            await stub.Close(answer, timeout=self.timeout, metadata=_own_credentials(answer).as_metadata())
         except grpc.aio.AioRpcError as e:
             log.warning("connection=%s endpoint_url=%s event=endpoint_close_failed code=%s error=%s",
                         conn_id, url, e.code().name, e.details())
-
-    async def _watch(self, st: ConnState, url: str, conn: Connection) -> None:
-        own = conn.path.path_segments[conn.path.index]
-        selector = connection_pb2.MonitorScopeSelector(path_segments=[connection_pb2.PathSegment(id=own.id, name=own.name)])
-        stub = connection_pb2_grpc.MonitorConnectionStub(self.channels.get(url))
-        reason = "endpoint ended its monitor stream"
-        try:
-            async for event in stub.MonitorConnections(selector, metadata=_own_credentials(conn).as_metadata()):
-                if event.type == connection_pb2.INITIAL_STATE_TRANSFER:
-                    continue
-                if any(event.type == connection_pb2.DELETE or c.state == connection_pb2.DOWN
-                       for c in event.connections.values()):
-                    reason = f"endpoint reported {connection_pb2.ConnectionEventType.Name(event.type)}"
-                    break
-        except grpc.aio.AioRpcError as e:
-            if e.code() == grpc.StatusCode.CANCELLED:
-                return
-            reason = f"endpoint monitor failed: {e.code().name}"
-        self.hub.set_state(st.id, connection_pb2.DOWN, reason)

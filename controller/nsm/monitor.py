@@ -49,6 +49,9 @@ class _Subscriber:
     def __init__(self, selector: Selector) -> None:
         self.selector = selector
         self.buffer: LatestBuffer[str, Event] = LatestBuffer()
+        # A selector naming segment ids can only match connections whose path has the first of
+        # them: subscribers are found by that id instead of trying every one on every event.
+        self.key = next((seg.id for seg in selector.path_segments if seg.id), "")
 
 
 class MonitorHub:
@@ -56,10 +59,16 @@ class MonitorHub:
         self.owner = owner
         self.connections: dict[str, Connection] = {}
         self._closing: set[str] = set()
-        self._subscribers: set[_Subscriber] = set()
+        self._by_id: dict[str, set[_Subscriber]] = {}
+
+    def _subscribers(self, conn: Connection) -> set[_Subscriber]:
+        found = set(self._by_id.get("", ()))
+        for seg in conn.path.path_segments:
+            found |= self._by_id.get(seg.id, set())
+        return found
 
     def _publish(self, kind: int, conn: Connection) -> None:
-        for sub in self._subscribers:
+        for sub in self._subscribers(conn):
             if selects(sub.selector, conn):
                 sub.buffer.put(conn.id, Event(type=kind, connections={conn.id: conn}))
 
@@ -88,13 +97,16 @@ class MonitorHub:
     async def events(self, selector: Selector) -> AsyncIterator[Event]:
         sub = _Subscriber(selector)
         initial = {k: _copy(c) for k, c in self.connections.items() if selects(selector, c)}
-        self._subscribers.add(sub)  # no await since the snapshot: no event falls in between
+        self._by_id.setdefault(sub.key, set()).add(sub)  # no await since the snapshot: no event falls in between
         try:
             yield Event(type=connection_pb2.INITIAL_STATE_TRANSFER, connections=initial)
             while True:
                 yield await sub.buffer.get()
         finally:
-            self._subscribers.discard(sub)
+            subs = self._by_id.get(sub.key, set())
+            subs.discard(sub)
+            if not subs:
+                self._by_id.pop(sub.key, None)
 
 
 class Monitor(Element):

@@ -23,10 +23,12 @@ from controller.nsm.chain import Chain, Element
 from controller.nsm.channels import Channels, dial_target
 from controller.nsm.client_mechanism import ClientMechanism
 from controller.nsm.discover import Discover
+from controller.nsm.endpoint_watch import EndpointWatch
 from controller.nsm.fabric_connect import FabricConnect
 from controller.nsm.forward import Forward
 from controller.nsm.hostside import HostSide
 from controller.nsm.monitor import Monitor, MonitorHub, MonitorServicer
+from controller.nsm.orphans import OrphanReaper
 from controller.nsm.roundrobin import Ejected, Report, RoundRobin, ignore, never
 from controller.nsm.service import NetworkServiceServicer
 from controller.nsm.tasks import Tasks
@@ -104,8 +106,10 @@ class NsmServer:
         self.channels = Channels(grpc_options(settings))
         self.begin = Begin()
         hosts = fabric.hosts.keys()
+        self.reaper: OrphanReaper | None = None
         if dataplane is None:
             dataplane = [FabricConnect(fabric, self.hub), HostSide()]
+            self.reaper = OrphanReaper(fabric, self.begin, self.tasks, settings.nsm_token_lifetime)
         self.chain = Chain([
             Admission(settings.nsm_max_requests_in_progress),
             Validate(limits),
@@ -118,7 +122,8 @@ class NsmServer:
             ClientMechanism(hosts),
             Discover(self.services, self.endpoints),
             RoundRobin(ejected, report),
-            Forward(self.channels, hosts, self.hub, self.tasks, settings.nsm_endpoint_timeout),
+            Forward(self.channels, hosts, EndpointWatch(settings.nsm_name, self.channels, self.tokens, self.hub, self.tasks),
+                    settings.nsm_endpoint_timeout),
             *dataplane,
         ])
         self.network_service = NetworkServiceServicer(self.chain)
@@ -136,6 +141,8 @@ class NsmServer:
         self.address = bind(server, address or self.settings.nsm_address)
         await server.start()
         self._server = server
+        if self.reaper is not None:
+            self.reaper.start()
         log.info("event=nsm_listening address=%s name=%s", self.address, self.settings.nsm_name)
         return self.address
 

@@ -4,15 +4,15 @@ this hop's segment takes a token of its own. Both on Request and on Close."""
 from __future__ import annotations
 
 from controller.nsm import clock
-from controller.nsm.chain import CallContext, Connection, Element, Next, Request
+from controller.nsm.chain import CallContext, Connection, Inspect
 from controller.nsm.tokens import TokenSource
 
 
-class UpdateToken(Element):
+class UpdateToken(Inspect):
     def __init__(self, tokens: TokenSource) -> None:
         self.tokens = tokens
 
-    def _apply(self, conn: Connection, ctx: CallContext) -> None:
+    def inspect(self, conn: Connection, ctx: CallContext) -> None:
         segments = conn.path.path_segments
         index = conn.path.index
         creds = ctx.credentials
@@ -25,11 +25,3 @@ class UpdateToken(Element):
             token, expires = self.tokens.issue()
             segments[index].token = token
             segments[index].expires.CopyFrom(clock.timestamp(expires))
-
-    async def request(self, req: Request, ctx: CallContext, nxt: Next) -> Connection:
-        self._apply(req.connection, ctx)
-        return await nxt.request(req, ctx)
-
-    async def close(self, conn: Connection, ctx: CallContext, nxt: Next) -> None:
-        self._apply(conn, ctx)
-        await nxt.close(conn, ctx)

@@ -31,7 +31,8 @@ def check_text(field: str, value: str, limit: int, *, required: bool = False, sp
         raise invalid(field, "is required")
     if len(value) > limit:
         raise invalid(field, f"has {len(value)} characters; at most {limit} are accepted")
-    if any(not c.isprintable() or (not spaces and c.isspace()) for c in value):
+    # str.isprintable is False for every whitespace but the plain space.
+    if not value.isprintable() or (not spaces and " " in value):
         raise invalid(field, f"{value!r} contains {'whitespace or ' if not spaces else ''}control characters")
 
 

@@ -87,7 +87,7 @@ def request(
         client = Client(nsm_address or settings.nsm_address, settings)
         try:
             conn = await client.request(service, netns, iface=name, labels=_labels(label), give_up_after=give_up_after)
-            table = Table(title=f"connection {conn.id}")
+            table = Table(title=f"connection {conn.id}", show_header=False)
             ip = conn.context.ip_context
             for key, value in (("endpoint", conn.network_service_endpoint_name), ("interface", f"{netns}/{name}"),
                                ("vlan", conn.mechanism.parameters.get("vlan", "")), ("address", ", ".join(ip.src_ip_addrs)),

@@ -98,10 +98,14 @@ class Endpoint:
         await self.registration.start(register_within)
 
     async def stop(self) -> None:
-        if self.registration is not None:
-            await self.registration.stop()
-        if self._server is not None:
-            await self._server.stop(0.5)
+        """Unregister and stop serving; stopping twice is harmless."""
+        registration, self.registration = self.registration, None
+        server, self._server = self._server, None
+        channel, self._channel = self._channel, None
+        if registration is not None:
+            await registration.stop()
+        if server is not None:
+            await server.stop(0.5)
         await self.tasks.stop()
-        if self._channel is not None:
-            await self._channel.close()
+        if channel is not None:
+            await channel.close()

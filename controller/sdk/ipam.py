@@ -5,8 +5,8 @@ shared endpoint address, keeps every connection's routes apart in the endpoint's
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
-from collections.abc import Iterator
 
 import grpc
 from nsm_api import connectioncontext_pb2
@@ -20,29 +20,55 @@ _PAIR = "ipam.pair"
 
 
 class PairPool:
+    """Pair k is (first host + 2k, first host + 2k + 1); freed pairs are reused lowest first."""
+
     def __init__(self, cidr: str) -> None:
         self.network = ipaddress.ip_network(cidr, strict=False)
-        self._used: set[Pair] = set()
+        if self.network.num_addresses < 4:
+            raise ValueError(f"cidr {cidr}: a pool needs at least 4 addresses")
+        self._base = int(self.network.network_address) + 1
+        self._size = (self.network.num_addresses - 2) // 2
+        self._used: set[int] = set()
+        self._freed: list[int] = []
+        self._next = 0  # pairs from here on have never been handed out
 
-    def _pairs(self) -> Iterator[Pair]:
-        hosts = self.network.hosts()
-        for endpoint, client in zip(hosts, hosts):
-            yield str(endpoint), str(client)
+    def _pair(self, k: int) -> Pair:
+        addr = self.network.network_address.__class__
+        return str(addr(self._base + 2 * k)), str(addr(self._base + 2 * k + 1))
+
+    def _index(self, pair: Pair) -> int | None:
+        try:
+            endpoint, client = (int(ipaddress.ip_address(a)) for a in pair)
+        except ValueError:
+            return None
+        k, odd = divmod(endpoint - self._base, 2)
+        return k if not odd and client == endpoint + 1 and 0 <= k < self._size else None
 
     def take(self, wanted: Pair | None = None) -> Pair:
         """A free pair; `wanted` (e.g. what a client still holds after an endpoint restart) if free."""
-        if wanted is not None and wanted not in self._used and wanted in set(self._pairs()):
-            self._used.add(wanted)
-            return wanted
-        for pair in self._pairs():
-            if pair not in self._used:
-                self._used.add(pair)
-                return pair
+        k = self._index(wanted) if wanted is not None else None
+        if k is None or k in self._used:
+            k = self._free_index()
+        self._used.add(k)
+        return self._pair(k)
+
+    def _free_index(self) -> int:
+        while self._freed:
+            k = heapq.heappop(self._freed)
+            if k not in self._used:
+                return k
+        while self._next < self._size:
+            self._next += 1
+            if self._next - 1 not in self._used:
+                return self._next - 1
         raise NsmError(grpc.StatusCode.RESOURCE_EXHAUSTED, "connection.context.ip_context",
                        f"address pool {self.network} is exhausted ({len(self._used)} connections)")
 
     def give(self, pair: Pair) -> None:
-        self._used.discard(pair)
+        k = self._index(pair)
+        if k is not None and k in self._used:
+            self._used.discard(k)
+            heapq.heappush(self._freed, k)
 
     def __len__(self) -> int:
         return len(self._used)

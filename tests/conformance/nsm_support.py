@@ -4,6 +4,7 @@ plane short-circuited)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
@@ -57,13 +58,16 @@ def refresh_of(resp: Connection, expires_in: float = 60.0) -> networkservice_pb2
 class Recorder(Element):
     """The data plane short-circuited: it records what reaches it and makes nothing."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay  # how long making a connection takes
         self.new: list[str] = []
         self.refreshes: list[str] = []
         self.closes: list[tuple[str, str]] = []
 
     async def request(self, req: Request, ctx: CallContext, nxt: Next) -> Connection:
         (self.refreshes if ctx.refresh else self.new).append(req.connection.id)
+        if self.delay:
+            await asyncio.sleep(self.delay)
         return await nxt.request(req, ctx)
 
     async def close(self, conn: Connection, ctx: CallContext, nxt: Next) -> None:

@@ -27,9 +27,10 @@ from controller.nsm.channels import dial_target
 from controller.nsm.metadata import Credentials
 from controller.nsm.server import SERVICE_NAMES, NsmServer
 from controller.runtime import Controller
-from controller.sdk.endpoint import Endpoint, EndpointConfig
+from controller.sdk.endpoint import Endpoint
 from controller.settings import Settings
 from tests.conformance.nsm_support import DIAMOND, Recorder, code_of, nsc_request, nsm_settings, refresh_of, segment
+from tests.e2e.nsm_fixtures import Endpoints
 from topologies.schema import load_topology
 
 pytestmark = pytest.mark.timeout(120)
@@ -112,17 +113,13 @@ MakeEndpoint = Callable[..., Awaitable[Endpoint]]
 
 @pytest.fixture
 async def endpoints(settings) -> AsyncIterator[MakeEndpoint]:
-    made: list[Endpoint] = []
+    started = Endpoints(settings)
 
     async def make(served: Served, service: str = "icmp", host: str = "h3", cidr: str = "10.60.0.0/24", **kw) -> Endpoint:
-        nse = Endpoint(EndpointConfig(service=service, host=host, cidr=cidr, nsm_url=served.server.address, **kw), settings)
-        await nse.start(register_within=5)
-        made.append(nse)
-        return nse
+        return await started.start(served.server.address, service, host, cidr, **kw)
 
     yield make
-    for nse in made:
-        await nse.stop()
+    await started.stop_all()
 
 
 async def refused(call: Awaitable[object]) -> grpc.aio.AioRpcError:
@@ -532,6 +529,19 @@ async def test_a_burst_of_1000_requests_is_served_or_refused_cleanly(looped: Ser
     await asyncio.gather(*(looped.ns.Close(r) for r in served))
     assert looped.server.begin.states == {} and looped.server.hub.connections == {}
     assert nse.begin.states == {} and len(nse.pool) == 0
+
+
+async def test_a_burst_beyond_the_admission_limit_is_refused_at_the_door(controller, tmp_path, endpoints) -> None:
+    settings = nsm_settings(tmp_path, nsm_max_requests_in_progress=20)
+    async for looped in _serve(controller, settings, Recorder(delay=0.2)):  # a slow data plane
+        nse = await endpoints(looped, cidr="10.64.0.0/16")
+        results = await asyncio.gather(*(looped.ns.Request(nsc_request(), timeout=30) for _ in range(1000)),
+                                       return_exceptions=True)
+        served = [r for r in results if isinstance(r, connection_pb2.Connection)]
+        refusals = [r for r in results if not isinstance(r, connection_pb2.Connection)]
+        assert refusals and {code_of(e) for e in refusals} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert served
+        assert len(looped.server.begin.states) == len(served) == len(nse.begin.states) == len(nse.pool)
 
 
 async def test_a_burst_against_an_unready_fabric_leaves_nothing_behind(real: Served, endpoints, controller) -> None:

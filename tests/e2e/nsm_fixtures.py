@@ -1,0 +1,144 @@
+"""Fixtures of the NSM end-to-end tests: the diamond lab in Mininet, a controller serving the NSM
+API on a unix socket, and SDK endpoints and clients that are all stopped after each test.
+
+    from tests.e2e.nsm_fixtures import diamond_lab, nsm_controller, make_endpoint, make_client  # noqa: F401
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from controller.runtime import Controller
+from controller.sdk.client import Client
+from controller.sdk.endpoint import Endpoint, EndpointConfig
+from controller.settings import REPO_ROOT, Settings
+from topologies.schema import Topology, load_topology
+
+DIAMOND = REPO_ROOT / "topologies" / "diamond.yaml"
+
+
+def nsm_test_settings(run_dir: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "store_path": run_dir / f"store-{uuid.uuid4().hex[:6]}.sqlite",
+        "nsm_run_dir": run_dir / f"nsm-{uuid.uuid4().hex[:6]}",
+        "nsm_endpoint_timeout": 2.0,
+        "nsm_retry_interval": 0.1,
+    }
+    values.update(overrides)
+    return Settings.load({k: str(v) for k, v in values.items()})
+
+
+class Endpoints:
+    """SDK endpoints a test starts; stop_all() after it (conformance uses this too)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.made: list[Endpoint] = []
+
+    async def start(self, nsm_url: str, service: str, host: str, cidr: str, **kw: object) -> Endpoint:
+        nse = Endpoint(EndpointConfig(service=service, host=host, cidr=cidr, nsm_url=nsm_url, **kw), self.settings)  # type: ignore[arg-type]
+        await nse.start(register_within=10)
+        self.made.append(nse)
+        return nse
+
+    async def stop_all(self) -> None:
+        for nse in self.made:
+            await nse.stop()
+
+
+@pytest.fixture(scope="module")
+def diamond_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Topology, object, Path]]:
+    # Imported here: Mininet is wanted only where a lab is.
+    from tests.e2e.lab_fixtures import softswitch_or_skip
+    from topologies.lab import Lab
+
+    softswitch_or_skip()
+    topo = load_topology(DIAMOND)
+    run_dir = tmp_path_factory.mktemp("nsm-lab")
+    with Lab(topo, run_dir) as lab:
+        yield topo, lab, run_dir
+
+
+@pytest.fixture
+def nsm_settings(diamond_lab) -> Settings:
+    return nsm_test_settings(diamond_lab[2])
+
+
+@pytest.fixture
+async def nsm_controller(diamond_lab, nsm_settings: Settings) -> AsyncIterator[Controller]:
+    topo, _, run_dir = diamond_lab
+    ctl = Controller(topo, nsm_settings, nsm_address=f"unix://{nsm_settings.nsm_run_dir / 'nsm.sock'}")
+    await ctl.start()
+    assert await ctl.wait_ready(30), "switches did not come up"
+    try:
+        yield ctl
+    finally:
+        for conn_id in list(ctl.fabric.plans):  # whatever a failed test left
+            await ctl.fabric.disconnect(conn_id)
+        await ctl.stop()
+
+
+MakeEndpoint = Callable[..., Awaitable[Endpoint]]
+MakeClient = Callable[..., Client]
+
+
+@pytest.fixture
+async def make_endpoint(nsm_controller: Controller, nsm_settings: Settings) -> AsyncIterator[MakeEndpoint]:
+    endpoints = Endpoints(nsm_settings)
+    assert nsm_controller.nsm is not None
+    address = nsm_controller.nsm.address
+
+    async def make(service: str, host: str, cidr: str, **kw: object) -> Endpoint:
+        return await endpoints.start(address, service, host, cidr, **kw)
+
+    yield make
+    await endpoints.stop_all()
+
+
+@pytest.fixture
+async def make_client(nsm_controller: Controller, nsm_settings: Settings) -> AsyncIterator[MakeClient]:
+    made: list[Client] = []
+
+    def make(**kw: object) -> Client:
+        assert nsm_controller.nsm is not None
+        client = Client(nsm_controller.nsm.address, kw.pop("settings", nsm_settings), **kw)  # type: ignore[arg-type]
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        if "closed" not in client.history:
+            try:
+                await client.close()  # of an expired connection: the server answers OK
+            except Exception:  # the test may have broken it on purpose
+                pass
+
+
+async def ping(netns: str, address: str, count: int = 3) -> bool:
+    proc = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", netns, "ping", "-c", str(count), "-i", "0.2", "-W", "1", address,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    return await proc.wait() == 0
+
+
+def iface_addresses(netns: str, name: str) -> list[str] | None:
+    """The addresses of `name` in `netns`, or None when there is no such interface."""
+    out = subprocess.run(["ip", "-n", netns, "-br", "addr", "show", "dev", name], capture_output=True, text=True)
+    if out.returncode != 0:
+        return None
+    fields = out.stdout.split()
+    return [f for f in fields[2:] if "/" in f]
+
+
+async def switch_entries(ctl: Controller) -> dict[str, set[bytes]]:
+    """Every table entry of every switch, read from the switches."""
+    out = {}
+    for name, client in ctl.clients.items():
+        out[name] = {e.SerializeToString(deterministic=True) for e in await client.read_table_entries()}
+    return out

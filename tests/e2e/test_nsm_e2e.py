@@ -1,0 +1,128 @@
+"""The NSM API end to end on the diamond lab (Mininet, softswitches, the real controller): an SDK
+endpoint in h3 (and h4), SDK clients in h1 (and h2), kernel interfaces, ping.
+
+- ping works across the kernel interfaces the controller made;
+- Close removes both interfaces and every entry (read back from every switch);
+- refresh keeps a connection alive past its caller's token expiry;
+- without refresh it expires, and its interfaces and entries vanish;
+- Find with watch sees registrations come and go;
+- two endpoints of one service are both used (round robin), and a client heals onto the other
+  when its endpoint goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+
+import pytest
+from nsm_api import registry_pb2, registry_pb2_grpc
+
+from controller.nsm.channels import dial_target
+from tests.e2e.nsm_fixtures import (  # noqa: F401
+    diamond_lab,
+    iface_addresses,
+    make_client,
+    make_endpoint,
+    nsm_controller,
+    nsm_settings,
+    nsm_test_settings,
+    ping,
+    switch_entries,
+)
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (Mininet, network namespaces)"),
+    pytest.mark.skipif(shutil.which("mnexec") is None, reason="needs Mininet (mnexec)"),
+    pytest.mark.timeout(600)  # includes waiting for another lab on this machine,
+]
+
+
+async def eventually(check, timeout: float = 5.0, interval: float = 0.1) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if await check() if asyncio.iscoroutinefunction(check) else check():
+            return True
+        await asyncio.sleep(interval)
+    return False
+
+
+async def test_ping_across_kernel_interfaces_and_close_removes_everything(nsm_controller, make_endpoint, make_client) -> None:
+    before = await switch_entries(nsm_controller)
+    await make_endpoint("icmp", "h3", "10.60.0.0/24")
+    client = make_client()
+    conn = await client.request("icmp", "h1", iface="nsm0", give_up_after=10)
+    plan = nsm_controller.fabric.plans[conn.path.path_segments[1].id]
+    assert iface_addresses("h1", "nsm0") == ["10.60.0.2/32"]
+    assert iface_addresses("h3", plan.labels["b_iface"]) == ["10.60.0.1/32"]
+    assert await ping("h1", "10.60.0.1")
+    assert await switch_entries(nsm_controller) != before
+
+    await client.close()
+    assert nsm_controller.fabric.plans == {}
+    assert iface_addresses("h1", "nsm0") is None
+    assert iface_addresses("h3", plan.labels["b_iface"]) is None
+    assert await switch_entries(nsm_controller) == before
+
+
+async def test_refresh_keeps_the_connection_past_its_expiry(nsm_controller, make_endpoint, make_client) -> None:
+    await make_endpoint("icmp", "h3", "10.60.0.0/24")
+    client = make_client(token_lifetime=3.0)  # the server closes at 3 s - 2 s (request deadline) without refresh
+    conn = await client.request("icmp", "h1", iface="nsm0", give_up_after=10)
+    await asyncio.sleep(5)
+    assert client.history.count("refreshed") >= 3
+    assert conn.path.path_segments[1].id in nsm_controller.fabric.plans
+    assert await ping("h1", "10.60.0.1")
+
+
+async def test_without_refresh_it_expires_and_its_entries_vanish(nsm_controller, make_endpoint, make_client) -> None:
+    before = await switch_entries(nsm_controller)
+    await make_endpoint("icmp", "h3", "10.60.0.0/24")
+    client = make_client(token_lifetime=3.0, refresh=False, heal=False)
+    conn = await client.request("icmp", "h1", iface="nsm0", give_up_after=10)
+    own = conn.path.path_segments[1].id
+    endpoint_side = nsm_controller.fabric.plans[own].labels["b_iface"]
+    assert await ping("h1", "10.60.0.1", count=1)
+    assert await eventually(lambda: own not in nsm_controller.fabric.plans, timeout=5)
+    assert iface_addresses("h1", "nsm0") is None and iface_addresses("h3", endpoint_side) is None
+    assert await switch_entries(nsm_controller) == before
+
+
+async def test_find_watch_sees_registrations_come_and_go(nsm_controller, make_endpoint) -> None:
+    import grpc
+
+    channel = grpc.aio.insecure_channel(dial_target(nsm_controller.nsm.address))
+    stub = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(channel)
+    watch = stub.Find(registry_pb2.NetworkServiceEndpointQuery(
+        network_service_endpoint=registry_pb2.NetworkServiceEndpoint(network_service_names=["watched"]), watch=True))
+    nse = await make_endpoint("watched", "h3", "10.63.0.0/24")
+    came = await asyncio.wait_for(watch.read(), 5)
+    assert came.network_service_endpoint.name == nse.name and not came.deleted
+    assert came.network_service_endpoint.network_service_labels["watched"].labels["p4nsm.io/host"] == "h3"
+    await nse.stop()
+    went = await asyncio.wait_for(watch.read(), 5)
+    assert went.network_service_endpoint.name == nse.name and went.deleted
+    watch.cancel()
+    await channel.close()
+
+
+async def test_two_endpoints_are_both_used_and_a_client_heals_onto_the_other(nsm_controller, make_endpoint, make_client) -> None:
+    a = await make_endpoint("rr", "h3", "10.60.0.0/24")
+    b = await make_endpoint("rr", "h4", "10.61.0.0/24")
+    first, second = make_client(), make_client()
+    c1 = await first.request("rr", "h1", iface="nsm0", give_up_after=10)
+    c2 = await second.request("rr", "h2", iface="nsm0", give_up_after=10)
+    assert {c1.network_service_endpoint_name, c2.network_service_endpoint_name} == {a.name, b.name}
+    for netns, conn in (("h1", c1), ("h2", c2)):
+        assert await ping(netns, conn.context.ip_context.dst_ip_addrs[0].split("/")[0])
+
+    gone = a if c1.network_service_endpoint_name == a.name else b
+    await gone.stop()  # the endpoint goes away: its connection goes DOWN, its client reselects
+    assert await eventually(lambda: "healed" in first.history, timeout=10), first.history
+    healed = first.connection
+    assert healed is not None and healed.network_service_endpoint_name != gone.name
+    assert await ping("h1", healed.context.ip_context.dst_ip_addrs[0].split("/")[0])
+    assert len(nsm_controller.fabric.plans) == 2
