@@ -187,6 +187,8 @@ class Case:
         window = timeline.window(t_start, time.monotonic_ns())
         await self.fault.restore()
         res = analysis.analyse(self.trial_no, target.element, self.streams, t, t_start, t_done, affected, window)
+        res.collateral = sorted(window.declared_down - target.expected_down(ctl))
+        res.load = os.getloadavg()[0]
         hit = [s.loss_window_ms for s in res.affected]
         settled = await scenario.settle(ctl, SETTLE_TIMEOUT_S)
         say(f"[{self.topo.name} {kind} N={self.n:,}] trial {i + 1}/{a.trials}: {target.element} "
@@ -194,7 +196,9 @@ class Case:
             f"max {report.ms(max(hit, default=0))} ms, all delivering after {report.ms(res.all_restored_ms)} ms "
             f"(sent {report.ms(res.path_back_ms)}) "
             f"(detected {report.ms(res.detect_ms)} by {res.detected_by or '-'}, head-end acked "
-            f"{report.ms(res.ack_ms)}, {res.rerouted} rerouted); settled in {settled:.1f}s")
+            f"{report.ms(res.ack_ms)}, {res.rerouted} rerouted)"
+            + (f"; ALSO declared down: {' '.join(res.collateral)}" if res.collateral else "")
+            + f"; load {res.load:.1f}; settled in {settled:.1f}s")
         return res
 
     async def close(self) -> None:
@@ -295,7 +299,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--topology", default="diamond", help="comma-separated: diamond, fattree4")
     p.add_argument("--n", default="1,100", help="comma-separated connection counts")
-    p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--trials", type=int, help="trials per failure and N (default 20; 2 with --quick)")
     p.add_argument("--failures", default=",".join(scenario.KINDS), help="comma-separated: cut,port,kill,freeze")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of traffic before the failure")
     p.add_argument("--post", type=float, default=2.0, help="seconds of traffic after it")
@@ -306,7 +310,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.command = " ".join([".venv/bin/python", "benchmarks/bench_heal.py", *(argv if argv is not None else sys.argv[1:])])
     if args.quick:
-        args.n, args.trials, args.warmup, args.post, args.no_write = "1", 2, 0.5, 1.0, True
+        args.n, args.warmup, args.post, args.no_write = "1", 0.5, 1.0, True
+    args.trials = args.trials or (2 if args.quick else 20)
     args.topologies = args.topology.split(",")
     args.n = [int(x) for x in str(args.n).split(",")]
     args.failures = args.failures.split(",")

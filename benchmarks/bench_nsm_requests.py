@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
 import logging
 import math
@@ -91,7 +92,7 @@ async def _load(address: str, requests: int, clients: int) -> None:
             try:
                 resp = await stub.Request(req, timeout=30, metadata=Credentials(*tokens.issue()).as_metadata())
             except grpc.aio.AioRpcError as e:
-                errors[f"{e.code().name}: {e.details()[:120]}"] += 1
+                errors[f"{e.code().name}: {e.details()[:200]}"] += 1
                 continue
             latencies.append(time.perf_counter() - t0)
             made.append((i, resp))
@@ -273,6 +274,7 @@ def main() -> None:
         return
     if os.geteuid() != 0:
         raise SystemExit("needs root: the lab makes network namespaces and veth pairs")
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` shows where a stuck run is
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     from topologies.lab import Lab
     from topologies.schema import load_topology

@@ -40,6 +40,9 @@ class Settings(BaseModel):
     probe_recovery: int = Field(25, description="Healthy probe intervals (both directions) before a down link is used again")
     probe_recovery_max: int = Field(1000, description="Cap on the recovery requirement, which doubles each time a link flaps")
     flap_window: float = Field(2.0, description="A link that fails within this many seconds of recovering counts as flapping (s)")
+    outlier_consecutive_failures: int = Field(5, description="An endpoint that fails this many forwarded Requests in a row is ejected (Istio's default)")
+    outlier_base_ejection_time: float = Field(30.0, description="Ejection time (s), times the number of ejections so far (Istio's default)")
+    outlier_max_ejection_percent: float = Field(10.0, description="Most endpoints of a service ejected at once (%); one may always be")
     # --- store ---
     store_path: Path = Field(REPO_ROOT / "run" / "p4nsm.sqlite", description="SQLite file of the desired state")
     # --- pipeline ---
@@ -53,6 +56,7 @@ class Settings(BaseModel):
     nsm_spiffe_id: str = Field("spiffe://p4nsm/controller", description="`sub` of the tokens this hop issues")
     nsm_run_dir: Path = Field(REPO_ROOT / "run" / "nsm", description="SDK endpoints' unix sockets: <dir>/<host>/<name>.sock")
     nsm_max_message_bytes: int = Field(1024 * 1024, description="Largest NSM gRPC message accepted")
+    nsm_host_workers: int = Field(4, description="Worker processes that make and remove the host side's kernel interfaces")
     # NSM timers (the SDK's also)
     nsm_token_lifetime: float = Field(600.0, description="Lifetime of the tokens this hop and the SDK issue (s); the server closes a connection its client has not refreshed by then")
     nsm_registry_default_expiration: float = Field(60.0, description="Longest life of an endpoint registration without re-Register (s)")

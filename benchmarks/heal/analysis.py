@@ -55,6 +55,8 @@ class TrialResult:
     delivered_pps: float
     late_max_ms: float
     series: list[int]  # frames received per BIN_MS by all tracked streams, from -SERIES_BEFORE_MS
+    collateral: list[str] = dataclasses.field(default_factory=list)  # declared down but not failed
+    load: float = 0.0  # the machine's 1-minute load average after the trial
 
     @property
     def affected(self) -> list[StreamResult]:

@@ -67,6 +67,8 @@ def summarise(topology: str, kind: str, n: int, trials: list[TrialResult], track
         "rerouted": pct([float(t.rerouted) for t in trials], 50),
         "inject": pct([t.inject_ms for t in trials], 50),
         "late_max": max(t.late_max_ms for t in trials),
+        "collateral": sum(1 for t in trials if t.collateral),
+        "load_max": max(t.load for t in trials),
         "offered": sum(t.offered_pps for t in trials) / len(trials),
         "delivered": sum(t.delivered_pps for t in trials) / len(trials),
         "baseline": baseline,
@@ -173,15 +175,17 @@ def markdown(rows: dict[str, dict], machine: str, notes: list[str]) -> str:
         "## Details",
         "",
         "| topology | failure | N | tracked streams | affected per trial | element(s) failed | ≥1,000 pps stream loss p50 / max (ms) | "
-        "loss on the send clock p50 (ms) | offered / delivered (frames/s) | no-failure baseline delivered | sender late max (ms) | inject p50 (ms) | date |",
-        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
+        "loss on the send clock p50 (ms) | offered / delivered (frames/s) | no-failure baseline delivered | sender late max (ms) | inject p50 (ms) | "
+        "trials with other elements declared down | load avg max | date |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in ordered:
         b = r["baseline"]
         lines.append(f"| {r['topology']} | {r['failure']} | {r['n']:,} | {r['tracked']} | {r['affected']:.0f} | "
                      f"{', '.join(r['elements'])} | {' / '.join(ms(v) for v in r['loss_fast'])} | {ms(r['send_gap_p50'])} | "
                      f"{r['offered']:,.0f} / {r['delivered']:,.0f} | {b.get('delivered_ratio', 0):.2%} | "
-                     f"{ms(r['late_max'])} | {ms(r['inject'])} | {r['date']} |")
+                     f"{ms(r['late_max'])} | {ms(r['inject'])} | {r.get('collateral', 0)} | {r.get('load_max', 0):.1f} | "
+                     f"{r['date']} |")
     figures = sorted({(r["topology"], r["failure"]) for r in ordered})
     lines += ["", "## Delivery over time", "",
               "One representative trial (the median by *all delivering again*) per failure and N: frames "

@@ -70,6 +70,12 @@ class Target:
     switch: str = ""  # link kinds: the upstream end of the link (toward the data's source) ...
     port: int = 0  # ... and its port there
 
+    def expected_down(self, ctl: Controller) -> set[str]:
+        """What the controller should declare down: the link, or the switch and its links."""
+        if self.kind in ("cut", "port"):
+            return {self.element}
+        return {self.element, *(l.name for l in ctl.fabric.graph.links.values() if self.element in (l.a, l.b))}
+
     def crossed_by(self, plan: ConnectionPlan) -> bool:
         path = plan.a_to_b.path
         return self.element in (path.links if self.kind in ("cut", "port") else path.switches)
@@ -199,6 +205,20 @@ def unsettled(ctl: Controller) -> str:
     return ""
 
 
+def _where(ctl: Controller, why: str) -> str:
+    """Where a heal round that does not end is waiting, for whoever debugs it."""
+    task = getattr(ctl.rerouter, "_task", None)
+    if "heal round" not in why or task is None:
+        return ""
+    frames, coro = [], task.get_coro()
+    while coro is not None:  # down the chain of awaits (Task.get_stack shows only the outermost)
+        f = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if f is not None:
+            frames.append(f"{f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno} {f.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return "; the rerouter waits in " + " -> ".join(frames)
+
+
 async def settle(ctl: Controller, timeout: float) -> float:
     """Seconds until the fabric settled; raises TimeoutError with the reason if it does not."""
     loop = asyncio.get_running_loop()
@@ -206,7 +226,7 @@ async def settle(ctl: Controller, timeout: float) -> float:
     why = unsettled(ctl)
     while why:
         if loop.time() - start > timeout:
-            raise TimeoutError(f"the fabric did not settle within {timeout:.0f}s: {why}")
+            raise TimeoutError(f"the fabric did not settle within {timeout:.0f}s: {why}{_where(ctl, why)}")
         await asyncio.sleep(SETTLE_POLL_S)
         why = unsettled(ctl)
     return loop.time() - start

@@ -22,6 +22,7 @@ class Window:
     rerouted_ns: int | None  # last `rerouted` event
     rerouted: int
     rounds: list[dict[str, float]]
+    declared_down: set[str]  # every link and switch the graph lost during the window
 
 
 class Timeline:
@@ -83,6 +84,7 @@ class Timeline:
         return Window(
             detect_ns=detect[0] if detect else None, detected_by=by, heads_ack_ns=max(heads) if heads else None,
             rerouted_ns=max(acks) if acks else None, rerouted=len(acks), rounds=rounds,
+            declared_down={e for t, l, s in self.graph if start_ns <= t < end_ns for e in (*l, *s)},
         )
 
     async def close(self) -> None:

@@ -35,13 +35,14 @@ class Programmer:
         s = self.schema
         full = op != E.DELETE  # a delete names the entity only
         if isinstance(spec, E.EntrySpec):
+            # Built inside the Update: most of a connection's updates are table entries.
+            kind = _KIND[op]
             if not full:
-                msg = s.table_entry(spec.table, dict(spec.match))
-            elif spec.group_id is not None:
-                msg = s.table_entry(spec.table, dict(spec.match), group_id=spec.group_id)
-            else:
-                msg = s.table_entry(spec.table, dict(spec.match), spec.action, dict(spec.params))
-        elif isinstance(spec, E.MemberSpec):
+                return s.table_update(kind, spec.table, dict(spec.match))
+            if spec.group_id is not None:
+                return s.table_update(kind, spec.table, dict(spec.match), group_id=spec.group_id)
+            return s.table_update(kind, spec.table, dict(spec.match), spec.action, dict(spec.params))
+        if isinstance(spec, E.MemberSpec):
             if full:
                 msg = s.member(spec.profile, spec.member_id, spec.action, dict(spec.params))
             else:

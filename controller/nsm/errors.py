@@ -9,6 +9,7 @@ class NsmError(Exception):
     def __init__(self, code: grpc.StatusCode, field: str, message: str) -> None:
         self.code = code
         self.field = field
+        self.detail = message
         super().__init__(f"{field}: {message}" if field else message)
 
 

@@ -19,6 +19,7 @@ from controller.nsm.chain import CallContext, Connection, Element, Next, Request
 from controller.nsm.errors import EndpointFailed, NsmError
 from controller.nsm.fabric_connect import PLAN
 from controller.nsm.forward import ENDPOINT_CONN
+from controller.nsm.host_pool import HostPool
 
 log = logging.getLogger("p4nsm.nsm")
 
@@ -50,23 +51,24 @@ def routes(routes: Sequence[connectioncontext_pb2.Route], peers: Sequence[str]) 
 
 
 class HostSide(Element):
-    def __init__(self) -> None:
+    def __init__(self, pool: HostPool) -> None:
+        self.pool = pool
         self._parents: dict[str, str] = {}
 
     async def _ensure(self, iface: Iface) -> None:
         parent = self._parents.get(iface.netns)
         if parent is None:
-            parent = self._parents[iface.netns] = await asyncio.to_thread(host_parent_iface, iface.netns)
+            parent = self._parents[iface.netns] = await self.pool.call(host_parent_iface, iface.netns)
         try:
-            await asyncio.to_thread(ensure_vlan_iface, iface.netns, parent, iface.vlan, iface.name,
-                                    list(iface.addresses), list(iface.routes), iface.mtu)
+            await self.pool.call(ensure_vlan_iface, iface.netns, parent, iface.vlan, iface.name,
+                                 list(iface.addresses), list(iface.routes), iface.mtu)
         except HostIfaceError:
             self._parents.pop(iface.netns, None)
             raise
 
     async def _remove(self, iface: Iface, conn_id: str) -> None:
         try:
-            await asyncio.to_thread(remove_iface, iface.netns, iface.name)
+            await self.pool.call(remove_iface, iface.netns, iface.name)
         except (HostIfaceError, ValueError) as e:
             log.error("connection=%s netns=%s iface=%s event=remove_failed error=%s", conn_id, iface.netns, iface.name, e)
 
@@ -89,15 +91,14 @@ class HostSide(Element):
         have: tuple[Iface, ...] = st.values.get(APPLIED, ())
         want = self._wanted(conn, ctx)
         if want != have:
-            done: list[Iface] = []
-            try:
-                for side, iface in zip(("client", "endpoint"), want):
-                    await self._ensure_side(side, iface)
-                    done.append(iface)
-            except BaseException:
+            # Both sides at once: they are in different namespaces and independent.
+            results = await asyncio.gather(*(self._ensure_side(side, iface) for side, iface in zip(("client", "endpoint"), want)),
+                                           return_exceptions=True)
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if failures:
                 if not have:  # a failed refresh keeps what the connection had
-                    await self._undo(done, conn.id, st.values)
-                raise
+                    await self._undo([i for i, r in zip(want, results) if r is None], conn.id, st.values)
+                raise failures[0]
             for stale in {i for i in have if (i.netns, i.name) not in {(w.netns, w.name) for w in want}}:
                 await self._remove(stale, conn.id)
             st.values[APPLIED] = want
@@ -120,8 +121,7 @@ class HostSide(Element):
             raise NsmError(grpc.StatusCode.FAILED_PRECONDITION, f"connection.mechanism.parameters[{kernel.NAME_KEY!r}]", message) from None
 
     async def _undo(self, ifaces: Sequence[Iface], conn_id: str, values: dict[str, object]) -> None:
-        for iface in ifaces:
-            await self._remove(iface, conn_id)
+        await asyncio.gather(*(self._remove(iface, conn_id) for iface in ifaces))
         values.pop(APPLIED, None)
 
     async def close(self, conn: Connection, ctx: CallContext, nxt: Next) -> None:

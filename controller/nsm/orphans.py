@@ -5,21 +5,22 @@ connection (entries and kernel interfaces) is removed."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from controller.fabric.service import Fabric
 from controller.host.kernel_iface import HostIfaceError, remove_iface
 from controller.nsm.begin import Begin
 from controller.nsm.fabric_connect import KIND
+from controller.nsm.host_pool import HostPool
 from controller.nsm.tasks import Tasks
 
 log = logging.getLogger("p4nsm.nsm")
 
 
 class OrphanReaper:
-    def __init__(self, fabric: Fabric, begin: Begin, tasks: Tasks, grace: float) -> None:
+    def __init__(self, fabric: Fabric, begin: Begin, tasks: Tasks, pool: HostPool, grace: float) -> None:
         self.fabric = fabric
+        self.pool = pool
         self.begin = begin
         self.tasks = tasks
         self.grace = grace
@@ -40,7 +41,7 @@ class OrphanReaper:
         for host, key in ((plan.a.host, "a_iface"), (plan.b.host, "b_iface")):
             if plan.labels.get(key):
                 try:
-                    await asyncio.to_thread(remove_iface, host, plan.labels[key])
+                    await self.pool.call(remove_iface, host, plan.labels[key])
                 except (HostIfaceError, ValueError) as e:
                     log.error("connection=%s netns=%s iface=%s event=remove_failed error=%s", conn_id, host, plan.labels[key], e)
         await self.fabric.disconnect(conn_id)

@@ -20,14 +20,14 @@ log = logging.getLogger("p4nsm.nsm")
 ENDPOINT = "roundrobin.endpoint"
 
 Ejected = Callable[[str], bool]
-Report = Callable[[str, bool], None]
+Report = Callable[[str, bool, list[str]], None]  # (endpoint, ok, the service's candidates)
 
 
 def never(name: str) -> bool:
     return False
 
 
-def ignore(name: str, ok: bool) -> None:
+def ignore(name: str, ok: bool, population: list[str]) -> None:
     return None
 
 
@@ -39,9 +39,10 @@ class RoundRobin(Element):
 
     async def request(self, req: Request, ctx: CallContext, nxt: Next) -> Connection:
         conn = req.connection
-        candidates = ctx.values[CANDIDATES]
-        candidates = [c for c in candidates if not self.ejected(c.name)] or candidates
-        failures: list[EndpointFailed] = []
+        everyone = ctx.values[CANDIDATES]
+        population = [c.name for c in everyone]
+        candidates = [c for c in everyone if not self.ejected(c.name)] or everyone
+        failures: list[tuple[str, EndpointFailed]] = []
         for _ in range(len(candidates)):
             nse = candidates[self.counters[conn.network_service] % len(candidates)]
             self.counters[conn.network_service] += 1
@@ -51,14 +52,14 @@ class RoundRobin(Element):
                 resp = await nxt.request(req, ctx)
             except EndpointFailed as e:
                 log.warning("connection=%s endpoint=%s event=endpoint_failed error=%s", conn.id, nse.name, e)
-                self.report(nse.name, False)
-                failures.append(e)
+                self.report(nse.name, False, population)
+                failures.append((nse.name, e))
                 continue
-            self.report(nse.name, True)
+            self.report(nse.name, True, population)
             if ctx.state is not None:
                 ctx.state.values[SERVING] = nse.name
             return resp
-        codes = {f.code for f in failures}
+        codes = {f.code for _, f in failures}
         raise NsmError(codes.pop() if len(codes) == 1 else grpc.StatusCode.UNAVAILABLE,
                        "connection.network_service_endpoint_name",
-                       "all candidates have failed: " + "; ".join(str(f) for f in failures))
+                       "all candidates have failed: " + "; ".join(f"{name}: {f.detail}" for name, f in failures))

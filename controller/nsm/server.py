@@ -26,10 +26,12 @@ from controller.nsm.discover import Discover
 from controller.nsm.endpoint_watch import EndpointWatch
 from controller.nsm.fabric_connect import FabricConnect
 from controller.nsm.forward import Forward
+from controller.nsm.host_pool import HostPool
 from controller.nsm.hostside import HostSide
 from controller.nsm.monitor import Monitor, MonitorHub, MonitorServicer
 from controller.nsm.orphans import OrphanReaper
-from controller.nsm.roundrobin import Ejected, Report, RoundRobin, ignore, never
+from controller.heal.outlier import OutlierDetector
+from controller.nsm.roundrobin import Ejected, Report, RoundRobin
 from controller.nsm.service import NetworkServiceServicer
 from controller.nsm.tasks import Tasks
 from controller.nsm.timeout import Timeout
@@ -91,12 +93,17 @@ class NsmServer:
         *,
         dataplane: Sequence[Element] | None = None,
         policy: Policy = allow_any,
-        ejected: Ejected = never,
-        report: Report = ignore,
+        ejected: Ejected | None = None,
+        report: Report | None = None,
     ) -> None:
         """`dataplane` replaces the fabric and host-side elements (tests that must not touch
         switches); `ejected`/`report` are the outlier-ejection hook of endpoint selection."""
         self.settings = settings
+        # Istio-style outlier ejection of endpoints unless the caller brings its own hook.
+        self.outliers = OutlierDetector(settings.outlier_consecutive_failures, settings.outlier_base_ejection_time,
+                                        settings.outlier_max_ejection_percent)
+        ejected = ejected or self.outliers.ejected
+        report = report or self.outliers.report
         self.tasks = Tasks("nsm")
         self.tokens = TokenSource(settings.nsm_spiffe_id, settings.nsm_token_lifetime)
         limits = limits_of(settings)
@@ -107,9 +114,10 @@ class NsmServer:
         self.begin = Begin()
         hosts = fabric.hosts.keys()
         self.reaper: OrphanReaper | None = None
+        self.host_pool = HostPool(settings.nsm_host_workers)
         if dataplane is None:
-            dataplane = [FabricConnect(fabric, self.hub), HostSide()]
-            self.reaper = OrphanReaper(fabric, self.begin, self.tasks, settings.nsm_token_lifetime)
+            dataplane = [FabricConnect(fabric, self.hub), HostSide(self.host_pool)]
+            self.reaper = OrphanReaper(fabric, self.begin, self.tasks, self.host_pool, settings.nsm_token_lifetime)
         self.chain = Chain([
             Admission(settings.nsm_max_requests_in_progress),
             Validate(limits),
@@ -153,3 +161,4 @@ class NsmServer:
         await self.network_service.wait_idle()
         await self.tasks.stop()
         await self.channels.close()
+        self.host_pool.close()

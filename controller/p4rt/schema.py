@@ -189,6 +189,23 @@ class P4Schema:
         self._fill_entry(entry, table, match, action, params, priority, member_id, group_id)
         return entry
 
+    def table_update(
+        self,
+        kind: "p4r.Update.Type.ValueType",
+        table: str,
+        match: dict[str, int | tuple[int, int]],
+        action: str | None = None,
+        params: dict[str, int] | None = None,
+        *,
+        priority: int = 0,
+        member_id: int | None = None,
+        group_id: int | None = None,
+    ) -> p4r.Update:
+        """`update(kind, table_entry(...))`, built in place: no copy of the entry into the Update."""
+        msg = p4r.Update(type=kind)
+        self._fill_entry(msg.entity.table_entry, table, match, action, params, priority, member_id, group_id)
+        return msg
+
     def _fill_entry(self, entry: p4r.TableEntry, table: str, match: dict[str, int | tuple[int, int]],
                     action: str | None, params: dict[str, int] | None, priority: int,
                     member_id: int | None, group_id: int | None) -> None:

@@ -37,6 +37,9 @@ class Client:
         self.id = str(uuid.uuid4())
         self.refresh, self.heal, self.liveness = refresh, heal, liveness
         self.tokens = TokenSource(f"spiffe://p4nsm/nsc/{self.name}", token_lifetime or settings.nsm_token_lifetime)
+        # The server closes at token expiry minus the Request's deadline (§7.2): a deadline of a
+        # third of the lifetime at most keeps that point well after the next refresh.
+        self.call_timeout = min(settings.nsm_endpoint_timeout, self.tokens.lifetime / 3)
         self.channel = grpc.aio.insecure_channel(dial_target(nsm_url))
         self.stub = networkservice_pb2_grpc.NetworkServiceStub(self.channel)
         self.monitor_stub = connection_pb2_grpc.MonitorConnectionStub(self.channel)
@@ -79,7 +82,7 @@ class Client:
     async def _send(self, req: networkservice_pb2.NetworkServiceRequest) -> connection_pb2.Connection:
         async with self._lock:
             resp: connection_pb2.Connection = await self.stub.Request(
-                req, timeout=self.settings.nsm_endpoint_timeout, metadata=self._metadata())
+                req, timeout=self.call_timeout, metadata=self._metadata())
             self.connection = resp
             if self.refresh:
                 self.tasks.cancel(self._timer)
@@ -141,7 +144,7 @@ class Client:
         if self.connection is None:
             return
         try:
-            await self.stub.Close(self.connection, timeout=self.settings.nsm_endpoint_timeout, metadata=self._metadata())
+            await self.stub.Close(self.connection, timeout=self.call_timeout, metadata=self._metadata())
         except grpc.aio.AioRpcError as e:
             log.info("connection=%s event=close_failed code=%s", self.id, e.code().name)
 
@@ -151,7 +154,7 @@ class Client:
         await self.tasks.stop()
         async with self._lock:
             if self.connection is not None:
-                await retry("close", lambda: self.stub.Close(self.connection, timeout=self.settings.nsm_endpoint_timeout,
+                await retry("close", lambda: self.stub.Close(self.connection, timeout=self.call_timeout,
                                                              metadata=self._metadata()),
                             self.settings.nsm_retry_interval, self.settings.nsm_endpoint_timeout)
                 self.history.append("closed")

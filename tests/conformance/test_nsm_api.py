@@ -382,6 +382,27 @@ async def test_a_failed_endpoint_makes_way_for_the_next_candidate(looped: Served
         assert (await looped.ns.Request(nsc_request())).network_service_endpoint_name == live.name
 
 
+async def test_an_endpoint_that_keeps_failing_is_ejected(looped: Served, endpoints) -> None:
+    """Istio's outlier detection: after 5 failed forwards in a row the dead endpoint is left
+    out of selection (it is not even dialled), and only for a while."""
+    live = await endpoints(looped)
+    dead = registry_pb2.NetworkServiceEndpoint(
+        name="dead", network_service_names=["icmp"], url="unix:///nonexistent/dead.sock",
+        network_service_labels={"icmp": registry_pb2.NetworkServiceLabels(labels={"p4nsm.io/host": "h4"})})
+    await looped.nse_registry.Register(dead)
+    outliers = looped.server.outliers
+    for _ in range(12):  # round robin hands "dead" every other Request until it is ejected
+        assert (await looped.ns.Request(nsc_request())).network_service_endpoint_name == live.name
+    assert outliers.ejected("dead") and not outliers.ejected(live.name)
+    assert outliers.records["dead"].ejections == 1
+    tried = outliers.records["dead"].failures
+    for _ in range(4):
+        await looped.ns.Request(nsc_request())
+    assert outliers.records["dead"].failures == tried  # not tried while ejected
+    outliers.records["dead"].until = 0  # its time is up
+    assert not outliers.ejected("dead")
+
+
 async def test_matches_select_endpoints_by_labels(looped: Served, endpoints) -> None:
     gold = await endpoints(looped, labels={"tier": "gold"})
     await endpoints(looped, host="h4", cidr="10.62.0.0/24", labels={"tier": "silver"})
@@ -551,3 +572,56 @@ async def test_a_burst_against_an_unready_fabric_leaves_nothing_behind(real: Ser
     assert {code_of(e) for e in results} <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
     assert controller.fabric.plans == {} and controller.store.all() == []
     assert real.server.begin.states == {} and nse.begin.states == {} and len(nse.pool) == 0
+
+
+# --- the SDK against the server -------------------------------------------------------------------
+
+async def test_sdk_client_refreshes_then_heals_onto_another_endpoint(looped: Served, endpoints, settings) -> None:
+    from controller.sdk.client import Client
+
+    a = await endpoints(looped)
+    b = await endpoints(looped, host="h4", cidr="10.62.0.0/24")
+    client = Client(looped.server.address, settings, token_lifetime=2.0)
+    try:
+        conn = await client.request("icmp", "h1", iface="nsm0", give_up_after=5)
+        await asyncio.sleep(1.5)
+        assert client.history.count("refreshed") >= 2
+        serving = a if conn.network_service_endpoint_name == a.name else b
+        await serving.stop()  # the endpoint goes away
+        for _ in range(50):
+            if "healed" in client.history:
+                break
+            await asyncio.sleep(0.1)
+        assert "healed" in client.history, client.history
+        assert client.connection is not None and client.connection.network_service_endpoint_name != serving.name
+        assert client.connection.id == conn.id  # the client's own segment survives a reselect
+    finally:
+        await client.close()
+    assert looped.server.begin.states == {}
+
+
+async def test_sdk_client_does_not_retry_a_malformed_request(looped: Served, settings) -> None:
+    from controller.sdk.client import Client
+
+    client = Client(looped.server.address, settings)
+    started = time.monotonic()
+    err = await refused(client.request("icmp", "h1", iface="name-too-long-for-linux", give_up_after=30))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and time.monotonic() - started < 5
+    await client.close()
+
+
+async def test_sdk_endpoint_registers_again_when_its_registration_goes(looped: Served, endpoints) -> None:
+    nse = await endpoints(looped)
+    first = looped.server.endpoints.get(nse.name)
+    assert first is not None and looped.server.services.get("icmp") is not None
+    for _ in range(50):  # until the endpoint's watch of its own registration is in place
+        if len(looped.server.endpoints.watchers):
+            break
+        await asyncio.sleep(0.02)
+    looped.server.endpoints.unregister(nse.name)
+    for _ in range(50):
+        if looped.server.endpoints.get(nse.name) is not None:
+            break
+        await asyncio.sleep(0.1)
+    again = looped.server.endpoints.get(nse.name)
+    assert again is not None and again.initial_registration_time != first.initial_registration_time

@@ -21,6 +21,7 @@ from controller.settings import REPO_ROOT, Settings
 from topologies.schema import Topology, load_topology
 
 DIAMOND = REPO_ROOT / "topologies" / "diamond.yaml"
+LAB_WAIT_S = 900.0  # other labs on a shared machine hold the lab lock for minutes
 
 
 def nsm_test_settings(run_dir: Path, **overrides: object) -> Settings:
@@ -61,7 +62,7 @@ def diamond_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Topo
     softswitch_or_skip()
     topo = load_topology(DIAMOND)
     run_dir = tmp_path_factory.mktemp("nsm-lab")
-    with Lab(topo, run_dir) as lab:
+    with Lab(topo, run_dir, lock_timeout=LAB_WAIT_S) as lab:
         yield topo, lab, run_dir
 
 

@@ -1,0 +1,32 @@
+"""Where the host side's kernel changes run: a few worker processes, started with `spawn`.
+
+pyroute2 forks a helper for every IPRoute bound to a netns. Forking a process that runs gRPC
+and thread-pool threads can deadlock the child (it inherits locks other threads held), and
+netlink parsing in Python holds the GIL long enough to starve the event loop that answers
+switch keepalives. Single-threaded workers avoid both, and run kernel changes in parallel."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class HostPool:
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    async def call(self, fn: Callable[..., T], *args: object) -> T:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
