@@ -2,9 +2,10 @@
 
 Every fabric port sends a probe each `probe_interval`; the peer switch punts it back as a
 packet-in. A direction is dead when `probe_misses` probes sent after the last one that arrived
-are missing AND both switches showed life (a packet-in or a keepalive answer) one interval after
-the last of those was sent: a switch that is merely busy (a big Write) or a controller loop that
-stalled delays that evidence too, so neither fakes a link failure. A link is down when either
+are missing AND both switches proved they ran later than one interval after the last of those
+was sent: a probe sent after that moment went out of, or arrived at, the switch, or a keepalive
+sent after it was answered. Proof is judged by send times, so neither a switch that is merely
+busy (a big Write) nor a backlog in the controller's own loop fakes a link failure. A link is down when either
 direction is dead, and up
 again only after `probe_recovery` consecutive intervals with probes in both directions; every
 fall within `flap_window` of a rise doubles what the next rise needs (no thrash on a flapping
@@ -71,6 +72,8 @@ class LinkMonitor:
         self.origin = secrets.randbits(63)
         self.counters: Counter[str] = Counter()
         self._by_device = {c.target.device_id: c.name for c in clients.values()}
+        # per switch: the newest send time of a probe it emitted or delivered (it ran after that)
+        self.ran_after: dict[str, float] = {name: 0.0 for name in clients}
         self.directions: dict[tuple[str, int], _Direction] = {}
         self.links: dict[str, _LinkState] = {}
         for link in graph.links.values():
@@ -162,7 +165,10 @@ class LinkMonitor:
         if sent is None:
             return True  # older than the send log: long gone
         proof = sent + s.probe_interval
-        return self.clients[d.src].last_alive > proof and self.clients[d.dst].last_alive > proof
+        return self._ran_after(d.src, proof) and self._ran_after(d.dst, proof)
+
+    def _ran_after(self, switch: str, moment: float) -> bool:
+        return self.ran_after[switch] > moment or self.clients[switch].answered_sent_at > moment
 
     # --- receiving ---------------------------------------------------------------------------------
 
@@ -186,6 +192,10 @@ class LinkMonitor:
         self.counters["received"] += 1
         if probe.seq > d.rx_seq:
             d.rx_seq = probe.seq
+        sent = probe.sent_ns / 1e9
+        for sw in (d.src, d.dst):
+            if sent > self.ran_after[sw]:
+                self.ran_after[sw] = sent
 
     async def _on_switch_state(self, client: SwitchClient, up: bool, reason: str) -> None:
         """A switch's links go down with it, and come back only after probes cross them again:

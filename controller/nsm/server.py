@@ -16,6 +16,7 @@ from grpc_health.v1._async import HealthServicer
 from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc, registry_pb2_grpc
 
 from controller.fabric.service import Fabric
+from controller.heal.outlier import OutlierDetector
 from controller.nsm.admission import Admission
 from controller.nsm.authorize import Authorize, Policy, allow_any
 from controller.nsm.begin import Begin
@@ -30,7 +31,6 @@ from controller.nsm.host_pool import HostPool
 from controller.nsm.hostside import HostSide
 from controller.nsm.monitor import Monitor, MonitorHub, MonitorServicer
 from controller.nsm.orphans import OrphanReaper
-from controller.heal.outlier import OutlierDetector
 from controller.nsm.roundrobin import Ejected, Report, RoundRobin
 from controller.nsm.service import NetworkServiceServicer
 from controller.nsm.tasks import Tasks
@@ -151,6 +151,7 @@ class NsmServer:
         self._server = server
         if self.reaper is not None:
             self.reaper.start()
+            self.tasks.spawn(self.host_pool.warm(), "host-pool-warm")
         log.info("event=nsm_listening address=%s name=%s", self.address, self.settings.nsm_name)
         return self.address
 
@@ -158,7 +159,7 @@ class NsmServer:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
-        await self.network_service.wait_idle()
+        await self.network_service.wait_idle(grace + self.settings.nsm_endpoint_timeout)
         await self.tasks.stop()
         await self.channels.close()
         self.host_pool.close()

@@ -26,20 +26,44 @@ class NetworkServiceServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         self.chain = chain
         self._running: set[asyncio.Future[object]] = set()
 
-    async def _run(self, call: Awaitable[T]) -> T:
-        # shield: a caller that cancels or times out does not interrupt the chain midway.
+    def _start(self, call: Awaitable[T]) -> asyncio.Future[T]:
         fut = asyncio.ensure_future(call)
         self._running.add(fut)
         fut.add_done_callback(self._settle)
-        return await asyncio.shield(fut)
+        return fut
+
+    async def _run(self, call: Awaitable[T]) -> T:
+        # shield: a caller that cancels or times out does not interrupt the chain midway.
+        return await asyncio.shield(self._start(call))
 
     def _settle(self, fut: asyncio.Future[object]) -> None:
         self._running.discard(fut)
         if not fut.cancelled() and fut.exception() is not None and not isinstance(fut.exception(), NsmError):
             log.error("event=chain_failed error=%r", fut.exception(), exc_info=fut.exception())
 
-    async def wait_idle(self) -> None:
-        await asyncio.gather(*list(self._running), return_exceptions=True)
+    def _abandoned(self, fut: asyncio.Future[connection_pb2.Connection], ctx: CallContext) -> None:
+        """The caller went away (cancelled, or its deadline passed) before its answer. A new
+        connection made for it is closed again: nobody would ever refresh or Close it. A
+        refresh is left alone: the connection was there before and its client still is."""
+        if fut.cancelled() or fut.exception() is not None or ctx.refresh:
+            return
+        conn = fut.result()
+        log.info("connection=%s event=caller_gone action=close", conn.path.path_segments[conn.path.index + 1].id
+                 if len(conn.path.path_segments) > conn.path.index + 1 else conn.id)
+        self._start(self.chain.close(conn, CallContext(internal="caller gone")))
+
+    async def wait_idle(self, timeout: float) -> None:
+        """Let running calls finish; after `timeout` the rest are cancelled (a call stuck on a
+        switch that never answers must not keep the server from stopping)."""
+        running = list(self._running)
+        if not running:
+            return
+        _, stuck = await asyncio.wait(running, timeout=timeout)
+        for fut in stuck:
+            fut.cancel()
+        if stuck:
+            log.warning("event=calls_cancelled_at_stop count=%d", len(stuck))
+            await asyncio.gather(*stuck, return_exceptions=True)
 
     @staticmethod
     def _context(context: grpc.aio.ServicerContext) -> CallContext:
@@ -49,7 +73,12 @@ class NetworkServiceServicer(networkservice_pb2_grpc.NetworkServiceServicer):
     async def Request(self, request: networkservice_pb2.NetworkServiceRequest, context: grpc.aio.ServicerContext) -> connection_pb2.Connection:  # noqa: N802
         service = request.connection.network_service
         try:
-            resp = await self._run(self.chain.request(request, self._context(context)))
+            ctx = self._context(context)
+            fut = self._start(self.chain.request(request, ctx))
+            resp = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            fut.add_done_callback(lambda done: self._abandoned(done, ctx))
+            raise
         except Exception as e:
             log.info("service=%s event=request_refused error=%s", service, e)
             await abort(context, e)

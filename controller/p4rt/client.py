@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import grpc
 from finsy.proto import U128, p4r, p4r_grpc
@@ -22,6 +23,9 @@ from finsy.proto import U128, p4r, p4r_grpc
 from controller.p4rt.errors import SwitchError, UpdateError, per_update_errors
 from controller.p4rt.schema import P4Schema
 from controller.settings import Settings
+
+_T = TypeVar("_T")
+_CUT_OFF = "RPC cut off: the channel to the switch closed"
 
 log = logging.getLogger("p4nsm.p4rt")
 
@@ -69,6 +73,9 @@ class SwitchClient:
         self.pipeline_pushes = 0  # 0 after a restart that found its program on the switch
         # monotonic time of the last sign of life: a keepalive answer or any stream message
         self.last_alive = 0.0
+        # when the newest answered keepalive was SENT: proof the switch ran after that moment,
+        # whatever backlog the controller's own loop had in reading the answer
+        self.answered_sent_at = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -217,13 +224,13 @@ class SwitchClient:
         timeout = self.settings.rpc_timeout
         cookie = None
         try:
-            reply = await self._stub.GetForwardingPipelineConfig(
+            reply = await self._rpc(self._stub.GetForwardingPipelineConfig(
                 p4r.GetForwardingPipelineConfigRequest(
                     device_id=self.target.device_id,
                     response_type=p4r.GetForwardingPipelineConfigRequest.COOKIE_ONLY,
                 ),
                 timeout=timeout,
-            )
+            ))
             if reply.config.HasField("cookie"):
                 cookie = reply.config.cookie.cookie
         except grpc.aio.AioRpcError as e:
@@ -237,7 +244,7 @@ class SwitchClient:
         config = p4r.ForwardingPipelineConfig(p4_device_config=self.target.device_config)
         config.p4info.ParseFromString(self.target.p4info)
         config.cookie.cookie = self.target.cookie
-        await self._stub.SetForwardingPipelineConfig(
+        await self._rpc(self._stub.SetForwardingPipelineConfig(
             p4r.SetForwardingPipelineConfigRequest(
                 device_id=self.target.device_id,
                 election_id=self._election,
@@ -245,7 +252,7 @@ class SwitchClient:
                 config=config,
             ),
             timeout=timeout,
-        )
+        ))
 
     async def _keepalive_loop(self) -> None:
         """A frozen switch keeps its TCP connection; only silence reveals it.
@@ -259,9 +266,11 @@ class SwitchClient:
 
         async def ping() -> None:
             assert self._stub is not None
+            sent = time.monotonic()
             try:
                 await self._stub.Capabilities(p4r.CapabilitiesRequest(), timeout=s.keepalive_timeout)
                 self.last_alive = time.monotonic()
+                self.answered_sent_at = max(self.answered_sent_at, sent)
             except grpc.aio.AioRpcError:
                 pass  # silence is judged below, whatever the error
 
@@ -383,8 +392,11 @@ class SwitchClient:
             atomicity=p4r.WriteRequest.CONTINUE_ON_ERROR,
         )
         try:
-            await self._stub.Write(request, timeout=self.settings.rpc_timeout)
+            await self._rpc(self._stub.Write(request, timeout=self.settings.rpc_timeout))
             return ok
+        except SwitchError as e:
+            # Cut off in flight: the switch may or may not have applied it.
+            return [UpdateError(i, e.code.value[0], _CUT_OFF) for i in range(len(updates))]
         except grpc.aio.AioRpcError as e:
             errors = per_update_errors(e, len(updates))
             if errors:
@@ -401,9 +413,25 @@ class SwitchClient:
             raise SwitchError(self.name, grpc.StatusCode.UNAVAILABLE, "not connected")
         out: list[p4r.Entity] = []
         call = self._stub.Read(p4r.ReadRequest(device_id=self.target.device_id, entities=entities), timeout=self.settings.rpc_timeout)
-        async for reply in call:
-            out.extend(reply.entities)
+
+        async def collect() -> None:
+            async for reply in call:
+                out.extend(reply.entities)
+
+        await self._rpc(collect())
         return out
+
+    async def _rpc(self, call: Awaitable[_T]) -> _T:
+        """Await an RPC. Closing the channel (the switch was declared down) cancels the RPCs on
+        it, and grpc.aio reports that as CancelledError: that is the switch's failure, not a
+        cancellation of the caller, so it becomes a SwitchError the caller can handle."""
+        try:
+            return await call
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            raise SwitchError(self.name, grpc.StatusCode.CANCELLED, _CUT_OFF) from None
 
     async def read_table_entries(self, table: str | None = None, counters: bool = False) -> list[p4r.TableEntry]:
         entry = p4r.TableEntry(table_id=self.schema.table(table).id if table else 0)

@@ -249,6 +249,18 @@ async def test_fabric_refusal_leaves_no_connection_anywhere(real: Served, endpoi
     assert nse.begin.states == {} and len(nse.pool) == 0  # the endpoint's side was closed again
 
 
+async def test_a_request_whose_caller_gave_up_leaves_no_connection(controller, tmp_path, endpoints) -> None:
+    settings = nsm_settings(tmp_path)
+    async for slow in _serve(controller, settings, Recorder(delay=0.5)):
+        nse = await endpoints(slow)
+        err = await refused(slow.ns.Request(nsc_request(), timeout=0.2))
+        assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await asyncio.sleep(1.0)  # the chain ran to its end, then closed what it made
+        assert slow.recorder is not None and [why for _, why in slow.recorder.closes] == ["caller gone"]
+        assert slow.server.begin.states == {} and slow.server.hub.connections == {}
+        assert nse.begin.states == {} and len(nse.pool) == 0
+
+
 async def test_close_of_an_unknown_connection_is_ok(looped: Served) -> None:
     conn = nsc_request().connection
     assert await looped.ns.Close(conn) == empty_pb2.Empty()
