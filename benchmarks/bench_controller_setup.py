@@ -1,21 +1,23 @@
 """Connection set-up rate and Request-to-installed latency of the controller on a Mininet lab.
 
-    sudo .venv/bin/python benchmarks/bench_controller_setup.py [--topologies diamond fattree4]
-        [--connections 1000] [--concurrency 50] [--set name=value ...]
+    sudo .venv/bin/python benchmarks/bench_controller_setup.py [--topologies diamond fattree4 fattree4@relaxed]
+        [--connections 1000] [--concurrency 50 [200 ...]] [--set name=value ...]
 
 For each topology: the real lab (Mininet, one `p4nsm-softswitch` per switch) and the real
-Controller (default settings, link probes and keepalives running, its SQLite store in a temp
-dir). Connections go between host pairs on different switches, taken round robin, so VLANs
-(one per connection on each host port) spread over every host. Two modes, each from an empty
-fabric:
+Controller (default settings unless --set or a NAME@preset says otherwise; link probes and
+keepalives running; its SQLite store in a temp dir). Connections go between host pairs on
+different switches, taken round robin, so VLANs (one per connection on each host port) spread
+over every host. Each mode starts from an empty fabric:
   * sequential: one `fabric.connect()` at a time; the latency of each, from the call to its
-    return, i.e. until every switch acknowledged every entry (Request-to-installed);
+    return, i.e. until every switch acknowledged every entity (Request-to-installed);
   * concurrent: CONCURRENCY connects in flight at once: throughput, and the latency of each
     from its own call.
-After each mode a Read of every switch must show each connection's entries; then every
-connection is disconnected (timed too) and every switch's tables must read back exactly as they
-were before the first connection. Prints a markdown table and writes
-benchmarks/results/controller_setup.md. Labs are stopped and switches killed on any exit.
+After each mode every switch is read back (from a separate process) and must hold exactly what
+the controller wants; then every connection is disconnected (timed too) and every switch's
+tables must read back exactly as before the first connection. Failed connects, false link or
+switch failures and failed checks are reported, not hidden; the exit status is 1 if any.
+Prints a markdown table and writes benchmarks/results/controller_setup.md. Labs are stopped and
+switches killed on any exit, a stuck phase included (PHASE_TIMEOUT_S).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import asyncio
 import logging
 import math
+import multiprocessing
 import os
 import platform
 import shlex
@@ -33,6 +36,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,6 +122,7 @@ class TopoResult:
     lab_start_s: float
     phases: list[Phase] = field(default_factory=list)
     aborted: str = ""
+    load_at_start: float = 0.0  # 1-minute load average when its lab was up
     path_lengths: Counter[int] = field(default_factory=Counter)
 
 
@@ -141,11 +146,12 @@ def host_pairs(topo: Topology) -> list[tuple[str, str]]:
 
 
 class Reader:
-    """Reads the switches over channels of its own, in a worker thread.
+    """Reads the switches over channels of its own, in a process of its own (ReaderProcess).
 
     Not through the controller: decoding tens of thousands of entities on its event loop stalls
     the loop for a good part of a second, long enough for the controller to miss its switches'
-    keepalive answers and declare them down, which would measure the verification, not set-up."""
+    keepalive answers and declare them down; and not in a thread either, whose share of the GIL
+    would slow the loop down just as the verification starts."""
 
     def __init__(self, topo: Topology, schema: P4Schema) -> None:
         self.schema = schema
@@ -196,16 +202,56 @@ class Reader:
         return out
 
 
-def check_installed(ctl: Controller, reader: Reader, plans: list[ConnectionPlan]) -> list[str]:
-    """Every switch holds exactly its fabric-port entries and the connections' entities, read
-    back. Runs in a worker thread; `plans` is a snapshot taken on the loop."""
+_reader: Reader | None = None  # in the reader process
+
+
+def _reader_init(topo_path: str, p4info_path: str) -> None:
+    global _reader
+    _reader = Reader(load_topology(topo_path), P4Schema.from_file(p4info_path))
+
+
+def _reader_raw() -> dict[str, Counter[bytes]]:
+    assert _reader is not None
+    return _reader.raw()
+
+
+def _reader_specs(sw: str) -> set[E.Spec]:
+    assert _reader is not None
+    return _reader.specs(sw)
+
+
+class ReaderProcess:
+    def __init__(self, topo_path: Path, p4info_path: Path) -> None:
+        # spawn, not fork: this process runs gRPC threads, which a fork does not survive.
+        self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_reader_init, initargs=(str(topo_path), str(p4info_path)))
+
+    async def raw(self) -> dict[str, Counter[bytes]]:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, _reader_raw)
+
+    async def specs(self, sw: str) -> set[E.Spec]:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, _reader_specs, sw)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def wanted(ctl: Controller, plans: list[ConnectionPlan]) -> dict[str, set[E.Spec]]:
+    """Each switch's fabric-port entries and the connections' entities (in a worker thread;
+    `plans` is a snapshot taken on the loop)."""
     want: dict[str, set[E.Spec]] = {sw: set(E.fabric_port_entries(sw, ctl.fabric.graph.fabric_ports(sw))) for sw in ctl.clients}
     for plan in plans:
         for spec in ctl.fabric.specs(plan):
             want[spec.switch].add(spec)
+    return want
+
+
+async def check_installed(ctl: Controller, reader: ReaderProcess) -> list[str]:
+    """Every switch holds exactly what the controller wants, read back."""
+    want = await asyncio.to_thread(wanted, ctl, list(ctl.fabric.plans.values()))
     problems = []
     for sw in ctl.clients:
-        have = reader.specs(sw)
+        have = await reader.specs(sw)
         if want[sw] != have:
             missing, extra = want[sw] - have, have - want[sw]
             problems.append(f"after connecting, switch {sw}: {len(missing)} entities missing, {len(extra)} unexpected, "
@@ -331,17 +377,17 @@ async def disconnect_all(ctl: Controller, plans: list[ConnectionPlan], concurren
     return time.perf_counter() - start
 
 
-async def measure(topo: Topology, settings: Settings, n: int, concurrency: int, switch_pids: list[int],
-                  result: TopoResult) -> None:
+async def measure(topo: Topology, topo_path: Path, settings: Settings, n: int, concurrency: list[int],
+                  switch_pids: list[int], result: TopoResult) -> None:
     ctl = Controller(topo, settings)
-    reader = Reader(topo, ctl.schema)
+    reader = ReaderProcess(topo_path, settings.p4info_path)
     await ctl.start()
     try:
         if not await ctl.wait_ready(READY_TIMEOUT_S):
             raise SystemExit(f"{topo.name}: switches not ready within {READY_TIMEOUT_S:.0f}s: "
                              f"{sorted(set(ctl.clients) - ctl.fabric.ready_switches)}")
         pairs = host_pairs(topo)
-        baseline = await asyncio.to_thread(reader.raw)
+        baseline = await reader.raw()
         rpcs = rpc_counter(ctl)
         downs = link_down_counter(ctl)
         switch_downs = switch_down_counter(ctl)
@@ -349,7 +395,7 @@ async def measure(topo: Topology, settings: Settings, n: int, concurrency: int, 
         # (gRPC channels' first Writes, lazily built code paths).
         _, warm_plans = await asyncio.wait_for(connect_phase(ctl, pairs, min(20, n), 1, rpcs, downs, switch_pids), PHASE_TIMEOUT_S)
         await asyncio.wait_for(disconnect_all(ctl, warm_plans, 1), PHASE_TIMEOUT_S)
-        for conc in (1, concurrency):
+        for conc in (1, *concurrency):
             if not await links_settled(ctl, SETTLE_TIMEOUT_S):
                 log.warning("links still down before the %s phase: %s", conc, sorted(ctl.fabric.graph.down_links))
             mode = "sequential" if conc <= 1 else f"concurrent ({conc} in flight)"
@@ -359,7 +405,7 @@ async def measure(topo: Topology, settings: Settings, n: int, concurrency: int, 
             except TimeoutError:
                 raise Stuck(f"{topo.name} {mode}: {n} connects did not finish within {PHASE_TIMEOUT_S:.0f} s "
                             f"(switch sessions lost meanwhile: {switch_downs[0] - downs_before})") from None
-            phase.problems += await asyncio.to_thread(check_installed, ctl, reader, list(ctl.fabric.plans.values()))
+            phase.problems += await check_installed(ctl, reader)
             for p in plans:
                 result.path_lengths[len(p.a_to_b.path.hops)] += 1
             try:
@@ -367,7 +413,7 @@ async def measure(topo: Topology, settings: Settings, n: int, concurrency: int, 
             except TimeoutError:
                 raise Stuck(f"{topo.name} {mode}: disconnecting did not finish within {PHASE_TIMEOUT_S:.0f} s "
                             f"(switch sessions lost meanwhile: {switch_downs[0] - downs_before})") from None
-            after = await asyncio.to_thread(reader.raw)
+            after = await reader.raw()
             if after != baseline:
                 diff = {sw: (sum((after[sw] - baseline[sw]).values()), sum((baseline[sw] - after[sw]).values()))
                         for sw in baseline if after[sw] != baseline[sw]}
@@ -383,7 +429,7 @@ async def measure(topo: Topology, settings: Settings, n: int, concurrency: int, 
                 phase.problems.append(f"the controller lost {phase.switch_downs} switch sessions during the phase "
                                       "(keepalive answers late on a loaded machine)")
             result.phases.append(phase)
-            print(f"{topo.name:9} {phase.mode:26} {phase.rate:8.0f} conn/s  p50 {phase.pct(0.5):6.2f} ms  "
+            print(f"{result.name:16} {phase.mode:26} {phase.rate:8.0f} conn/s  p50 {phase.pct(0.5):6.2f} ms  "
                   f"p99 {phase.pct(0.99):6.2f} ms  max {phase.pct(1.0):7.2f} ms  "
                   f"disconnect {phase.disconnect_rate}/s  {phase.entries / n:.1f} entities/conn  "
                   f"{phase.writes / n:.2f} Writes/conn  CPU ms/conn: controller {phase.controller_cpu / n * 1000:.2f} "
@@ -411,27 +457,47 @@ async def cleanup(ctl: Controller) -> None:
             log.warning("cleanup disconnect %s failed: %s", conn_id, e)
 
 
-def run_topology(case: str, n: int, concurrency: int, overrides: dict[str, str], work: Path,
+async def run_topology(case: str, n: int, concurrency: list[int], overrides: dict[str, str], work: Path,
                  lock_timeout: float) -> TopoResult:
     from topologies.lab import Lab  # Mininet is imported only when a lab is wanted
 
     name, _, preset = case.partition("@")
     if preset and preset not in PRESETS:
         raise SystemExit(f"{case}: no preset {preset!r} (have {', '.join(PRESETS)})")
-    topo = load_topology(REPO / "topologies" / f"{name}.yaml")
+    topo_path = REPO / "topologies" / f"{name}.yaml"
+    topo = load_topology(topo_path)
     run_dir = work / case.replace("@", "-")
     settings = Settings.load({**overrides, **PRESETS.get(preset, {}), "store_path": str(run_dir / "store.sqlite")})
     began = time.perf_counter()
-    with Lab(topo, run_dir / "lab", lock_timeout=lock_timeout) as lab:
+    lab = Lab(topo, run_dir / "lab", lock_timeout=lock_timeout)
+    # In a thread: pyroute2, under the lab, runs an event loop of its own, which cannot nest.
+    await asyncio.to_thread(lab.start)
+    try:
         result = TopoResult(case, len(topo.switches), len(topo.hosts), len(topo.links), time.perf_counter() - began)
+        result.load_at_start = os.getloadavg()[0]
         pids = [pid for s in topo.switches if (pid := lab.switch_pid(s.name)) is not None]
-        asyncio.run(measure(topo, settings, n, concurrency, pids, result))
+        await measure(topo, topo_path, settings, n, concurrency, pids, result)
+    finally:
+        await asyncio.shield(asyncio.to_thread(lab.stop))
     return result
+
+
+async def run_all(args: argparse.Namespace, overrides: dict[str, str], work: Path, results: list[TopoResult]) -> None:
+    # One event loop for every topology: grpc.aio keeps state per process that outlives a loop.
+    for case in args.topologies:
+        results.append(await run_topology(case, args.connections, args.concurrency, overrides, work, args.lock_timeout))
 
 
 def report(results: list[TopoResult], args: argparse.Namespace, began: str, load: tuple[float, float]) -> str:
     command = "sudo .venv/bin/python benchmarks/bench_controller_setup.py " + shlex.join(sys.argv[1:])
     settings_note = ", ".join(f"`{o}`" for o in args.set) if args.set else "defaults (`p4nsm settings`)"
+    preset_notes = []
+    for key, preset in PRESETS.items():
+        if any(r.name.endswith("@" + key) for r in results):
+            preset_notes += ["", f"`NAME@{key}` runs NAME with " + ", ".join(f"`{n}={v}`" for n, v in preset.items())
+                             + " on top of the settings above: liveness checked less often and less strictly, so that "
+                             "a machine too small for the topology does not make the controller see failures that did "
+                             "not happen."]
     lines = [
         "# Controller: connection set-up rate and Request-to-installed latency",
         "",
@@ -448,10 +514,7 @@ def report(results: list[TopoResult], args: argparse.Namespace, began: str, load
         "to its return, i.e. every entity acknowledged by every switch. After each mode every switch was read back "
         "and compared with what the controller wants; then all connections were disconnected and every switch's "
         "tables read back and compared with the tables before the first connection.",
-        *([""] + [f"`NAME@{k}` runs NAME with " + ", ".join(f"`{n}={v}`" for n, v in p.items()) + " on top: "
-                  "liveness checked less often and less strictly, so that a machine too small for the topology "
-                  "does not make the controller see failures that did not happen." for k, p in PRESETS.items()
-                  if any(r.name.endswith("@" + k) for r in results)]),
+        *preset_notes,
         "",
         "| topology | switches / hosts | mode | connections/s | p50 (ms) | p99 (ms) | max (ms) | disconnects/s "
         "| entities per connection | Write RPCs per connection | CPU ms per connection: controller / switches "
@@ -485,7 +548,9 @@ def report(results: list[TopoResult], args: argparse.Namespace, began: str, load
         lines += ["", "Problems seen (the run is not clean):", "", *problems]
     lines += ["", "Primary path lengths (switches) of the measured connections: " + "; ".join(
         f"{r.name}: " + ", ".join(f"{k} hops × {v}" for k, v in sorted(r.path_lengths.items())) for r in results) + ".",
-        "Lab start-up (not measured above): " + ", ".join(f"{r.name} {r.lab_start_s:.1f} s" for r in results) + ".", ""]
+        "Lab start-up, including any wait for another lab on the machine (not measured above): " + ", ".join(f"{r.name} {r.lab_start_s:.1f} s" for r in results) + ".",
+        "1-minute load average when each lab was up (2 CPUs; other people's tests and benchmarks share this machine): "
+        + ", ".join(f"{r.name} {r.load_at_start:.1f}" for r in results) + ".", ""]
     return "\n".join(lines)
 
 
@@ -493,7 +558,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--topologies", nargs="+", default=["diamond", "fattree4"])
     parser.add_argument("--connections", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[50],
+                        help="connects in flight in the concurrent mode(s); each value is one more mode")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="controller setting override")
     parser.add_argument("--lock-timeout", type=float, default=3600.0,
                         help="seconds to wait for another lab on this machine to stop (one lab at a time)")
@@ -511,8 +577,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="p4nsm-bench-setup-"))
     results = []
     try:
-        for name in args.topologies:
-            results.append(run_topology(name, args.connections, args.concurrency, overrides, work, args.lock_timeout))
+        asyncio.run(run_all(args, overrides, work, results))
     finally:
         if args.keep:
             print(f"work dir kept: {work}")

@@ -188,6 +188,9 @@ class Case:
         await self.fault.restore()
         res = analysis.analyse(self.trial_no, target.element, self.streams, t, t_start, t_done, affected, window)
         res.collateral = sorted(window.declared_down - target.expected_down(ctl))
+        log.info("bench trial=%d kind=%s element=%s t_fail=%d rounds=%s graph=%s", self.trial_no, kind, target.element,
+                 res.t_fail, [{k: v for k, v in r.items()} for r in window.rounds],
+                 [((t - res.t_fail) / 1e6, sorted(l), sorted(s)) for t, l, s in timeline.graph])
         res.load = os.getloadavg()[0]
         hit = [s.loss_window_ms for s in res.affected]
         settled = await scenario.settle(ctl, SETTLE_TIMEOUT_S)
@@ -322,6 +325,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _terminated(signum: int, frame: object) -> None:
+    say(f"received {signal.Signals(signum).name} from outside; stopping")
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     args = parse_args()
     if os.geteuid() != 0:
@@ -330,7 +338,7 @@ def main() -> int:
     logging.basicConfig(filename=log_path, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     say(f"controller and lab log: {log_path}")
     # SIGTERM ends the run like Ctrl-C: through the cleanup of every case.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         rows = asyncio.run(run_all(args))
     except KeyboardInterrupt:

@@ -1,7 +1,7 @@
 """NSM API: Request-to-Connection latency and Requests/s with concurrent clients, on the diamond lab.
 
     sudo .venv/bin/python benchmarks/bench_nsm_requests.py [--requests 1000] [--clients 100]
-        [--set name=value ...] [--keep] [--no-write]
+        [--liveness default,relaxed] [--set name=value ...] [--keep] [--no-write]
 
 The real lab (Mininet, one `p4nsm-softswitch` per switch) and the real Controller serving the
 NSM API on a unix socket, in this process. Two endpoints of one service, `p4nsm nse` processes
@@ -45,7 +45,8 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 from nsm_api import connection_pb2, networkservice_pb2, networkservice_pb2_grpc  # noqa: E402
 
-from controller.nsm import clock, kernel  # noqa: E402
+from benchmarks.bench_controller_setup import link_down_counter  # noqa: E402
+from controller.nsm import kernel  # noqa: E402
 from controller.nsm.channels import dial_target  # noqa: E402
 from controller.nsm.metadata import Credentials  # noqa: E402
 from controller.nsm.tokens import TokenSource  # noqa: E402
@@ -56,6 +57,10 @@ CLIENT_HOSTS = ("h1", "h2")
 ENDPOINTS = (("h3", "10.70.0.0/16"), ("h4", "10.71.0.0/16"))
 READY_TIMEOUT_S = 120.0
 PING_SAMPLE = 10
+IDLE_SAMPLE_S = 3.0  # the controller's own CPU use (keepalives, link probes) before any Request
+# "relaxed" liveness, as bench_controller_setup.py's "@relaxed": a starved controller otherwise
+# takes late probes for dead links, and Requests find no path.
+RELAXED = {"probe_interval": "0.1", "keepalive_interval": "0.2", "keepalive_timeout": "1.0"}
 
 log = logging.getLogger("bench")
 
@@ -143,6 +148,21 @@ async def _read_all(ctl) -> dict[str, Counter[bytes]]:  # type: ignore[no-untype
             for name, c in ctl.clients.items()}
 
 
+async def _loop_lag(out: list[float], interval: float = 0.01) -> None:
+    """How late the controller's event loop wakes a 10 ms sleeper: what keepalives and link
+    probes (their budget is a few probe intervals) suffer while Requests are served."""
+    loop = asyncio.get_running_loop()
+    while True:
+        t0 = loop.time()
+        await asyncio.sleep(interval)
+        out.append(loop.time() - t0 - interval)
+
+
+def _dump_tasks() -> None:
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=8, file=sys.stderr)
+
+
 async def _readline(proc: asyncio.subprocess.Process) -> dict:
     assert proc.stdout is not None
     line = await proc.stdout.readline()
@@ -155,6 +175,7 @@ async def orchestrate(topo, work: Path, args: argparse.Namespace, overrides: dic
     from controller.runtime import Controller
     from controller.settings import Settings
 
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, _dump_tasks)
     settings = Settings.load({**overrides, "store_path": str(work / "store.sqlite"), "nsm_run_dir": str(work / "nsm")})
     address = f"unix://{work / 'nsm.sock'}"
     ctl = Controller(topo, settings, nsm_address=address)
@@ -176,16 +197,24 @@ async def orchestrate(topo, work: Path, args: argparse.Namespace, overrides: dic
                 raise SystemExit("endpoints did not register")
             await asyncio.sleep(0.1)
 
+        idle0 = time.process_time()
+        await asyncio.sleep(IDLE_SAMPLE_S)
+        idle_cpu = (time.process_time() - idle0) / IDLE_SAMPLE_S
+        lags: list[float] = []
+        lag_probe = asyncio.create_task(_loop_lag(lags))
+        downs = link_down_counter(ctl)
         cpu0 = time.process_time()
         load = await asyncio.create_subprocess_exec(
             sys.executable, __file__, "--load", address, "--requests", str(args.requests), "--clients", str(args.clients),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
         made = await _readline(load)
         controller_cpu = time.process_time() - cpu0
+        lag_probe.cancel()
         served = len(made["connections"])
         result = {"requests": args.requests, "clients": args.clients, "served": served, "seconds": made["seconds"],
                   "latencies": made["latencies"], "errors": made["errors"], "controller_cpu": controller_cpu,
-                  "endpoints": Counter(c["endpoint"] for c in made["connections"]), "problems": []}
+                  "endpoints": Counter(c["endpoint"] for c in made["connections"]), "problems": [],
+                  "lag_p99": pct(lags, 0.99), "lag_max": pct(lags, 1.0), "link_downs": downs[0], "idle_cpu": idle_cpu}
         if len(ctl.fabric.plans) != served:
             result["problems"].append(f"{len(ctl.fabric.plans)} connections in the fabric for {served} served")
         sample = random.Random(1).sample(made["connections"], min(PING_SAMPLE, served))
@@ -213,17 +242,30 @@ async def orchestrate(topo, work: Path, args: argparse.Namespace, overrides: dic
             proc.send_signal(signal.SIGINT)
         for proc in nses:
             try:
-                proc.wait(10)
+                await asyncio.to_thread(proc.wait, 10)
             except subprocess.TimeoutExpired:
                 proc.kill()
         for conn_id in list(ctl.fabric.plans):
-            await ctl.fabric.disconnect(conn_id)
+            try:
+                await asyncio.wait_for(ctl.fabric.disconnect(conn_id), 10)
+            except Exception as e:  # the lab goes away anyway; keep stopping
+                log.warning("cleanup disconnect %s failed: %r", conn_id, e)
         await ctl.stop()
 
 
-def report(r: dict, args: argparse.Namespace, began: str, load: tuple[float, float]) -> str:
-    command = "sudo .venv/bin/python benchmarks/bench_nsm_requests.py " + shlex.join(sys.argv[1:])
+def _row(mode: str, r: dict) -> str:
     lat = r["latencies"]
+    return (f"| {mode} | {r['requests']:,} | {r['clients']} | {r['served']:,} | {r['served'] / r['seconds']:,.0f} "
+            f"| {pct(lat, 0.5):.1f} | {pct(lat, 0.99):.1f} | {pct(lat, 1.0):.1f} | {r['served'] / r['close_seconds']:,.0f} "
+            f"| {r['controller_cpu'] / max(r['served'], 1) * 1000:.2f} | {r['idle_cpu'] * 100:.0f}% "
+            f"| {r['lag_p99']:.0f} / {r['lag_max']:.0f} | {r['link_downs']} "
+            f"| {', '.join(f'{k} × {v}' for k, v in sorted(r['endpoints'].items()))} | {r['pings']} "
+            f"| {'passed' if not r['problems'] else '**failed**'} |")
+
+
+def report(results: dict[str, dict], began: str, load: tuple[float, float]) -> str:
+    command = "sudo .venv/bin/python benchmarks/bench_nsm_requests.py " + shlex.join(sys.argv[1:])
+    first = next(iter(results.values()))
     lines = [
         "# NSM API: Request-to-Connection latency and Requests/s",
         "",
@@ -232,30 +274,34 @@ def report(r: dict, args: argparse.Namespace, began: str, load: tuple[float, flo
         f"{began}; load average {load[0]:.2f} before, {load[1]:.2f} after (others may share the machine).",
         "",
         "diamond lab (Mininet, 4 `p4nsm-softswitch`), the real Controller serving the NSM API on a unix socket; "
-        f"2 endpoints of one service (`p4nsm nse` on h3 and h4); {r['clients']} concurrent clients in another process, "
+        f"2 endpoints of one service (`p4nsm nse` on h3 and h4); {first['clients']} concurrent clients in another process, "
         "each sending NSC-style Requests back to back for netns h1 or h2. Latency: Request call to answer (endpoint "
         "selected and asked, fabric entries acknowledged by every switch, VLAN interfaces, addresses and routes made "
-        "in both namespaces).",
+        "in both namespaces). Liveness *default*: the settings' defaults (link probes every 10 ms, 3 misses = down; "
+        f"keepalive 50 ms / 150 ms); *relaxed*: {', '.join(f'`{k}={v}`' for k, v in RELAXED.items())}.",
         "",
-        "| requests | clients | served | Requests/s | p50 (ms) | p99 (ms) | max (ms) | Closes/s | controller CPU ms/Request "
+        "| liveness | requests | clients | served | Requests/s | p50 (ms) | p99 (ms) | max (ms) | Closes/s "
+        "| controller CPU ms/Request | controller CPU idle | event-loop lag p99 / max (ms) | false link-downs "
         "| endpoints used | sampled pings | checks |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
-        f"| {r['requests']:,} | {r['clients']} | {r['served']:,} | {r['served'] / r['seconds']:,.0f} | {pct(lat, 0.5):.1f} "
-        f"| {pct(lat, 0.99):.1f} | {pct(lat, 1.0):.1f} | {r['served'] / r['close_seconds']:,.0f} "
-        f"| {r['controller_cpu'] / max(r['served'], 1) * 1000:.2f} "
-        f"| {', '.join(f'{k} × {v}' for k, v in sorted(r['endpoints'].items()))} | {r['pings']} "
-        f"| {'passed' if not r['problems'] else '**failed**'} |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
+        *(_row(mode, r) for mode, r in results.items()),
+        "",
+        "*controller CPU idle*: the controller process alone (keepalives, link probes, no Request), share of one CPU. "
+        "*Event-loop lag*: how late the controller's loop woke a 10 ms sleeper while Requests were served; link probes "
+        "have a budget of a few probe intervals, so a late loop is taken for dead links (*false link-downs*), and "
+        "Requests then find no path (UNAVAILABLE).",
         "",
         "Checks: every served Request is a connection in the fabric; a sample pings across its kernel interfaces; "
         "after Close no connection is left, every switch's tables read back exactly as before the first Request, "
         "and no interface is left in any host.",
     ]
-    if r["errors"]:
-        lines += ["", "Refused Requests: " + "; ".join(f"{k} × {v}" for k, v in r["errors"].items())]
-    if r["close_errors"]:
-        lines += ["", "Failed Closes: " + "; ".join(f"{k} × {v}" for k, v in r["close_errors"].items())]
-    if r["problems"]:
-        lines += ["", "Problems:", "", *(f"* {p}" for p in r["problems"])]
+    for mode, r in results.items():
+        if r["errors"]:
+            lines += ["", f"Refused Requests ({mode}): " + "; ".join(f"{k} × {v}" for k, v in r["errors"].items())]
+        if r["close_errors"]:
+            lines += ["", f"Failed Closes ({mode}): " + "; ".join(f"{k} × {v}" for k, v in r["close_errors"].items())]
+        if r["problems"]:
+            lines += ["", f"Problems ({mode}):", "", *(f"* {p}" for p in r["problems"])]
     return "\n".join(lines) + "\n"
 
 
@@ -263,10 +309,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--liveness", default="default,relaxed",
+                        help="comma-separated: default (the settings) and/or relaxed (probes and keepalives 5-10x laxer)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="controller setting override")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, store)")
     parser.add_argument("--lock-timeout", type=float, default=1800.0, help="seconds to wait for another lab on this machine")
     parser.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results alone")
+    parser.add_argument("--profile", metavar="FILE", help="cProfile the controller's process into FILE (figures then suffer)")
     parser.add_argument("--load", metavar="ADDRESS", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:
@@ -274,34 +323,46 @@ def main() -> None:
         return
     if os.geteuid() != 0:
         raise SystemExit("needs root: the lab makes network namespaces and veth pairs")
-    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` shows where a stuck run is
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>`: every thread's stack; USR2: every task's
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     from topologies.lab import Lab
     from topologies.schema import load_topology
 
-    overrides = dict(o.split("=", 1) for o in args.set)
+    modes = {m: {**(RELAXED if m == "relaxed" else {}), **dict(o.split("=", 1) for o in args.set)}
+             for m in args.liveness.split(",")}
     began, load_before = time.strftime("%Y-%m-%d %H:%M"), os.getloadavg()[0]
     topo = load_topology(REPO / "topologies" / "diamond.yaml")
     work = Path(tempfile.mkdtemp(prefix="p4nsm-bench-nsm-"))
+    results: dict[str, dict] = {}
     try:
         with Lab(topo, work / "lab", lock_timeout=args.lock_timeout):
-            result = asyncio.run(orchestrate(topo, work, args, overrides))
+            for mode, overrides in modes.items():
+                run_dir = work / mode
+                run_dir.mkdir()
+                if args.profile:
+                    import cProfile
+
+                    with cProfile.Profile() as prof:
+                        results[mode] = asyncio.run(orchestrate(topo, run_dir, args, overrides))
+                    prof.dump_stats(f"{args.profile}.{mode}")
+                else:
+                    results[mode] = asyncio.run(orchestrate(topo, run_dir, args, overrides))
+                r, lat = results[mode], results[mode]["latencies"]
+                print(f"diamond, {mode} liveness: {r['served']}/{r['requests']} served with {r['clients']} clients: "
+                      f"{r['served'] / r['seconds']:.0f} Requests/s, p50 {pct(lat, 0.5):.1f} ms, p99 {pct(lat, 0.99):.1f} ms, "
+                      f"max {pct(lat, 1.0):.1f} ms; Close {r['served'] / r['close_seconds']:.0f}/s; pings {r['pings']}; "
+                      f"false link-downs {r['link_downs']}; problems: {r['problems'] or 'none'}", flush=True)
     finally:
         if args.keep:
             print(f"work dir kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    lat = result["latencies"]
-    print(f"diamond: {result['served']}/{result['requests']} served with {result['clients']} clients: "
-          f"{result['served'] / result['seconds']:.0f} Requests/s, p50 {pct(lat, 0.5):.1f} ms, p99 {pct(lat, 0.99):.1f} ms, "
-          f"max {pct(lat, 1.0):.1f} ms; Close {result['served'] / result['close_seconds']:.0f}/s; pings {result['pings']}; "
-          f"problems: {result['problems'] or 'none'}", flush=True)
-    text = report(result, args, began, (load_before, os.getloadavg()[0]))
+    text = report(results, began, (load_before, os.getloadavg()[0]))
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(text)
     print(text)
-    if result["problems"] or result["errors"]:
+    if any(r["problems"] or r["errors"] for r in results.values()):
         sys.exit(1)
 
 

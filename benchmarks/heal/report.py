@@ -37,7 +37,7 @@ def mechanism(detected_by: str) -> str:
         return "not detected"
     if detected_by.startswith("probes"):
         return "missed probes"
-    reason = detected_by.split("(", 1)[-1].rstrip(")")
+    reason = re.sub(r"^switch \S+: ", "", detected_by.split("(", 1)[-1].rstrip(")"))  # the client's prefix
     return f"session lost ({reason.split(':')[0][:40]})"
 
 
@@ -157,8 +157,9 @@ def markdown(rows: dict[str, dict], machine: str, notes: list[str]) -> str:
         "(a link declared dead from missed probes, or a switch session lost); *head-end acked* = the heal round's "
         "head-end write phase was acknowledged by the switches (`Rerouter.last_round`); *path back* = the slowest "
         "affected stream's first frame after its gap was sent (the data path worked again); *all delivering* = "
-        "that frame arrived. Write = acked - detected; data plane = path back - acked (negative: the switch's "
-        "watch port healed the path before the controller acted).",
+        "that frame arrived. Write = acked - detected; data plane = path back - acked (negative: frames crossed "
+        "again before the acknowledgement reached the controller, as a switch applies a write before its answer "
+        "travels back; with watch ports, before the controller acted at all).",
         "",
         "| topology | failure | N | detected p50 (max) | detected by | head-end acked p50 (max) | write | path back | data plane | all delivering | urgent heal round | mode |",
         "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",

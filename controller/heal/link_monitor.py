@@ -1,14 +1,15 @@
 """Link and port liveness from probes sent and received over the P4Runtime streams.
 
 Every fabric port sends a probe each `probe_interval`; the peer switch punts it back as a
-packet-in. A direction is dead when `probe_misses` probes sent after the last one that arrived
-are missing AND both switches proved they ran later than one interval after the last of those
-was sent: a probe sent after that moment went out of, or arrived at, the switch, or a keepalive
-sent after it was answered. Proof is judged by send times, so neither a switch that is merely
-busy (a big Write) nor a backlog in the controller's own loop fakes a link failure. A link is down when either
-direction is dead, and up
-again only after `probe_recovery` consecutive intervals with probes in both directions; every
-fall within `flap_window` of a rise doubles what the next rise needs (no thrash on a flapping
+packet-in. A direction is dead when the last `probe_misses` probes sent on it are missing AND
+both switches proved that they ran at least half an interval after the last of those was sent: a
+probe sent after that moment went out of, or arrived at, the switch, or a keepalive sent after it
+was answered. Proof is judged by send times, so neither a switch that is merely busy (a big
+Write) nor a backlog in the controller's own loop fakes a link failure. Checks run half an
+interval after each round of probes, when that round has had time to arrive. A link is down when
+either direction is dead, and up again only after `probe_recovery` consecutive intervals with
+probes in both directions; every fall within `flap_window` of a rise doubles what the next rise
+needs (no thrash on a flapping
 link). A probe that arrives where the topology file says it should not is reported, not used.
 """
 
@@ -105,16 +106,17 @@ class LinkMonitor:
     # --- sending and checking -------------------------------------------------------------------
 
     async def _run(self) -> None:
-        interval = self.settings.probe_interval
+        half = self.settings.probe_interval / 2
         while True:
             try:
                 self._send_all()
+                await asyncio.sleep(half)
                 await self._check_all()
             except asyncio.CancelledError:
                 raise
             except Exception:  # the monitor must outlive any one bad tick
                 log.exception("event=link_monitor_tick_failed")
-            await asyncio.sleep(interval)
+            await asyncio.sleep(half)
 
     def _send_all(self) -> None:
         now_ns = time.monotonic_ns()
@@ -149,7 +151,7 @@ class LinkMonitor:
                 await self.on_change(link, False)
             elif not state.up:
                 # Coming back needs probes that really arrive, in both directions.
-                arriving = all(d.unanswered <= s.probe_misses for d in dirs)
+                arriving = all(d.unanswered < s.probe_misses for d in dirs)
                 state.streak = state.streak + 1 if arriving else 0
                 if state.streak >= state.need:
                     state.up = True
@@ -159,12 +161,13 @@ class LinkMonitor:
 
     def _dead(self, d: _Direction, now: float) -> bool:
         s = self.settings
-        if d.unanswered <= s.probe_misses:
-            return False  # the probes sent since the last arrival may still be in flight
+        if d.unanswered < s.probe_misses:
+            return False
         sent = d.sent_time(d.rx_seq + s.probe_misses)
         if sent is None:
             return True  # older than the send log: long gone
-        proof = sent + s.probe_interval
+        # Probes of one round share a send time; the next round's prove the switches ran on.
+        proof = sent + s.probe_interval / 2
         return self._ran_after(d.src, proof) and self._ran_after(d.dst, proof)
 
     def _ran_after(self, switch: str, moment: float) -> bool:

@@ -17,6 +17,7 @@ import time
 from controller.fabric import entries as E
 from controller.fabric.model import ConnectionPlan, Leg
 from controller.fabric.paths import NoPath, backup_for, shortest
+from controller.fabric.programmer import Programmer
 from controller.fabric.service import Fabric
 from controller.p4rt.errors import SwitchError
 
@@ -128,20 +129,27 @@ class Rerouter:
 
     async def _apply_urgent(self, pairs: list[tuple[ConnectionPlan, ConnectionPlan]]) -> float | None:
         """All connections' changes merged phase by phase: one Write per switch per phase.
-        Returns when the phase holding the head entries was acknowledged."""
+
+        The head entries that move traffic onto the backups go first, alone: the backups'
+        transit entries are already in place, so one batch restores every connection, and the
+        full diff (which costs far more to compute than to write at thousands of connections)
+        only tidies up behind it. Returns when the head-end batch was acknowledged."""
         if not pairs:
             return None
         fabric = self.fabric
         prog = fabric.programmer
         assert prog is not None
-        ops = [op for old, new in pairs for op in E.diff(fabric.specs(old), fabric.specs(new))]
+        heads = [(E.MODIFY, h) for old, new in pairs
+                 for h_old, h in zip(E.head_entries(old), E.head_entries(new)) if h != h_old]
         t_heads = None
+        if heads:
+            await self._write_phase(prog, heads)
+            t_heads = time.perf_counter()
+        done = {spec.key for _, spec in heads}
+        ops = [op for old, new in pairs for op in E.diff(fabric.specs(old), fabric.specs(new))
+               if not (op[0] == E.MODIFY and op[1].key in done)]
         for phase in E.phases(ops):
-            try:
-                await prog.write_ops(phase)
-            except SwitchError as e:
-                # Deletes on a dead switch fail; its reconcile cleans up when it returns.
-                log.info("event=urgent_phase_partial error=%s", e)
+            await self._write_phase(prog, phase)
             if t_heads is None and any(isinstance(s, E.EntrySpec) and s.table in (E.EDGE_TABLE, E.GROUP_TABLE) for _, s in phase):
                 t_heads = time.perf_counter()
         fabric.store.put_many([new for _, new in pairs])
@@ -151,6 +159,14 @@ class Rerouter:
             if new.a_to_b != old.a_to_b:
                 fabric._emit(new, "rerouted")
         return t_heads
+
+    @staticmethod
+    async def _write_phase(prog: Programmer, phase: list[tuple[str, E.Spec]]) -> None:
+        try:
+            await prog.write_ops(phase)
+        except SwitchError as e:
+            # Deletes on a dead switch fail; its reconcile cleans up when it returns.
+            log.info("event=urgent_phase_partial error=%s", e)
 
     async def _repair(self, plan: ConnectionPlan) -> None:
         fabric = self.fabric
