@@ -324,6 +324,8 @@ def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("needs root: the lab makes network namespaces and veth pairs")
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>`: every thread's stack; USR2: every task's
+    # SIGTERM (a timeout, a CI cancel) ends the run like Ctrl-C: through the Lab's cleanup.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     from topologies.lab import Lab
     from topologies.schema import load_topology

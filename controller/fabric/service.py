@@ -174,10 +174,26 @@ class Fabric:
         return counts  # type: ignore[return-value]
 
     async def transition(self, old: ConnectionPlan | None, new: ConnectionPlan | None) -> None:
-        """Move a connection's entities on the switches from `old` to `new` in safe order."""
+        """Move a connection's entities on the switches from `old` to `new` in safe order.
+
+        If a switch rejects part of it, the switches are moved back to `old` before the error
+        is raised. Only the insert and modify phases can fail (deletes tolerate failure), so
+        nothing of `old` is gone yet: the heads are set back and what only `new` had is deleted."""
         assert self.programmer is not None
         conn_id = (new or old).id  # type: ignore[union-attr]
-        await self.programmer.apply(conn_id, E.diff(self.specs(old), self.specs(new)), compensate=old is None)
+        try:
+            await self.programmer.apply(conn_id, E.diff(self.specs(old), self.specs(new)), compensate=old is None)
+        except SwitchError as e:
+            if old is None:
+                raise  # apply() compensated the fresh install already
+            back = [op for op in E.diff(self.specs(new), self.specs(old)) if op[0] != E.INSERT]
+            try:
+                await self.programmer.apply(conn_id, back)
+            except SwitchError as again:
+                log.error("connection=%s event=rollback_failed switch=%s error=%s", conn_id, again.switch, again)
+            else:
+                log.warning("connection=%s event=transition_rolled_back switch=%s error=%s", conn_id, e.switch, e)
+            raise
 
     # --- connections ------------------------------------------------------------------------
 

@@ -23,6 +23,8 @@ from controller.p4rt.errors import SwitchError
 
 log = logging.getLogger("p4nsm.heal.reroute")
 
+REPAIR_RETRY_S = 0.2
+
 
 def leg_alive(fabric: Fabric, leg: Leg | None) -> bool:
     if leg is None:
@@ -100,6 +102,7 @@ class Rerouter:
             elif active_alive(fabric, p) and has_backup(p) and not backup_alive(fabric, p):
                 urgent.append((p, p.model_copy(update={"a_to_b_backup": None, "b_to_a_backup": None, "revision": p.revision + 1})))
         t_heads = await self._apply_urgent(urgent)
+        retry = False
         for p in list(fabric.plans.values()):
             if p.state not in ("up", "down"):
                 continue
@@ -110,7 +113,9 @@ class Rerouter:
                         await self._repair(current)
             except SwitchError as e:
                 log.error("connection=%s event=repair_failed error=%s", p.id, e)
-                self.kick()  # try again in the next round
+                retry = True
+        if retry:  # again a little later, not in a hot loop against a switch that keeps refusing
+            asyncio.get_running_loop().call_later(REPAIR_RETRY_S, self.kick)
         self.last_round = {
             "urgent": len(urgent),
             "heads_acked_ms": (t_heads - t0) * 1000 if t_heads else 0.0,
@@ -208,14 +213,12 @@ class Rerouter:
         await self._commit(plan, new, None)
 
     async def _commit(self, old: ConnectionPlan, new: ConnectionPlan, event: str | None) -> None:
-        """Write the difference, then record the new plan. A rejected insert leaves the old plan
-        in force (and its new labels free) for the next round to retry."""
+        """Write the difference, then record the new plan. A rejection leaves the old plan in
+        force for the next round to retry. The labels taken for `new` are not given back: an
+        entry of theirs may have stayed on a switch the rollback could not reach, and a label
+        reused while its old entry lives collides (ALREADY_EXISTS) on every later try."""
         fabric = self.fabric
-        try:
-            await fabric.transition(old, new)
-        except SwitchError:
-            self._free_labels(new, old)
-            raise
+        await fabric.transition(old, new)
         self._free_labels(old, new)
         fabric.plans[new.id] = new
         fabric.store.put(new)

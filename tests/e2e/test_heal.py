@@ -12,8 +12,12 @@ import signal
 import uuid
 
 import pytest
+from finsy.proto import p4r
 
 from controller.fabric import entries as E
+from controller.fabric.model import Leg
+from controller.p4rt.errors import SwitchError
+from controller.p4rt.schema import update
 from controller.runtime import Controller
 from controller.settings import REPO_ROOT, Settings
 from tests.e2e.hosts import Host
@@ -299,3 +303,32 @@ async def test_watch_port_failover_without_the_controller(ctl, hosts, lab):
             await asyncio.to_thread(lab_obj.set_port_up, "s1", carrying_port, True)
     finally:
         watch.close()
+
+
+async def test_rejected_path_change_is_rolled_back(ctl, hosts, lab):
+    """MARIN3R's lesson: a switch that rejects part of a path change gets the last good state
+    back. The tail's label table is full, so the new leg's entry is refused there; the entries
+    already written for it on the other switches are removed and the old path keeps working."""
+    plan = await connect(ctl, hosts)
+    tail = plan.b.switch
+    client, schema = ctl.clients[tail], ctl.schema
+    room = schema.table(E.LABEL_TABLE).size - len(await client.read_table_entries(E.LABEL_TABLE))
+    junk_from = (1 << 20) - room
+    junk = [update(p4r.Update.INSERT, schema.table_entry(E.LABEL_TABLE, {"label": junk_from + i}, "FabricIngress.forward", {"port": 3}))
+            for i in range(room)]
+    await client.write(junk)
+    try:
+        new = plan.model_copy(update={"a_to_b": Leg(label=ctl.fabric.alloc.labels.take(), path=plan.a_to_b.path),
+                                      "revision": plan.revision + 1})
+        with pytest.raises(SwitchError) as err:
+            await ctl.fabric.transition(plan, new)
+        assert err.value.switch == tail
+        for sw in ctl.clients:
+            have = {e for e in await ctl.fabric.read_back(sw)
+                    if not (sw == tail and isinstance(e, E.EntrySpec) and e.table == E.LABEL_TABLE
+                            and dict(e.match)["label"] >= junk_from)}
+            want = set(ctl.fabric.desired(sw))
+            assert have == want, f"{sw}: extra {have - want}, missing {want - have}"
+        await flows_again(hosts, plan)
+    finally:
+        await client.write([update(p4r.Update.DELETE, u.entity.table_entry) for u in junk])
