@@ -57,6 +57,7 @@ CLIENT_HOSTS = ("h1", "h2")
 ENDPOINTS = (("h3", "10.70.0.0/16"), ("h4", "10.71.0.0/16"))
 READY_TIMEOUT_S = 120.0
 PING_SAMPLE = 10
+LOAD_REPORT_LIMIT = 64 * 1024 * 1024
 IDLE_SAMPLE_S = 3.0  # the controller's own CPU use (keepalives, link probes) before any Request
 # "relaxed" liveness, as bench_controller_setup.py's "@relaxed": a starved controller otherwise
 # takes late probes for dead links, and Requests find no path.
@@ -206,7 +207,8 @@ async def orchestrate(topo, work: Path, args: argparse.Namespace, overrides: dic
         cpu0 = time.process_time()
         load = await asyncio.create_subprocess_exec(
             sys.executable, __file__, "--load", address, "--requests", str(args.requests), "--clients", str(args.clients),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            limit=LOAD_REPORT_LIMIT)  # one JSON line per phase, with every latency and error
         made = await _readline(load)
         controller_cpu = time.process_time() - cpu0
         lag_probe.cancel()
