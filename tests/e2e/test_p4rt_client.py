@@ -7,7 +7,6 @@ import asyncio
 import os
 import signal
 import time
-import zlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -17,6 +16,7 @@ from finsy.proto import p4r
 from controller.p4rt.client import SwitchClient, SwitchTarget
 from controller.p4rt.errors import SwitchError
 from controller.p4rt.schema import P4Schema
+from controller.runtime import pipeline_cookie
 from controller.settings import Settings
 from controller.targets import device_config
 from tests.support.fixtures import SoftSwitchProcess, softswitch  # noqa: F401  (fixture)
@@ -28,7 +28,7 @@ async def client(softswitch: SoftSwitchProcess) -> AsyncIterator[SwitchClient]:
     schema = P4Schema.from_file(settings.p4info_path)
     p4info = schema.p4info.SerializeToString(deterministic=True)
     config = device_config("softswitch", settings)
-    target = SwitchTarget("sw", softswitch.address, softswitch.device_id, p4info, config, zlib.crc32(p4info) or 1)
+    target = SwitchTarget("sw", softswitch.address, softswitch.device_id, p4info, config, pipeline_cookie(p4info, [config]))
     c = SwitchClient(target, schema, settings)
     c.start()
     try:
