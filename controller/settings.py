@@ -37,6 +37,7 @@ class Settings(BaseModel):
     fast_failover: bool = Field(True, description="Head-end protection groups with watch ports on targets that honour them (softswitch, BMv2)")
     probe_interval: float = Field(0.01, description="Seconds between link probes out of each fabric port")
     probe_misses: int = Field(3, description="A link is down when this many probes in a row are missing in either direction while both switches show life")
+    probe_keepalive_proof_delay: float = Field(0.25, description="A switch whose packet path shows no life (no probe of its own arrives, none arrives through it) proves by keepalive only that long after the missing probes (s): a starved switch answers keepalives before its packets")
     probe_recovery: int = Field(25, description="Healthy probe intervals (both directions) before a down link is used again")
     probe_recovery_max: int = Field(1000, description="Cap on the recovery requirement, which doubles each time a link flaps")
     flap_window: float = Field(2.0, description="A link that fails within this many seconds of recovering counts as flapping (s)")

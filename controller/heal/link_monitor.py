@@ -2,15 +2,18 @@
 
 Every fabric port sends a probe each `probe_interval`; the peer switch punts it back as a
 packet-in. A direction is dead when the last `probe_misses` probes sent on it are missing AND
-both switches proved that they ran at least half an interval after the last of those was sent: a
-probe sent after that moment went out of, or arrived at, the switch, or a keepalive sent after it
-was answered. Proof is judged by send times, so neither a switch that is merely busy (a big
-Write) nor a backlog in the controller's own loop fakes a link failure. Checks run half an
-interval after each round of probes, when that round has had time to arrive. A link is down when
-either direction is dead, and up again only after `probe_recovery` consecutive intervals with
-probes in both directions; every fall within `flap_window` of a rise doubles what the next rise
-needs (no thrash on a flapping
-link). A probe that arrives where the topology file says it should not is reported, not used.
+both ends proved that their packet paths ran on: the source emitted a probe sent at least half an
+interval after the last missing one (it arrived somewhere), and the destination delivered one
+(a later probe reached the controller through it). Proof is judged by send times, so neither a
+busy switch nor a backlog in the controller's own loop fakes a link failure. A starved switch can
+answer keepalives on its gRPC thread while its packet path lags, so a keepalive alone proves an
+end only after `probe_keepalive_proof_delay`: that is what a switch with one fabric port, or one
+cut off on every port at once, has to show. Checks run half an interval after each round of
+probes, when that round has had time to arrive. A link is down when either direction is dead,
+and up again only after `probe_recovery` consecutive intervals with probes in both directions;
+every fall within `flap_window` of a rise doubles what the next rise needs (no thrash on a
+flapping link). A probe that arrives where the topology file says it should not is reported, not
+used.
 """
 
 from __future__ import annotations
@@ -73,8 +76,10 @@ class LinkMonitor:
         self.origin = secrets.randbits(63)
         self.counters: Counter[str] = Counter()
         self._by_device = {c.target.device_id: c.name for c in clients.values()}
-        # per switch: the newest send time of a probe it emitted or delivered (it ran after that)
-        self.ran_after: dict[str, float] = {name: 0.0 for name in clients}
+        # per switch: the newest send time of a probe it emitted (it arrived somewhere) and of one it
+        # delivered (it arrived through it): its packet-out and packet-in paths ran after that
+        self.emitted_after: dict[str, float] = {name: 0.0 for name in clients}
+        self.delivered_after: dict[str, float] = {name: 0.0 for name in clients}
         self.directions: dict[tuple[str, int], _Direction] = {}
         self.links: dict[str, _LinkState] = {}
         for link in graph.links.values():
@@ -168,10 +173,14 @@ class LinkMonitor:
             return True  # older than the send log: long gone
         # Probes of one round share a send time; the next round's prove the switches ran on.
         proof = sent + s.probe_interval / 2
-        return self._ran_after(d.src, proof) and self._ran_after(d.dst, proof)
+        if self.emitted_after[d.src] > proof and self.delivered_after[d.dst] > proof:
+            return True
+        late = sent + s.probe_keepalive_proof_delay
+        return self._alive_after(d.src, late) and self._alive_after(d.dst, late)
 
-    def _ran_after(self, switch: str, moment: float) -> bool:
-        return self.ran_after[switch] > moment or self.clients[switch].answered_sent_at > moment
+    def _alive_after(self, switch: str, moment: float) -> bool:
+        return (self.emitted_after[switch] > moment or self.delivered_after[switch] > moment
+                or self.clients[switch].answered_sent_at > moment)
 
     # --- receiving ---------------------------------------------------------------------------------
 
@@ -196,9 +205,10 @@ class LinkMonitor:
         if probe.seq > d.rx_seq:
             d.rx_seq = probe.seq
         sent = probe.sent_ns / 1e9
-        for sw in (d.src, d.dst):
-            if sent > self.ran_after[sw]:
-                self.ran_after[sw] = sent
+        if sent > self.emitted_after[d.src]:
+            self.emitted_after[d.src] = sent
+        if sent > self.delivered_after[d.dst]:
+            self.delivered_after[d.dst] = sent
 
     async def _on_switch_state(self, client: SwitchClient, up: bool, reason: str) -> None:
         """A switch's links go down with it, and come back only after probes cross them again:

@@ -88,10 +88,12 @@ def ensure_vlan_iface(
             index, created = _ensure_link(ipr, netns, parent, parent_index, vlan_id, name, mode)
             if mtu is not None:
                 ipr.link("set", index=index, mtu=mtu)
-            _sync_addresses(ipr, index, wanted_addrs)
+            # A link made just now has nothing to compare with: the dumps would read every
+            # address and route of the netns, which grows with its connections.
+            _sync_addresses(ipr, index, wanted_addrs, fresh=created)
             ipr.link("set", index=parent_index, state="up")
             ipr.link("set", index=index, state="up")
-            _sync_routes(ipr, index, wanted_routes)  # the kernel refuses routes through a down link
+            _sync_routes(ipr, index, wanted_routes, fresh=created)  # the kernel refuses routes through a down link
         except NetlinkError as exc:
             raise HostIfaceError(f"{where}: {exc.args[1] if len(exc.args) > 1 else exc}") from exc
         except FileExistsError as exc:
@@ -183,9 +185,9 @@ def _link_kind(link: Any) -> str | None:
 
 # --- addresses and routes ----------------------------------------------------------------------
 
-def _sync_addresses(ipr: IPRoute, index: int, wanted: list[IPInterface]) -> None:
+def _sync_addresses(ipr: IPRoute, index: int, wanted: list[IPInterface], fresh: bool) -> None:
     have: set[IPInterface] = set()
-    for msg in ipr.addr("dump"):
+    for msg in () if fresh else ipr.addr("dump"):
         if msg["index"] != index:
             continue
         addr = ipaddress.ip_interface(f"{msg.get('address')}/{msg['prefixlen']}")
@@ -199,9 +201,9 @@ def _sync_addresses(ipr: IPRoute, index: int, wanted: list[IPInterface]) -> None
             ipr.addr("add", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen, **flags)
 
 
-def _sync_routes(ipr: IPRoute, index: int, wanted: list[Route]) -> None:
+def _sync_routes(ipr: IPRoute, index: int, wanted: list[Route], fresh: bool) -> None:
     have: set[Route] = set()
-    for family, any_addr in ((AF_INET, "0.0.0.0"), (AF_INET6, "::")):
+    for family, any_addr in () if fresh else ((AF_INET, "0.0.0.0"), (AF_INET6, "::")):
         for msg in ipr.route("dump", family=family):
             if msg.get("oif") != index or msg.get("proto") != RTPROT_STATIC or msg.get("table") != RT_TABLE_MAIN:
                 continue

@@ -152,6 +152,39 @@ async def test_silent_link_cut(ctl, hosts, lab):
     await exactly_desired(ctl)
 
 
+async def test_switch_cut_off_on_every_port(ctl, hosts, lab):
+    """A middle switch that still answers keepalives but whose every fabric port went silent has
+    no probe of its own to show: a cut shorter than `probe_keepalive_proof_delay` is taken for a
+    lagging packet path and changes nothing; a longer one takes both its links down and the
+    connection moves to the other middle switch."""
+    plan = await connect(ctl, hosts)
+    victim = middle(plan)
+    ctl.links.settings = ctl.settings.model_copy(update={"probe_keepalive_proof_delay": 1.5})
+    links = [l for l in ctl.fabric.graph.links.values() if victim in (l.a, l.b)]
+    ifs = [switch_ifname(sw, port) for l in links for sw, port in ((l.a, l.a_port), (l.b, l.b_port))]
+
+    async def cut(on: bool) -> None:
+        for i in ifs:
+            await asyncio.to_thread(silent_cut, i, on)
+
+    await cut(True)
+    try:
+        await asyncio.sleep(0.3)
+        await cut(False)
+        await asyncio.sleep(0.5)
+        assert all(ctl.links.link_up(l.name) for l in links), "a short silence with keepalives answered took links down"
+        assert ctl.fabric.plans[plan.id].crosses(switch=victim)
+
+        await cut(True)
+        await wait_for(lambda: not any(ctl.links.link_up(l.name) for l in links), 8, f"{victim}'s links to go down")
+        await recovered(ctl, plan, failed_switch=victim)
+        await flows_again(hosts, plan)
+    finally:
+        await cut(False)
+    await wait_for(lambda: all(ctl.links.link_up(l.name) for l in links), 10, "link recovery")
+    await exactly_desired(ctl)
+
+
 async def test_port_down(ctl, hosts, lab):
     _, lab_obj, _ = lab
     plan = await connect(ctl, hosts)
