@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.admin import AdminServer
+from controller.fabric.anti_entropy import AntiEntropy
 from controller.fabric.graph import FabricGraph, Link, link_name
 from controller.fabric.service import Fabric
 from controller.heal.link_monitor import LinkMonitor
@@ -64,6 +65,7 @@ class Controller:
         )
         self.rerouter = Rerouter(self.fabric)
         self.fabric.graph_listeners.append(self.rerouter.kick)
+        self.anti_entropy = AntiEntropy(self.fabric, self.rerouter, settings.anti_entropy_interval)
         self.links = LinkMonitor(self.fabric.graph, self.clients, settings, self._on_link)
         self.admin = AdminServer(admin_path, self._admin_handlers()) if admin_path else None
         self.nsm_address = nsm_address
@@ -77,6 +79,7 @@ class Controller:
         self.rerouter.start()
         self.links.start()
         self.fabric.start()
+        self.anti_entropy.start()
         if self.admin:
             await self.admin.start()
         if self.nsm_address is not None:
@@ -90,6 +93,7 @@ class Controller:
         if self.admin:
             await self.admin.stop()
         await self.links.stop()
+        await self.anti_entropy.stop()
         await self.rerouter.stop()
         await self.fabric.stop()
         self.store.close()

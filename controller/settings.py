@@ -35,6 +35,7 @@ class Settings(BaseModel):
     vlan_max: int = Field(4094, description="Highest host-link VLAN id")
     # --- heal ---
     fast_failover: bool = Field(True, description="Head-end protection groups with watch ports on targets that honour them (softswitch, BMv2)")
+    anti_entropy_interval: float = Field(30.0, description="Seconds between read-backs of every ready switch that remove entities no connection owns and rewrite lost ones (a drift seen twice in a row); 0 turns it off")
     probe_interval: float = Field(0.01, description="Seconds between link probes out of each fabric port")
     probe_misses: int = Field(3, description="A link is down when this many probes in a row are missing in either direction while both switches show life")
     probe_keepalive_proof_delay: float = Field(0.25, description="A switch whose packet path shows no life (no probe of its own arrives, none arrives through it) proves by keepalive only that long after the missing probes (s): a starved switch answers keepalives before its packets")

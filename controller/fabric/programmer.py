@@ -9,6 +9,7 @@ and a rejected connect deletes what it wrote, everywhere.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Iterable
 
@@ -17,13 +18,15 @@ from finsy.proto import p4r, rpc_code
 
 from controller.fabric import entries as E
 from controller.p4rt.client import SwitchClient
-from controller.p4rt.errors import SwitchError
+from controller.p4rt.errors import SwitchError, UpdateError
 from controller.p4rt.schema import P4Schema, update
 
 log = logging.getLogger("p4nsm.fabric")
 
 Op = tuple[str, E.Spec]
 _KIND = {E.INSERT: p4r.Update.INSERT, E.MODIFY: p4r.Update.MODIFY, E.DELETE: p4r.Update.DELETE}
+# What an update that met a stale switch becomes on its second try (see _write_switch).
+_STALE = {(E.INSERT, rpc_code.ALREADY_EXISTS): E.MODIFY, (E.MODIFY, rpc_code.NOT_FOUND): E.INSERT}
 
 
 class Programmer:
@@ -78,10 +81,36 @@ class Programmer:
             raise first
 
     async def _write_switch(self, switch: str, ops: list[Op]) -> None:
+        """One switch's Write. Every key the controller writes is owned by the connection that
+        writes it (labels and VLANs are allocated uniquely), so an INSERT that finds its key
+        taken met an entity left behind by an earlier failure (a delete that timed out on a
+        switch that stayed up), and a MODIFY that finds nothing met one that was lost. Those are
+        written again as MODIFY and INSERT: a stale switch must not refuse every later try."""
         client = self.clients.get(switch)
         if client is None:
             raise SwitchError(switch, grpc.StatusCode.NOT_FOUND, "unknown switch")
-        await client.write([self.to_update(op, spec) for op, spec in ops])
+        try:
+            await client.write([self.to_update(op, spec) for op, spec in ops])
+        except SwitchError as e:
+            stale = [err.index for err in e.errors if (ops[err.index][0], err.code) in _STALE]
+            if not stale:
+                raise
+            for i in stale:
+                log.warning("switch=%s event=stale_entity op=%s key=%s action=%s", switch, ops[i][0], ops[i][1].key,
+                            _STALE[(ops[i][0], e.errors[i].code)])
+            errors = list(e.errors)
+            try:
+                await client.write([self.to_update(_STALE[(ops[i][0], errors[i].code)], ops[i][1]) for i in stale])
+                again = [UpdateError(i, rpc_code.OK, "") for i in stale]
+            except SwitchError as e2:
+                if not e2.errors:
+                    raise
+                again = [dataclasses.replace(err, index=i) for i, err in zip(stale, e2.errors)]
+            for err in again:
+                errors[err.index] = err
+            if any(err.code != rpc_code.OK for err in errors):
+                raise SwitchError(switch, e.code, f"{sum(err.code != rpc_code.OK for err in errors)} of {len(ops)} "
+                                  "updates failed", errors) from None
 
     async def apply(self, conn_id: str, ops: Iterable[Op], *, compensate: bool = False) -> None:
         """Apply a diff phase by phase. With `compensate` (a fresh connect: inserts only), a

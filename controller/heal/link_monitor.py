@@ -26,6 +26,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 
+from controller.background import cancel_and_wait
 from controller.fabric.graph import FabricGraph, Link
 from controller.heal import probe_frame
 from controller.p4rt.client import SwitchClient
@@ -98,12 +99,7 @@ class LinkMonitor:
         self._task = asyncio.create_task(self._run(), name="heal:link-monitor")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
 
     def link_up(self, name: str) -> bool:
         return self.links[name].up

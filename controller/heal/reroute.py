@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 
+from controller.background import cancel_and_wait
 from controller.fabric import entries as E
 from controller.fabric.model import ConnectionPlan, Leg
 from controller.fabric.paths import NoPath, backup_for, shortest
@@ -64,12 +65,7 @@ class Rerouter:
         self._task = asyncio.create_task(self._run(), name="heal:reroute")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
 
     def kick(self) -> None:
         self._dirty.set()

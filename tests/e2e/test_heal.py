@@ -161,11 +161,13 @@ async def test_switch_cut_off_on_every_port(ctl, hosts, lab):
     victim = middle(plan)
     ctl.links.settings = ctl.settings.model_copy(update={"probe_keepalive_proof_delay": 1.5})
     links = [l for l in ctl.fabric.graph.links.values() if victim in (l.a, l.b)]
-    ifs = [switch_ifname(sw, port) for l in links for sw, port in ((l.a, l.a_port), (l.b, l.b_port))]
+    # the victim's own ports first, then its peers': one link cut well before the other would
+    # rightly be declared down while the victim still delivers over the other one
+    ends = sorted(((sw, port) for l in links for sw, port in ((l.a, l.a_port), (l.b, l.b_port))), key=lambda e: e[0] != victim)
+    ifs = [switch_ifname(sw, port) for sw, port in ends]
 
     async def cut(on: bool) -> None:
-        for i in ifs:
-            await asyncio.to_thread(silent_cut, i, on)
+        await asyncio.to_thread(lambda: [silent_cut(i, on) for i in ifs])  # back to back, within a few ms
 
     await cut(True)
     try:
@@ -365,3 +367,34 @@ async def test_rejected_path_change_is_rolled_back(ctl, hosts, lab):
         await flows_again(hosts, plan)
     finally:
         await client.write([update(p4r.Update.DELETE, u.entity.table_entry) for u in junk])
+
+
+async def test_drift_on_a_live_switch_is_repaired(ctl, hosts, lab):
+    """Entities written behind the controller's back on switches that stay up (what a delete
+    whose answer was lost leaves): a new connection whose keys are taken by stale entities
+    overwrites them instead of failing; anti-entropy deletes the orphans and restores a lost
+    entry, but only once it has seen the same drift on two sweeps."""
+    s = ctl.settings
+    prog = ctl.fabric.programmer
+    stale = [E.EntrySpec(sw, E.LABEL_TABLE, (("label", label),), "FabricIngress.forward", (("port", 1),))
+             for sw in ctl.clients for label in range(s.label_min, s.label_min + 6)]
+    h1_switch, h1_port = ctl.fabric.hosts["h1"]
+    stale.append(E.EntrySpec(h1_switch, E.EDGE_TABLE, (("ingress_port", h1_port), ("vlan_id", s.vlan_min)),
+                             "FabricIngress.push_label", (("label", 99_999),)))
+    far = [E.EntrySpec(sw, E.LABEL_TABLE, (("label", 500_000 + i),), "FabricIngress.forward", (("port", 1),))
+           for sw in ctl.clients for i in range(3)]
+    await prog.write_ops([(E.INSERT, spec) for spec in stale + far])
+
+    plan = await connect(ctl, hosts)  # its keys are the stale ones: lowest free label and VLAN
+    assert plan.a.vlan == s.vlan_min and plan.a_to_b.label == s.label_min
+    lost = next(e for e in ctl.fabric.specs(plan)
+                if isinstance(e, E.EntrySpec) and e.table == E.LABEL_TABLE and e.switch == middle(plan))
+    await prog.write_ops([(E.DELETE, lost)])
+
+    await ctl.anti_entropy.sweep()
+    middle_has = set(await ctl.fabric.read_back(middle(plan)))
+    assert lost not in middle_has and far[0] in set(await ctl.fabric.read_back(far[0].switch)), "acted on a drift seen once"
+    await ctl.anti_entropy.sweep()
+    assert ctl.anti_entropy.counters["orphans_deleted"] >= len(far)
+    await exactly_desired(ctl)
+    await send_and_expect(hosts, "h1", "h4", plan.a.vlan, plan.b.vlan, b"after-anti-entropy")

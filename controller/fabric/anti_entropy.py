@@ -1,0 +1,172 @@
+"""Anti-entropy: every `anti_entropy_interval` each ready switch is read back and compared with
+the desired state, so that a switch that stayed up but missed a change heals without waiting
+for a reconnect and its reconcile.
+
+A switch drifts when a write's outcome was lost (an RPC that timed out on a starved switch, a
+delete that failed while the switch stayed reachable) or when someone wrote behind the
+controller's back. Only a difference seen on two sweeps in a row is acted on, never during a
+heal round, and each correction re-checks, just before it is written, that nothing has moved:
+  - an entity whose ids (label, VLAN) are free in the allocator belongs to nobody: it is
+    deleted, with its ids held for the time of the delete so that no connection takes them;
+  - an entity of a stored connection that is missing, differs, or sits on a switch its plan
+    does not use is written or deleted under that connection's lock, if its plan is still the
+    one compared;
+  - an entity whose ids a connection still being made holds is left for a later sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+
+from controller.background import cancel_and_wait
+from controller.fabric import entries as E
+from controller.fabric.allocator import Exhausted, IdPool
+from controller.fabric.model import ConnectionPlan
+from controller.fabric.service import Fabric
+from controller.heal.reroute import Rerouter
+from controller.p4rt.errors import SwitchError
+
+log = logging.getLogger("p4nsm.fabric.anti_entropy")
+
+Op = tuple[str, E.Spec]
+
+
+def owned_ids(fabric: Fabric, spec: E.Spec) -> list[tuple[IdPool, int]] | None:
+    """The allocator pools and ids an entity's key is made of; None for entities that no
+    connection owns by id (fabric-port marks, which follow the topology)."""
+    if isinstance(spec, (E.MemberSpec, E.GroupSpec)):
+        return [(fabric.alloc.labels, spec.member_id if isinstance(spec, E.MemberSpec) else spec.group_id)]
+    match = dict(spec.match)
+    if spec.table in (E.LABEL_TABLE, E.GROUP_TABLE):
+        return [(fabric.alloc.labels, match["label"])]
+    if spec.table == E.EDGE_TABLE:
+        return [(fabric.alloc.vlan_pool(spec.switch, match["ingress_port"]), match["vlan_id"])]
+    return None
+
+
+def id_owners(fabric: Fabric) -> dict[tuple[int, int], ConnectionPlan]:
+    """(id of its pool, id) -> the stored connection that holds it."""
+    out: dict[tuple[int, int], ConnectionPlan] = {}
+    labels = id(fabric.alloc.labels)
+    for plan in fabric.plans.values():
+        for leg in plan.legs():
+            out[(labels, leg.label)] = plan
+        for att in (plan.a, plan.b):
+            out[(id(fabric.alloc.vlan_pool(att.switch, att.port)), att.vlan)] = plan
+    return out
+
+
+class AntiEntropy:
+    def __init__(self, fabric: Fabric, rerouter: Rerouter, interval: float) -> None:
+        self.fabric = fabric
+        self.rerouter = rerouter
+        self.interval = interval
+        self.counters: Counter[str] = Counter()
+        self._last: dict[str, set[Op]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.interval > 0:
+            self._task = asyncio.create_task(self._run(), name="fabric:anti-entropy")
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the loop must outlive any one bad sweep
+                log.exception("event=anti_entropy_sweep_failed")
+
+    async def sweep(self) -> None:
+        for switch in sorted(self.fabric.ready_switches):
+            try:
+                await self._sweep_switch(switch)
+            except SwitchError as e:
+                log.warning("switch=%s event=anti_entropy_skipped error=%s", switch, e)
+
+    async def _sweep_switch(self, switch: str) -> None:
+        fabric = self.fabric
+        have = await fabric.read_back(switch)
+        if not self.rerouter.idle or switch not in fabric.ready_switches:
+            self._last.pop(switch, None)  # things are moving: compare afresh next time
+            return
+        seen = set(E.diff(have, fabric.desired(switch)))
+        stable, self._last[switch] = seen & self._last.get(switch, set()), seen
+        if not stable:
+            return
+        owners = {spec.key: plan for plan in fabric.plans.values() for spec in fabric.specs(plan) if spec.switch == switch}
+        by_id = id_owners(fabric)
+        orphans: list[E.Spec] = []
+        repairs: dict[str, tuple[ConnectionPlan, list[Op]]] = {}
+        unowned: list[Op] = []
+        for op, spec in stable:
+            plan = owners.get(spec.key)
+            ids = owned_ids(fabric, spec)
+            if plan is None and ids is not None:  # an extra: whose ids does it carry?
+                if not any(value in pool.used for pool, value in ids):
+                    orphans.append(spec)  # nobody's
+                    continue
+                holders = {by_id[key].id: by_id[key] for key in ((id(pool), value) for pool, value in ids) if key in by_id}
+                if len(holders) != 1:
+                    continue  # held by a connection still being made: judged on a later sweep
+                plan = next(iter(holders.values()))
+            if plan is None:
+                unowned.append((op, spec))
+            else:
+                repairs.setdefault(plan.id, (plan, []))[1].append((op, spec))
+        if orphans:
+            await self._delete_orphans(switch, orphans)
+        for plan, ops in repairs.values():
+            await self._repair(switch, plan, ops)
+        if unowned:  # fabric-port marks: the topology's, nobody else writes them
+            await self._write(switch, "fabric-ports", unowned, lambda: True)
+        self._last.pop(switch, None)  # what was fixed must not count as seen once already
+
+    async def _delete_orphans(self, switch: str, specs: list[E.Spec]) -> None:
+        held: list[tuple[IdPool, int]] = []
+        doomed: list[E.Spec] = []
+        try:
+            for spec in specs:
+                ids = owned_ids(self.fabric, spec)
+                claimed: list[tuple[IdPool, int]] = []
+                try:
+                    for pool, value in ids or ():
+                        pool.take(value)
+                        claimed.append((pool, value))
+                except Exhausted:  # taken since: a connection owns it now
+                    for pool, value in claimed:
+                        pool.give(value)
+                    continue
+                held += claimed
+                doomed.append(spec)
+            if doomed:
+                log.warning("switch=%s event=orphans_deleted count=%d keys=%s", switch, len(doomed),
+                            [s.key[1:] for s in doomed[:5]])
+                self.counters["orphans_deleted"] += len(doomed)
+                assert self.fabric.programmer is not None
+                await self.fabric.programmer.delete(f"anti-entropy:{switch}", doomed)
+        finally:
+            for pool, value in held:
+                pool.give(value)
+
+    async def _repair(self, switch: str, plan: ConnectionPlan, ops: list[Op]) -> None:
+        fabric = self.fabric
+        async with fabric._lock(plan.id):
+            await self._write(switch, plan.id, ops, lambda: fabric.plans.get(plan.id) is plan and self.rerouter.idle)
+
+    async def _write(self, switch: str, owner: str, ops: list[Op], still_valid) -> None:  # type: ignore[no-untyped-def]
+        assert self.fabric.programmer is not None
+        for phase in E.phases(ops):
+            if not still_valid():
+                return
+            log.warning("switch=%s connection=%s event=drift_repaired ops=%s", switch, owner,
+                        dict(Counter(op for op, _ in phase)))
+            self.counters["repaired"] += len(phase)
+            await self.fabric.programmer.write_ops(phase)
