@@ -60,6 +60,7 @@ class Fabric:
         self.plans: dict[str, ConnectionPlan] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._path_memo: dict[tuple, tuple[Path, Path, Path | None, Path | None]] = {}
+        self._backup_memo: dict[tuple, Path | None] = {}
         self.ready_switches: set[str] = set()
         self.last_reconcile: dict[str, tuple[int, int, int]] = {}  # switch -> (inserted, modified, deleted)
         self.listeners: list = []  # callables(plan, event) for monitor/heal layers
@@ -261,6 +262,17 @@ class Fabric:
                 self._path_memo.clear()
             self._path_memo[key] = found
         return found
+
+    def backup_path(self, primary: Path, a: Attachment, b: Attachment) -> Path | None:
+        """backup_for, remembered per primary and liveness state: heal rounds ask it for every
+        connection, and at thousands of connections most share a few primaries."""
+        g = self.graph
+        key = (primary.links, a.switch, a.port, b.switch, b.port, frozenset(g.down_switches), frozenset(g.down_links))
+        if key not in self._backup_memo:
+            if len(self._backup_memo) >= 4096:
+                self._backup_memo.clear()
+            self._backup_memo[key] = backup_for(g, primary, a, b)
+        return self._backup_memo[key]
 
     def _give_back(self, a: Attachment, b: Attachment, labels: list[int]) -> None:
         self.alloc.vlan_pool(a.switch, a.port).give(a.vlan)

@@ -11,13 +11,16 @@ returns. Nothing here ever deletes a stored connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
 import time
+from collections.abc import Iterator
 
 from controller.background import cancel_and_wait
 from controller.fabric import entries as E
-from controller.fabric.model import ConnectionPlan, Leg
-from controller.fabric.paths import NoPath, backup_for, shortest
+from controller.fabric.model import ConnectionPlan, Leg, Path
+from controller.fabric.paths import NoPath, shortest
 from controller.fabric.programmer import Programmer
 from controller.fabric.service import Fabric
 from controller.p4rt.errors import SwitchError
@@ -25,6 +28,21 @@ from controller.p4rt.errors import SwitchError
 log = logging.getLogger("p4nsm.heal.reroute")
 
 REPAIR_RETRY_S = 0.2
+REPAIR_CONCURRENCY = 64  # repairs in flight at once: their writes coalesce into shared batches
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No garbage collection while connections wait for their switch-over: a full collection
+    over thousands of plans stalls the loop for ~0.2 s, on the path the loss window measures.
+    The urgent part lasts about a second; its garbage is collected right after."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def leg_alive(fabric: Fabric, leg: Leg | None) -> bool:
@@ -44,6 +62,32 @@ def backup_alive(fabric: Fabric, plan: ConnectionPlan) -> bool:
 
 def has_backup(plan: ConnectionPlan) -> bool:
     return plan.a_to_b_backup is not None or plan.b_to_a_backup is not None
+
+
+def overlap(backup: Path, primary: Path) -> tuple[int, int]:
+    """Links, then transit switches, that a backup shares with its primary: what one failure
+    takes from both."""
+    return (len(set(backup.links) & set(primary.links)), len(set(backup.switches[1:-1]) & set(primary.switches[1:-1])))
+
+
+def better_backup(fabric: Fabric, plan: ConnectionPlan) -> Path | None:
+    """A live path that shares less with the primary than the backup in place, or None. A
+    backup computed while part of the fabric was down may share a switch with its primary;
+    once that part returns, one failure must no longer take both."""
+    current = plan.a_to_b_backup
+    if current is None:
+        return None
+    primary = plan.a_to_b.path
+    have = overlap(current.path, primary)
+    if have == (0, 0):
+        return None
+    ideal = fabric.backup_path(primary, plan.a, plan.b)
+    return ideal if ideal is not None and overlap(ideal, primary) < have else None
+
+
+def needs_repair(fabric: Fabric, plan: ConnectionPlan) -> bool:
+    return (plan.state == "down" or not active_alive(fabric, plan) or not backup_alive(fabric, plan)
+            or better_backup(fabric, plan) is not None)
 
 
 class Rerouter:
@@ -89,38 +133,46 @@ class Rerouter:
     async def heal_round(self) -> None:
         t0 = time.perf_counter()
         fabric = self.fabric
-        urgent: list[tuple[ConnectionPlan, ConnectionPlan]] = []
-        for p in fabric.plans.values():
-            if p.state not in ("up", "down"):
-                continue
-            if not active_alive(fabric, p) and backup_alive(fabric, p):
-                urgent.append((p, self._swapped(p)))
-            elif active_alive(fabric, p) and has_backup(p) and not backup_alive(fabric, p):
-                urgent.append((p, p.model_copy(update={"a_to_b_backup": None, "b_to_a_backup": None, "revision": p.revision + 1})))
-        t_heads = await self._apply_urgent(urgent)
-        retry = False
-        for p in list(fabric.plans.values()):
-            if p.state not in ("up", "down"):
-                continue
-            try:
-                async with fabric._lock(p.id):
-                    current = fabric.plans.get(p.id)
-                    if current is not None:
-                        await self._repair(current)
-            except SwitchError as e:
-                log.error("connection=%s event=repair_failed error=%s", p.id, e)
-                retry = True
+        with gc_paused():
+            urgent: list[tuple[ConnectionPlan, ConnectionPlan]] = []
+            for p in fabric.plans.values():
+                if p.state not in ("up", "down"):
+                    continue
+                if not active_alive(fabric, p) and backup_alive(fabric, p):
+                    urgent.append((p, self._swapped(p)))
+                elif active_alive(fabric, p) and has_backup(p) and not backup_alive(fabric, p):
+                    urgent.append((p, p.model_copy(update={"a_to_b_backup": None, "b_to_a_backup": None, "revision": p.revision + 1})))
+            t_selected = time.perf_counter()
+            t_heads = await self._apply_urgent(urgent)
+        # Repairs of different connections touch disjoint keys, so they run side by side.
+        gate = asyncio.Semaphore(REPAIR_CONCURRENCY)
+
+        async def repair(conn_id: str) -> bool:
+            async with gate:
+                try:
+                    async with fabric._lock(conn_id):
+                        current = fabric.plans.get(conn_id)
+                        if current is not None and current.state in ("up", "down"):
+                            await self._repair(current)
+                except SwitchError as e:
+                    log.error("connection=%s event=repair_failed error=%s", conn_id, e)
+                    return False
+                return True
+
+        todo = [p.id for p in fabric.plans.values() if p.state in ("up", "down") and needs_repair(fabric, p)]
+        retry = not all(await asyncio.gather(*(repair(conn_id) for conn_id in todo)))
         if retry:  # again a little later, not in a hot loop against a switch that keeps refusing
             asyncio.get_running_loop().call_later(REPAIR_RETRY_S, self.kick)
         self.last_round = {
             "urgent": len(urgent),
+            "selected_ms": (t_selected - t0) * 1000,
             "heads_acked_ms": (t_heads - t0) * 1000 if t_heads else 0.0,
             "round_ms": (time.perf_counter() - t0) * 1000,
             "finished_at": time.time(),
         }
         if urgent:
-            log.info("event=heal_round urgent=%d heads_acked_ms=%.1f round_ms=%.1f", len(urgent),
-                     self.last_round["heads_acked_ms"], self.last_round["round_ms"])
+            log.info("event=heal_round urgent=%d selected_ms=%.1f heads_acked_ms=%.1f round_ms=%.1f", len(urgent),
+                     self.last_round["selected_ms"], self.last_round["heads_acked_ms"], self.last_round["round_ms"])
 
     @staticmethod
     def _swapped(p: ConnectionPlan) -> ConnectionPlan:
@@ -140,8 +192,10 @@ class Rerouter:
         fabric = self.fabric
         prog = fabric.programmer
         assert prog is not None
-        heads = [(E.MODIFY, h) for old, new in pairs
-                 for h_old, h in zip(E.head_entries(old), E.head_entries(new)) if h != h_old]
+        # A head entry changes when its leg does (a switch-over); labels tell legs apart cheaply.
+        heads = [(E.MODIFY, E.head_entry(src, new_leg)) for old, new in pairs
+                 for src, old_leg, new_leg in ((new.a, old.a_to_b, new.a_to_b), (new.b, old.b_to_a, new.b_to_a))
+                 if new_leg.label != old_leg.label]
         t_heads = None
         if heads:
             await self._write_phase(prog, heads)
@@ -193,9 +247,10 @@ class Rerouter:
             new = plan.model_copy(update={"state": "up", "revision": plan.revision + 1})
             await self._commit(plan, new, "up")
             plan = new
-        if backup_alive(fabric, plan):
+        better = better_backup(fabric, plan)
+        if backup_alive(fabric, plan) and better is None:
             return
-        back = backup_for(g, plan.a_to_b.path, plan.a, plan.b)
+        back = better or fabric.backup_path(plan.a_to_b.path, plan.a, plan.b)
         if back is None:
             if has_backup(plan):
                 await self._commit(plan, plan.model_copy(update={"a_to_b_backup": None, "b_to_a_backup": None,
