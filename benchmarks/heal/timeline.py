@@ -1,6 +1,6 @@
 """The controller's own view of a failure, recorded from the outside: when its graph changed
-(detection), when the heal round's head-end writes were acknowledged (the rerouter reports it in
-`last_round`: `heads_acked_ms` after the round began, which ended at `finished_at`), and when
+(detection), when the heal round's head-end writes were acknowledged (the rerouter calls its
+switchover listeners then, and reports it in `last_round` when the round ends), and when
 connections were reported rerouted (after every phase of the round's writes)."""
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ class Timeline:
         self.plans: list[tuple[int, str]] = []  # (time, event) of every connection event
         self.rounds: list[tuple[int, dict[str, float]]] = []
         self.sessions: list[tuple[int, str, str]] = []  # (time, switch, reason) of every session lost
+        self.switchovers: list[int] = []  # when each head-end switch-over batch was acknowledged
+        ctl.rerouter.switchover_listeners.append(lambda heads, at_ns: self.switchovers.append(at_ns))
         for client in ctl.clients.values():
             client.state_listeners.append(self._on_switch)
         ctl.fabric.graph_listeners.append(self._on_graph)
@@ -70,6 +72,7 @@ class Timeline:
         self.sessions.clear()
         self.plans.clear()
         self.rounds.clear()
+        self.switchovers.clear()
 
     def window(self, start_ns: int, end_ns: int) -> Window:
         detect = next(((t, l, s) for t, l, s in self.graph if start_ns <= t < end_ns and (l or s)), None)
@@ -81,6 +84,7 @@ class Timeline:
             by = f"session of {lost[0][0]} ({lost[0][1]})" if lost else f"probes: {' '.join(sorted(detect[1]))}"
         rounds = [r for t, r in self.rounds if start_ns <= t < end_ns]
         heads = [r["heads_ack_ns"] for r in rounds if r.get("urgent") and "heads_ack_ns" in r]
+        heads += [t for t in self.switchovers if start_ns <= t < end_ns]  # rounds that end after the window
         return Window(
             detect_ns=detect[0] if detect else None, detected_by=by, heads_ack_ns=max(heads) if heads else None,
             rerouted_ns=max(acks) if acks else None, rerouted=len(acks), rounds=rounds,

@@ -140,7 +140,9 @@ class Fabric:
             p4r.Entity(action_profile_group=p4r.ActionProfileGroup(action_profile_id=profile_id)),
         ])
         out: list[E.Spec] = []
-        for ent in entities:
+        for i, ent in enumerate(entities):
+            if i % 1024 == 1023:
+                await asyncio.sleep(0)  # tens of thousands of entities take a while to decode
             kind = ent.WhichOneof("entity")
             if kind == "table_entry":
                 d = schema.describe_entry(ent.table_entry)

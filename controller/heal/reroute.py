@@ -11,11 +11,9 @@ returns. Nothing here ever deletes a stored connection.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 
 from controller.background import cancel_and_wait
 from controller.fabric import entries as E
@@ -23,26 +21,13 @@ from controller.fabric.model import ConnectionPlan, Leg, Path
 from controller.fabric.paths import NoPath, shortest
 from controller.fabric.programmer import Programmer
 from controller.fabric.service import Fabric
+from controller.gc_pause import gc_paused
 from controller.p4rt.errors import SwitchError
 
 log = logging.getLogger("p4nsm.heal.reroute")
 
 REPAIR_RETRY_S = 0.2
 REPAIR_CONCURRENCY = 64  # repairs in flight at once: their writes coalesce into shared batches
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """No garbage collection while connections wait for their switch-over: a full collection
-    over thousands of plans stalls the loop for ~0.2 s, on the path the loss window measures.
-    The urgent part lasts about a second; its garbage is collected right after."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def leg_alive(fabric: Fabric, leg: Leg | None) -> bool:
@@ -98,6 +83,9 @@ class Rerouter:
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.last_round: dict[str, float] = {}
+        # callables(head entries, time.monotonic_ns()) when a switch-over batch was acknowledged:
+        # the moment traffic is back, long before the round's repairs end
+        self.switchover_listeners: list[Callable[[int, int], None]] = []
         self._running = False
 
     @property
@@ -131,19 +119,24 @@ class Rerouter:
                 self._running = False
 
     async def heal_round(self) -> None:
+        # Connections wait for the urgent part, and at 10,000 of them the repairs allocate
+        # enough for full collections (~0.2 s stalls each): no collection during the round.
+        with gc_paused():
+            await self._heal_round()
+
+    async def _heal_round(self) -> None:
         t0 = time.perf_counter()
         fabric = self.fabric
-        with gc_paused():
-            urgent: list[tuple[ConnectionPlan, ConnectionPlan]] = []
-            for p in fabric.plans.values():
-                if p.state not in ("up", "down"):
-                    continue
-                if not active_alive(fabric, p) and backup_alive(fabric, p):
-                    urgent.append((p, self._swapped(p)))
-                elif active_alive(fabric, p) and has_backup(p) and not backup_alive(fabric, p):
-                    urgent.append((p, p.model_copy(update={"a_to_b_backup": None, "b_to_a_backup": None, "revision": p.revision + 1})))
-            t_selected = time.perf_counter()
-            t_heads = await self._apply_urgent(urgent)
+        urgent: list[tuple[ConnectionPlan, ConnectionPlan]] = []
+        for p in fabric.plans.values():
+            if p.state not in ("up", "down"):
+                continue
+            if not active_alive(fabric, p) and backup_alive(fabric, p):
+                urgent.append((p, self._swapped(p)))
+            elif active_alive(fabric, p) and has_backup(p) and not backup_alive(fabric, p):
+                urgent.append((p, p.model_copy(update={"a_to_b_backup": None, "b_to_a_backup": None, "revision": p.revision + 1})))
+        t_selected = time.perf_counter()
+        t_heads = await self._apply_urgent(urgent)
         # Repairs of different connections touch disjoint keys, so they run side by side.
         gate = asyncio.Semaphore(REPAIR_CONCURRENCY)
 
@@ -200,6 +193,9 @@ class Rerouter:
         if heads:
             await self._write_phase(prog, heads)
             t_heads = time.perf_counter()
+            acked_ns = time.monotonic_ns()
+            for listener in self.switchover_listeners:
+                listener(len(heads), acked_ns)
         done = {spec.key for _, spec in heads}
         ops = [op for old, new in pairs for op in E.diff(fabric.specs(old), fabric.specs(new))
                if not (op[0] == E.MODIFY and op[1].key in done)]
