@@ -1,7 +1,12 @@
-"""Switch ports on Linux interfaces: one AF_PACKET socket each, carrier followed over netlink.
+"""Switch ports on Linux interfaces: AF_PACKET sockets, carrier followed over netlink.
 
 Frames are read on the asyncio loop (`loop.add_reader`), up to RX_BUDGET per wakeup and port,
 so that a flooded port cannot starve the others or the gRPC server that shares the loop.
+
+Control frames (CONTROL_ETHERTYPES: the controller's link probes) get a socket of their own per
+port, as a hardware switch gives them a queue of their own: a port backlogged with data (its
+socket buffer holds ~0.5 s of small frames) would otherwise hold them back long enough for a
+healthy but busy link to look dead. The data socket skips them.
 
 The kernel always moves an outer 802.1Q tag out of the frame into packet metadata before a
 packet socket sees it: in software on veth, whatever `ethtool -K rxvlan` says. The tag comes
@@ -36,6 +41,8 @@ SOCKET_RCVBUF = 4 * 1024 * 1024
 NETLINK_RESTART_DELAY = 1.0
 
 ETH_P_ALL = 0x0003
+CONTROL_ETHERTYPES = (0x88B5,)  # what nsm_fabric punts to the controller; LLDP would go here too
+_CONTROL_TYPES = frozenset(t.to_bytes(2, "big") for t in CONTROL_ETHERTYPES)
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
@@ -65,7 +72,7 @@ class Port:
     """One switch port: its interface, socket (None while the interface is absent) and counters."""
 
     __slots__ = (
-        "number", "ifname", "ifindex", "sock", "up", "device_id",
+        "number", "ifname", "ifindex", "sock", "control_socks", "up", "device_id",
         "rx", "rx_bytes", "tx", "tx_bytes", "drops", "tx_errors",
     )
 
@@ -75,6 +82,7 @@ class Port:
         self.device_id = device_id
         self.ifindex = 0
         self.sock: socket.socket | None = None
+        self.control_socks: list[socket.socket] = []
         self.up = False
         self.rx = 0
         self.rx_bytes = 0
@@ -105,7 +113,8 @@ class Port:
         }
 
 
-def open_packet_socket(ifname: str, ifindex: int) -> socket.socket:
+def open_packet_socket(ifname: str, ifindex: int, protocol: int = ETH_P_ALL) -> socket.socket:
+    """A socket for the frames of `protocol` (an EtherType, or ETH_P_ALL) on one interface."""
     # Protocol 0 until bind: a socket opened with ETH_P_ALL would queue frames of every
     # interface in the namespace until it is bound to this one.
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
@@ -120,7 +129,7 @@ def open_packet_socket(ifname: str, ifindex: int) -> socket.socket:
         # the membership ends with the socket.
         mreq = struct.pack("iHH8s", ifindex, PACKET_MR_PROMISC, 0, b"")
         sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
-        sock.bind((ifname, ETH_P_ALL))
+        sock.bind((ifname, protocol))
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -277,15 +286,23 @@ class Ports:
 
     def _attach(self, port: Port, ifindex: int) -> None:
         assert self._loop is not None
+        control: list[socket.socket] = []
         try:
             sock = open_packet_socket(port.ifname, ifindex)
+            for ethertype in CONTROL_ETHERTYPES:
+                control.append(open_packet_socket(port.ifname, ifindex, ethertype))
         except OSError as err:
+            for opened in control:
+                opened.close()
             log.error("event=port_open_failed device=%d port=%d ifname=%s error=%s",
                       self.device_id, port.number, port.ifname, err)
             return
         port.sock = sock
+        port.control_socks = control
         port.ifindex = ifindex
-        self._loop.add_reader(sock.fileno(), self._drain, port)
+        self._loop.add_reader(sock.fileno(), self._drain, port, sock, False)
+        for ctl_sock in control:
+            self._loop.add_reader(ctl_sock.fileno(), self._drain, port, ctl_sock, True)
         log.info("event=port_attached device=%d port=%d ifname=%s ifindex=%d",
                  self.device_id, port.number, port.ifname, ifindex)
 
@@ -298,15 +315,19 @@ class Ports:
             return
         port.sock = None
         port.ifindex = 0
-        if self._loop is not None:
-            self._loop.remove_reader(sock.fileno())
-        sock.close()
+        control, port.control_socks = port.control_socks, []
+        for closing in (sock, *control):
+            if self._loop is not None:
+                self._loop.remove_reader(closing.fileno())
+            closing.close()
 
-    def _drain(self, port: Port) -> None:
-        sock = port.sock
-        if sock is None:
+    def _drain(self, port: Port, sock: socket.socket, control: bool) -> None:
+        """Read up to RX_BUDGET frames of one of the port's sockets into the pipeline. The data
+        socket (control=False) sees control frames too and leaves them to their own socket."""
+        if port.sock is None:
             return
         handle = self.on_frame
+        control_types = _CONTROL_TYPES
         recvmsg = sock.recvmsg
         unpack_aux = _AUXDATA.unpack
         for _ in range(RX_BUDGET):
@@ -320,6 +341,8 @@ class Ports:
                     log.warning("event=receive_failed device=%d port=%d ifname=%s error=%s",
                                 self.device_id, port.number, port.ifname, err)
                 return
+            if not control and frame[12:14] in control_types:
+                continue
             port.rx += 1
             port.rx_bytes += len(frame)
             if flags & MSG_TRUNC:

@@ -7,7 +7,9 @@ Frames carry a marker of their test so that a capture ignores whatever else cros
 from __future__ import annotations
 
 import dataclasses
+import os
 import queue
+import signal
 import time
 from collections.abc import Callable, Iterable
 
@@ -145,6 +147,28 @@ def test_probe_reaches_the_controller_with_its_port_and_is_not_forwarded(one: On
         punted[payload] = metadata
     assert punted == {from_h1: {"ingress_port": 1, "_pad": 0}, from_nbr: {"ingress_port": 3, "_pad": 0}}
     nothing_arrives([(one.h2, "eth0"), (one.h1, "eth0"), (one.nbr, "eth0")], b"probe-p")
+
+
+def test_probe_survives_a_data_queue_overflow_and_arrives_once(one: OneSwitch) -> None:
+    """Control frames have a queue of their own: a probe that arrives behind more data than the
+    port's data queue holds still reaches the controller (sharing that queue, it was dropped
+    with the overflow, and a busy link looked dead), exactly once, and the data that fitted is
+    still forwarded."""
+    drain(one.sw)
+    burst = [labelled(3000, 64, tagged(100, b"OVF-bulk-%05d" % i, src=DST, dst=SRC)) for i in range(12000)]
+    probe = bytes(Ether(src=DST, dst=SRC, type=PROBE_TYPE) / Raw(padded(b"probe-behind", 14)))
+    pid = one.sw.process.process.pid
+    os.kill(pid, signal.SIGSTOP)  # nothing is read: the burst overflows the data queue, then the probe
+    try:
+        one.nbr.send("eth0", [*burst, probe])
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    payload, metadata = one.sw.client.packet_in(timeout=ARRIVAL_TIMEOUT)
+    assert payload == probe and metadata["ingress_port"] == 3
+    with pytest.raises(queue.Empty):
+        one.sw.client.packet_in(timeout=MISS_WAIT)
+    forwarded = one.h2.take("eth0", b"OVF-bulk-", count=len(burst), timeout=2)
+    assert 0 < len(forwarded) < len(burst), f"{len(forwarded)} of {len(burst)}: the data queue did not overflow"
 
 
 def test_frame_too_short_is_dropped_and_forwarding_goes_on(one: OneSwitch) -> None:
