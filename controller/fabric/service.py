@@ -92,10 +92,7 @@ class Fabric:
 
     async def _on_switch_state(self, client: SwitchClient, up: bool, reason: str) -> None:
         if up:
-            try:
-                await self.reconcile(client.name)
-            except SwitchError as e:
-                log.error("switch=%s event=reconcile_failed error=%s", client.name, e)
+            if not await self._reconciled(client):
                 return
             self.ready_switches.add(client.name)
             changed = self.graph.set_switch(client.name, True)
@@ -104,6 +101,23 @@ class Fabric:
             changed = self.graph.set_switch(client.name, False)
         if changed:
             self.graph_changed()
+
+    async def _reconciled(self, client: SwitchClient) -> bool:
+        """Reconcile a switch that came up. A failure (a read that timed out on a starved
+        switch) is retried with backoff for as long as this session lasts: until it succeeds no
+        path uses the switch, and without a retry it would stay unused until it reconnected."""
+        session = client.sessions
+        delay = self.settings.reconnect_backoff_min
+        while True:
+            try:
+                await self.reconcile(client.name)
+                return True
+            except SwitchError as e:
+                log.error("switch=%s event=reconcile_failed retry_in=%.1fs error=%s", client.name, delay, e)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.settings.reconnect_backoff_max)
+            if not client.up.is_set() or client.sessions != session:
+                return False  # gone, or a new session reconciles for itself
 
     def set_link(self, link: str, up: bool) -> None:
         if self.graph.set_link(link, up):

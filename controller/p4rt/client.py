@@ -418,7 +418,11 @@ class SwitchClient:
             async for reply in call:
                 out.extend(reply.entities)
 
-        await self._rpc(collect())
+        try:
+            await self._rpc(collect())
+        except grpc.aio.AioRpcError as e:
+            # Callers handle a switch's failure as SwitchError, whatever RPC it came from.
+            raise SwitchError(self.name, e.code(), e.details() or e.code().name) from None
         return out
 
     async def _rpc(self, call: Awaitable[_T]) -> _T:
