@@ -261,11 +261,15 @@ class Rerouter:
 
     async def _commit(self, old: ConnectionPlan, new: ConnectionPlan, event: str | None) -> None:
         """Write the difference, then record the new plan. A rejection leaves the old plan in
-        force for the next round to retry. The labels taken for `new` are not given back: an
-        entry of theirs may have stayed on a switch the rollback could not reach, and a label
-        reused while its old entry lives collides (ALREADY_EXISTS) on every later try."""
+        force for the next round to retry, and gives back the labels taken for `new`: an entry
+        of theirs left on a switch the rollback could not reach is overwritten when the label is
+        used again (Programmer) or deleted by anti-entropy, so reusing it is safe."""
         fabric = self.fabric
-        await fabric.transition(old, new)
+        try:
+            await fabric.transition(old, new)
+        except SwitchError:
+            self._free_labels(new, old)
+            raise
         self._free_labels(old, new)
         fabric.plans[new.id] = new
         fabric.store.put(new)
