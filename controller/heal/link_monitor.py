@@ -1,15 +1,16 @@
 """Link and port liveness from probes sent and received over the P4Runtime streams.
 
-Every fabric port sends a probe each `probe_interval`; the peer switch punts it back as a
-packet-in. A direction is dead when the last `probe_misses` probes sent on it are missing AND
-both ends proved that their packet paths ran on: the source emitted a probe sent at least half an
-interval after the last missing one (it arrived somewhere), and the destination delivered one
-(a later probe reached the controller through it). Proof is judged by send times, so neither a
-busy switch nor a backlog in the controller's own loop fakes a link failure. A starved switch can
-answer keepalives on its gRPC thread while its packet path lags, so a keepalive alone proves an
-end only after `probe_keepalive_proof_delay`: that is what a switch with one fabric port, or one
-cut off on every port at once, has to show. Checks run half an interval after each round of
-probes, when that round has had time to arrive. A link is down when either direction is dead,
+Every fabric port sends a probe each `probe_interval`, all of a round with one send time; the
+peer switch punts it back as a packet-in. A direction is dead when `probe_misses` of its probes
+are missing that both ends' packet paths were shown to carry: in the same round the source emitted
+another probe that arrived (on another port) and the destination delivered one (from another
+neighbour). Proof is judged by rounds, not by arrival times, so neither a busy switch nor a backlog
+in the controller's own loop fakes a link failure, and probes lost while a switch's whole packet
+path was silent are not held against a link once that path runs again. The newest round does not
+count yet: its probes are still in flight. A starved switch can answer keepalives on its gRPC
+thread while its packet path lags, so a keepalive alone proves an end only after
+`probe_keepalive_proof_delay`: that is what a switch with one fabric port, or one cut off on every
+port at once, has to show. Checks run half an interval after each round of probes. A link is down when either direction is dead,
 and up again only after `probe_recovery` consecutive intervals with probes in both directions;
 every fall within `flap_window` of a rise doubles what the next rise needs (no thrash on a
 flapping link). A probe that arrives where the topology file says it should not is reported, not
@@ -35,6 +36,9 @@ from controller.settings import Settings
 
 log = logging.getLogger("p4nsm.heal.links")
 
+_ROUNDS_KEPT = 64  # proof by round: only the recent past matters
+_SEND_LOG = 1024  # a direction's send times: covers a keepalive proof delay of 10 s at 10 ms probes
+
 LinkListener = Callable[[Link, bool], Awaitable[None]]
 
 
@@ -46,17 +50,25 @@ class _Direction:
     dst_port: int
     seq: int = 0  # last probe sent
     rx_seq: int = 0  # newest probe that arrived
-    sent_at: deque = dataclasses.field(default_factory=lambda: deque(maxlen=64))  # (seq, monotonic)
+    sent_at: deque = dataclasses.field(default_factory=lambda: deque(maxlen=_SEND_LOG))  # (seq, monotonic ns), seq consecutive
 
-    def sent_time(self, seq: int) -> float | None:
-        for s, t in self.sent_at:
-            if s == seq:
-                return t
-        return None
+    def sent_time(self, seq: int) -> float:
+        """When probe `seq` went out; for one older than the log, the oldest logged send (later
+        than the truth, so what is judged on it errs towards patience)."""
+        first = self.sent_at[0][0]
+        return self.sent_at[max(0, min(seq - first, len(self.sent_at) - 1))][1] / 1e9
 
     @property
     def unanswered(self) -> int:
         return self.seq - self.rx_seq
+
+
+@dataclasses.dataclass(slots=True)
+class _Round:
+    """Which switches' packet paths carried probes of one round: some probe they emitted arrived,
+    some probe reached the controller through them."""
+    emitted: set[str] = dataclasses.field(default_factory=set)
+    delivered: set[str] = dataclasses.field(default_factory=set)
 
 
 @dataclasses.dataclass(slots=True)
@@ -82,6 +94,7 @@ class LinkMonitor:
         self.emitted_after: dict[str, float] = {name: 0.0 for name in clients}
         self.delivered_after: dict[str, float] = {name: 0.0 for name in clients}
         self.directions: dict[tuple[str, int], _Direction] = {}
+        self.rounds: dict[int, _Round] = {}  # by send time (monotonic ns), oldest first
         self.links: dict[str, _LinkState] = {}
         for link in graph.links.values():
             # Links start up (the topology file says they exist); probes get a grace period from
@@ -121,12 +134,15 @@ class LinkMonitor:
 
     def _send_all(self) -> None:
         now_ns = time.monotonic_ns()
+        self.rounds[now_ns] = _Round()
+        while len(self.rounds) > _ROUNDS_KEPT:
+            del self.rounds[next(iter(self.rounds))]
         for d in self.directions.values():
             client = self.clients[d.src]
             if not client.up.is_set():
                 continue
             d.seq += 1
-            d.sent_at.append((d.seq, now_ns / 1e9))
+            d.sent_at.append((d.seq, now_ns))
             frame = probe_frame.encode(probe_frame.Probe(self.origin, client.target.device_id, d.src_port, d.seq, now_ns))
             try:
                 client.packet_out(frame, egress_port=d.src_port)
@@ -164,14 +180,17 @@ class LinkMonitor:
         s = self.settings
         if d.unanswered < s.probe_misses:
             return False
-        sent = d.sent_time(d.rx_seq + s.probe_misses)
-        if sent is None:
-            return True  # older than the send log: long gone
-        # Probes of one round share a send time; the next round's prove the switches ran on.
-        proof = sent + s.probe_interval / 2
-        if self.emitted_after[d.src] > proof and self.delivered_after[d.dst] > proof:
-            return True
-        late = sent + s.probe_keepalive_proof_delay
+        settled = int((now - s.probe_interval) * 1e9)
+        shown = 0
+        for i in range(len(d.sent_at) - 1, max(-1, len(d.sent_at) - 1 - _ROUNDS_KEPT), -1):  # newest first
+            seq, sent_ns = d.sent_at[i]
+            if seq <= d.rx_seq:
+                break
+            r = self.rounds.get(sent_ns) if sent_ns <= settled else None
+            shown += r is not None and d.src in r.emitted and d.dst in r.delivered
+            if shown >= s.probe_misses:
+                return True
+        late = d.sent_time(d.rx_seq + s.probe_misses) + s.probe_keepalive_proof_delay
         return self._alive_after(d.src, late) and self._alive_after(d.dst, late)
 
     def _alive_after(self, switch: str, moment: float) -> bool:
@@ -200,6 +219,9 @@ class LinkMonitor:
         self.counters["received"] += 1
         if probe.seq > d.rx_seq:
             d.rx_seq = probe.seq
+        if r := self.rounds.get(probe.sent_ns):
+            r.emitted.add(d.src)
+            r.delivered.add(d.dst)
         sent = probe.sent_ns / 1e9
         if sent > self.emitted_after[d.src]:
             self.emitted_after[d.src] = sent

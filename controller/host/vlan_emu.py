@@ -10,15 +10,13 @@ The kernel moves a received 802.1Q tag into skb metadata whether or not the driv
 the programs read it from `__sk_buff.vlan_tci`, and raw sockets (scapy, the softswitch) still see
 it through PACKET_AUXDATA.
 
-The programs are a few hand-assembled instructions, so nothing needs clang or bpffs.
+The programs are a few hand-assembled instructions (see controller.host.ebpf).
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
-import platform
 import re
 import struct
 import zlib
@@ -29,19 +27,17 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_GETTFILTER
 from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
+from controller.host.ebpf import (AND64_IMM, CALL, EXIT, JEQ_IMM, JNE_IMM, LDX_W, MOV64_IMM, MOV64_REG, TC_ACT_SHOT,
+                                  TC_ACT_UNSPEC, insn, load_program)
+
 ALIAS_PREFIX = "p4nsm-vlan"
 FILTER_PREFIX = "p4nsm:"
 TC_INGRESS = 0xFFFFFFF2  # clsact/ingress qdisc, ingress hook
 INNER_PRIO = 1
 IN6_ADDR_GEN_MODE_NONE = 1
 
-_NR_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine(), 321)
-_BPF_PROG_LOAD = 5
-_BPF_PROG_TYPE_SCHED_CLS = 3
-_BPF_ATTR_SIZE = 128
 _SKB_VLAN_PRESENT, _SKB_VLAN_TCI = 20, 24  # offsets in struct __sk_buff
 _HELPER_VLAN_PUSH, _HELPER_VLAN_POP, _HELPER_REDIRECT = 18, 19, 23
-_TC_ACT_UNSPEC, _TC_ACT_SHOT = -1, 2
 _ETH_P_8021Q_BE = 0x0081  # htons(0x8100) on a little-endian host, as bpf_skb_vlan_push wants
 
 
@@ -201,65 +197,37 @@ def _delete_link(ipr: IPRoute, ifname: str) -> bool:
     return True
 
 
-# --- eBPF -------------------------------------------------------------------------------------
-
-def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
-    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
-
-
-_MOV64_IMM, _MOV64_REG, _AND64_IMM, _LDX_W = 0xB7, 0xBF, 0x57, 0x61
-_JEQ_IMM, _JNE_IMM, _CALL, _EXIT = 0x15, 0x55, 0x85, 0x95
-
+# --- the programs -----------------------------------------------------------------------------
 
 def _pop_program(vlan_id: int, inner_index: int) -> bytes:
     return b"".join([
-        _insn(_MOV64_REG, 6, 1),                          # r6 = skb
-        _insn(_LDX_W, 2, 6, _SKB_VLAN_PRESENT),
-        _insn(_JEQ_IMM, 2, 0, 9, 0),                      # untagged: not ours
-        _insn(_LDX_W, 2, 6, _SKB_VLAN_TCI),
-        _insn(_AND64_IMM, 2, imm=0xFFF),
-        _insn(_JNE_IMM, 2, 0, 6, vlan_id),                # another VLAN: not ours
-        _insn(_MOV64_REG, 1, 6),
-        _insn(_CALL, imm=_HELPER_VLAN_POP),
-        _insn(_MOV64_IMM, 1, imm=inner_index),
-        _insn(_MOV64_IMM, 2, imm=0),
-        _insn(_CALL, imm=_HELPER_REDIRECT),               # out of the inner end, into the subinterface
-        _insn(_EXIT),
-        _insn(_MOV64_IMM, 0, imm=_TC_ACT_UNSPEC),         # not ours: the next filter decides
-        _insn(_EXIT),
+        insn(MOV64_REG, 6, 1),                           # r6 = skb
+        insn(LDX_W, 2, 6, _SKB_VLAN_PRESENT),
+        insn(JEQ_IMM, 2, 0, 9, 0),                       # untagged: not ours
+        insn(LDX_W, 2, 6, _SKB_VLAN_TCI),
+        insn(AND64_IMM, 2, imm=0xFFF),
+        insn(JNE_IMM, 2, 0, 6, vlan_id),                 # another VLAN: not ours
+        insn(MOV64_REG, 1, 6),
+        insn(CALL, imm=_HELPER_VLAN_POP),
+        insn(MOV64_IMM, 1, imm=inner_index),
+        insn(MOV64_IMM, 2, imm=0),
+        insn(CALL, imm=_HELPER_REDIRECT),                # out of the inner end, into the subinterface
+        insn(EXIT),
+        insn(MOV64_IMM, 0, imm=TC_ACT_UNSPEC),          # not ours: the next filter decides
+        insn(EXIT),
     ])
 
 
 def _push_program(vlan_id: int, parent_index: int) -> bytes:
     return b"".join([
-        _insn(_MOV64_IMM, 2, imm=_ETH_P_8021Q_BE),        # r1 is still skb
-        _insn(_MOV64_IMM, 3, imm=vlan_id),
-        _insn(_CALL, imm=_HELPER_VLAN_PUSH),
-        _insn(_JNE_IMM, 0, 0, 4, 0),                      # push failed: drop
-        _insn(_MOV64_IMM, 1, imm=parent_index),
-        _insn(_MOV64_IMM, 2, imm=0),
-        _insn(_CALL, imm=_HELPER_REDIRECT),               # out of the parent, tagged
-        _insn(_EXIT),
-        _insn(_MOV64_IMM, 0, imm=_TC_ACT_SHOT),
-        _insn(_EXIT),
+        insn(MOV64_IMM, 2, imm=_ETH_P_8021Q_BE),         # r1 is still skb
+        insn(MOV64_IMM, 3, imm=vlan_id),
+        insn(CALL, imm=_HELPER_VLAN_PUSH),
+        insn(JNE_IMM, 0, 0, 4, 0),                       # push failed: drop
+        insn(MOV64_IMM, 1, imm=parent_index),
+        insn(MOV64_IMM, 2, imm=0),
+        insn(CALL, imm=_HELPER_REDIRECT),                # out of the parent, tagged
+        insn(EXIT),
+        insn(MOV64_IMM, 0, imm=TC_ACT_SHOT),
+        insn(EXIT),
     ])
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def load_program(program: bytes, name: str) -> int:
-    """BPF_PROG_LOAD a SCHED_CLS program; returns its fd."""
-    log = ctypes.create_string_buffer(16384)
-    license_ = ctypes.create_string_buffer(b"GPL")
-    insns = ctypes.create_string_buffer(program, len(program))
-    attr = ctypes.create_string_buffer(_BPF_ATTR_SIZE)
-    struct.pack_into("<IIQQIIQII16s", attr, 0, _BPF_PROG_TYPE_SCHED_CLS, len(program) // 8,
-                     ctypes.addressof(insns), ctypes.addressof(license_), 1, len(log), ctypes.addressof(log),
-                     0, 0, re.sub(r"[^A-Za-z0-9_.]", "_", name)[:15].encode())  # the kernel's charset for program names
-    fd = _libc.syscall(_NR_BPF, _BPF_PROG_LOAD, attr, _BPF_ATTR_SIZE)
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"loading the VLAN program for {name} failed: {os.strerror(err)}: "
-                           f"{log.value.decode(errors='replace').strip()}")
-    return fd

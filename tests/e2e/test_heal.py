@@ -161,28 +161,24 @@ async def test_switch_cut_off_on_every_port(ctl, hosts, lab):
     victim = middle(plan)
     ctl.links.settings = ctl.settings.model_copy(update={"probe_keepalive_proof_delay": 1.5})
     links = [l for l in ctl.fabric.graph.links.values() if victim in (l.a, l.b)]
-    # the victim's own ports first, then its peers': one link cut well before the other would
-    # rightly be declared down while the victim still delivers over the other one
-    ends = sorted(((sw, port) for l in links for sw, port in ((l.a, l.a_port), (l.b, l.b_port))), key=lambda e: e[0] != victim)
-    ifs = [switch_ifname(sw, port) for sw, port in ends]
-
-    async def cut(on: bool) -> None:
-        await asyncio.to_thread(lambda: [silent_cut(i, on) for i in ifs])  # back to back, within a few ms
-
-    await cut(True)
+    # every end at one instant: a link cut well before another would rightly be declared down
+    # while the victim still delivers over the other one
+    cutter = faults.SilentCut(switch_ifname(sw, port) for l in links for sw, port in ((l.a, l.a_port), (l.b, l.b_port)))
+    await asyncio.to_thread(cutter.install)
     try:
+        cutter.set(True)
         await asyncio.sleep(0.3)
-        await cut(False)
+        cutter.set(False)
         await asyncio.sleep(0.5)
         assert all(ctl.links.link_up(l.name) for l in links), "a short silence with keepalives answered took links down"
         assert ctl.fabric.plans[plan.id].crosses(switch=victim)
 
-        await cut(True)
+        cutter.set(True)
         await wait_for(lambda: not any(ctl.links.link_up(l.name) for l in links), 8, f"{victim}'s links to go down")
         await recovered(ctl, plan, failed_switch=victim)
         await flows_again(hosts, plan)
     finally:
-        await cut(False)
+        await asyncio.to_thread(cutter.remove)
     await wait_for(lambda: all(ctl.links.link_up(l.name) for l in links), 10, "link recovery")
     await exactly_desired(ctl)
 
