@@ -272,7 +272,7 @@ class Fabric:
         found = self._path_memo.get(key)
         if found is None:
             fwd = shortest(g, a, b)
-            back = backup_for(g, fwd, a, b)
+            back = self.backup_path(fwd, a, b)
             found = (fwd, fwd.reversed(), back, back.reversed() if back else None)
             if len(self._path_memo) >= 4096:  # liveness states come and go; keep it bounded
                 self._path_memo.clear()

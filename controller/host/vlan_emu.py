@@ -100,7 +100,12 @@ def remove(ipr: IPRoute, name: str) -> bool:
     whatever the number of subinterfaces (a scan of every link's filters made Close O(n)). A
     filter whose link is already gone is left to the next create of its VLAN, which replaces it."""
     found = False
-    links = ipr.link("get", ifname=name) if ipr.link_lookup(ifname=name) else ()
+    try:
+        links = ipr.link("get", ifname=name)
+    except NetlinkError as exc:
+        if exc.code != errno.ENODEV:
+            raise
+        links = ()
     match = _ALIAS_RE.fullmatch(links[0].get("ifalias") or "") if links else None
     if match is not None:
         parent_index = ipr.link_lookup(ifname=match.group(1))
@@ -144,20 +149,6 @@ def _filter_name_at(ipr: IPRoute, index: int, prio: int) -> str | None:
         if reply.get_attr("TCA_KIND") == "bpf" and reply["info"] >> 16 == prio and options is not None:
             return options.get_attr("TCA_BPF_NAME") or ""
     return None
-
-
-def _filter_names(ipr: IPRoute, index: int) -> dict[int, str]:
-    """prio -> program name of the bpf filters on the ingress hook of `index`."""
-    names: dict[int, str] = {}
-    try:
-        for msg in ipr.get_filters(index=index, parent=TC_INGRESS):
-            options = msg.get_attr("TCA_OPTIONS")
-            if msg.get_attr("TCA_KIND") == "bpf" and options is not None:
-                names[msg["info"] >> 16] = options.get_attr("TCA_BPF_NAME") or ""
-    except NetlinkError as exc:
-        if exc.code not in (errno.EINVAL, errno.ENOENT, errno.ENODEV):  # no ingress qdisc, or link gone
-            raise
-    return names
 
 
 def ensure_clsact(ipr: IPRoute, index: int) -> None:

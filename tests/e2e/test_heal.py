@@ -214,6 +214,52 @@ async def test_switch_killed_and_restarted(ctl, hosts, lab):
     await exactly_desired(ctl)
 
 
+async def test_failed_reconcile_is_retried(ctl, hosts, lab, caplog):
+    """A switch that returns but whose reconcile fails (it froze, as a starved one seems to, and
+    the reconcile's Reads miss their deadline while its session lasts) stays out of every path,
+    is reconciled again with backoff, and is used once that succeeds, holding exactly the
+    desired entries."""
+    _, lab_obj, _ = lab
+    plan = await connect(ctl, hosts)
+    victim = middle(plan)
+    client = ctl.clients[victim]
+    normal = client.settings
+    thawed = asyncio.Event()
+
+    def thaw() -> None:
+        lab_obj.kill_switch(victim, signal.SIGCONT)
+        client.settings = normal
+        thawed.set()
+
+    async def freeze_on_return(c, up: bool, reason: str) -> None:
+        # runs before the fabric's listener, once the session is up and the pipeline verified
+        if up and not thawed.is_set():
+            client.settings = client.settings.model_copy(update={"rpc_timeout": 0.05})
+            lab_obj.kill_switch(victim, signal.SIGSTOP)
+            asyncio.get_running_loop().call_later(0.6, thaw)
+
+    lab_obj.kill_switch(victim, signal.SIGKILL)
+    await recovered(ctl, plan, failed_switch=victim)
+    # the next session outlives the freeze: the switch stays up, only its reads fail
+    client.settings = normal.model_copy(update={"keepalive_timeout": 5.0})
+    client.state_listeners.insert(0, freeze_on_return)
+    try:
+        await asyncio.to_thread(lab_obj.restart_switch, victim)
+        await asyncio.wait_for(thawed.wait(), 20)
+        failures = [r for r in caplog.records if "event=reconcile_failed" in r.getMessage() and f"switch={victim}" in r.getMessage()]
+        assert len(failures) >= 2, "the reconcile was not retried while it failed"
+        assert client.up.is_set() and victim not in ctl.fabric.ready_switches
+        assert not any(p.crosses(switch=victim) for p in ctl.fabric.plans.values())
+    finally:
+        client.state_listeners.remove(freeze_on_return)
+        if not thawed.is_set():
+            thaw()
+    await wait_for(lambda: victim in ctl.fabric.ready_switches, 10, f"{victim} reconciled")
+    await wait_for(lambda: all(ctl.links.link_up(l.name) for l in ctl.fabric.graph.links.values()), 10, "links")
+    await send_and_expect(hosts, "h1", "h4", plan.a.vlan, plan.b.vlan, b"reconciled-late")
+    await exactly_desired(ctl)
+
+
 async def test_switch_frozen(ctl, hosts, lab):
     _, lab_obj, _ = lab
     plan = await connect(ctl, hosts)

@@ -3,6 +3,7 @@ interface helpers of the controller (real VLAN subinterfaces in real namespaces)
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import re
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from pyroute2 import IPRoute, netns
+from pyroute2.netlink.exceptions import NetlinkError
 
 from controller.host import HostIfaceError, ensure_vlan_iface, host_parent_iface, remove_iface, vlan_emu
 from tests.e2e.lab_fixtures import (  # noqa: F401 (fixtures are found by name)
@@ -183,7 +185,7 @@ def _vlan_of(netns_name: str, ifname: str) -> tuple[str, int]:
         match = re.fullmatch(r"p4nsm-vlan parent=(\S+) vid=(\d+)", link.get("ifalias") or "")
         assert match, f"{ifname} is neither a VLAN nor an emulated one"
         parent, vid = match.group(1), int(match.group(2))
-        filters = vlan_emu._filter_names(ipr, ipr.link_lookup(ifname=parent)[0])
+        filters = _ingress_filter_names(ipr, ipr.link_lookup(ifname=parent)[0])
         assert filters.get(vid) == f"p4nsm:{ifname}", "the parent has no program for this VLAN"
         return parent, vid
 
@@ -244,7 +246,7 @@ def test_vlan_iface_is_idempotent(veth_pair: tuple[str, str, str, str], mode: st
     assert _link(ns, "nsm100") is None
     assert remove_iface(ns, "nsm100") is False
     with IPRoute(netns=ns, flags=0) as ipr:
-        assert not vlan_emu._filter_names(ipr, ipr.link_lookup(ifname=parent)[0])
+        assert not _ingress_filter_names(ipr, ipr.link_lookup(ifname=parent)[0])
         assert {link.get("ifname") for link in ipr.link("dump")} == {"lo", parent}
 
 
@@ -306,3 +308,17 @@ def test_bad_arguments_name_the_field(kwargs: dict[str, object], message: str) -
                                "addresses": [], "routes": []}
     with pytest.raises(ValueError, match=message):
         ensure_vlan_iface(**{**args, **kwargs})  # type: ignore[arg-type]
+
+
+def _ingress_filter_names(ipr: IPRoute, index: int) -> dict[int, str]:
+    """prio -> program name of the bpf filters on the ingress hook of `index`."""
+    names: dict[int, str] = {}
+    try:
+        for msg in ipr.get_filters(index=index, parent=vlan_emu.TC_INGRESS):
+            options = msg.get_attr("TCA_OPTIONS")
+            if msg.get_attr("TCA_KIND") == "bpf" and options is not None:
+                names[msg["info"] >> 16] = options.get_attr("TCA_BPF_NAME") or ""
+    except NetlinkError as exc:
+        if exc.code not in (errno.EINVAL, errno.ENOENT, errno.ENODEV):  # no ingress qdisc, or link gone
+            raise
+    return names
