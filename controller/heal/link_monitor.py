@@ -2,19 +2,24 @@
 
 Every fabric port sends a probe each `probe_interval`, all of a round with one send time; the
 peer switch punts it back as a packet-in. A direction is dead when `probe_misses` of its probes
-are missing that both ends' packet paths were shown to carry: in the same round the source emitted
-another probe that arrived (on another port) and the destination delivered one (from another
-neighbour). Proof is judged by rounds, not by arrival times, so neither a busy switch nor a backlog
-in the controller's own loop fakes a link failure, and probes lost while a switch's whole packet
-path was silent are not held against a link once that path runs again. The newest round does not
-count yet: its probes are still in flight. A starved switch can answer keepalives on its gRPC
-thread while its packet path lags, so a keepalive alone proves an end only after
+are missing of which both ends show that their packet paths ran at the time and ran on after it:
+in the probe's own round the source emitted another probe that arrived (on another port) and the
+destination delivered one (from another neighbour), and a later round arrived from the source and
+through the destination (a switch emits in order, so the missing probe left before that one);
+and the probe is older than its ends' packet paths now take (the longest send-to-packet-in time of
+a recent probe the source emitted, plus that of one the destination delivered, plus half an
+interval): a lagging source sends the probe late and a lagging destination passes it on late, and
+without this a source emitting a round behind its neighbours had its links declared dead while
+their probes were merely on their way. Proof is judged by send times and rounds, so neither a busy
+switch nor a backlog in the controller's own loop fakes a link failure, and probes lost while a
+switch's whole packet path was silent are not held against a link once that path runs again. A starved switch can answer keepalives on its gRPC thread
+while its packet path lags, so a keepalive alone proves an end only after
 `probe_keepalive_proof_delay`: that is what a switch with one fabric port, or one cut off on every
-port at once, has to show. Checks run half an interval after each round of probes. A link is down when either direction is dead,
-and up again only after `probe_recovery` consecutive intervals with probes in both directions;
-every fall within `flap_window` of a rise doubles what the next rise needs (no thrash on a
-flapping link). A probe that arrives where the topology file says it should not is reported, not
-used.
+port at once, has to show. Checks run half an interval after each round of probes. A link is
+down when either direction is dead, and up again only after `probe_recovery` consecutive
+intervals with probes in both directions; every fall within `flap_window` of a rise doubles what
+the next rise needs (no thrash on a flapping link). A probe that arrives where the topology file
+says it should not is reported, not used.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from controller.settings import Settings
 log = logging.getLogger("p4nsm.heal.links")
 
 _ROUNDS_KEPT = 64  # proof by round: only the recent past matters
+_LAG_SAMPLES = 64
 _SEND_LOG = 1024  # a direction's send times: covers a keepalive proof delay of 10 s at 10 ms probes
 
 LinkListener = Callable[[Link, bool], Awaitable[None]]
@@ -93,6 +99,10 @@ class LinkMonitor:
         # delivered (it arrived through it): its packet-out and packet-in paths ran after that
         self.emitted_after: dict[str, float] = {name: 0.0 for name in clients}
         self.delivered_after: dict[str, float] = {name: 0.0 for name in clients}
+        # per switch: how long its recent probes took from send to packet-in, as source and as
+        # destination; a switch whose packet path lags gets that much more patience
+        self.emit_lag: dict[str, deque[float]] = {name: deque(maxlen=_LAG_SAMPLES) for name in clients}
+        self.deliver_lag: dict[str, deque[float]] = {name: deque(maxlen=_LAG_SAMPLES) for name in clients}
         self.directions: dict[tuple[str, int], _Direction] = {}
         self.rounds: dict[int, _Round] = {}  # by send time (monotonic ns), oldest first
         self.links: dict[str, _LinkState] = {}
@@ -158,13 +168,15 @@ class LinkMonitor:
             if not (self.clients[link.a].up.is_set() and self.clients[link.b].up.is_set()):
                 continue  # a dead switch is the switch monitor's news, not a link failure
             dirs = (self.directions[(link.a, link.a_port)], self.directions[(link.b, link.b_port)])
-            if state.up and any(self._dead(d, now) for d in dirs):
+            dead = next((d for d in dirs if state.up and self._dead(d, now)), None)
+            if dead is not None:
                 state.up = False
                 state.streak = 0
                 flapped = now - state.went_up_at < s.flap_window
                 state.need = min(state.need * 2, s.probe_recovery_max) if flapped else s.probe_recovery
-                log.warning("link=%s event=down a=%s:%d b=%s:%d next_recovery_checks=%d", link.name, link.a, link.a_port,
-                            link.b, link.b_port, state.need)
+                log.warning("link=%s event=down a=%s:%d b=%s:%d dead_from=%s:%d missing=%d patience_ms=%.0f "
+                            "next_recovery_checks=%d", link.name, link.a, link.a_port, link.b, link.b_port, dead.src,
+                            dead.src_port, dead.unanswered, self.patience(dead) * 1000, state.need)
                 await self.on_change(link, False)
             elif not state.up:
                 # Coming back needs probes that really arrive, in both directions.
@@ -180,18 +192,31 @@ class LinkMonitor:
         s = self.settings
         if d.unanswered < s.probe_misses:
             return False
-        settled = int((now - s.probe_interval) * 1e9)
+        # A later round arrived from the source (it emits in order, so the missing probe left
+        # before it) and through the destination: both ran on after the probe went missing.
+        ran_on = int((min(self.emitted_after[d.src], self.delivered_after[d.dst]) - s.probe_interval / 2) * 1e9)
+        # ...and the probe is older than its ends' packet paths now take (a lagging source sends
+        # the missing probe late, and a lagging destination passes it on late).
+        ran_on = min(ran_on, int((now - self.patience(d)) * 1e9))
         shown = 0
         for i in range(len(d.sent_at) - 1, max(-1, len(d.sent_at) - 1 - _ROUNDS_KEPT), -1):  # newest first
             seq, sent_ns = d.sent_at[i]
             if seq <= d.rx_seq:
                 break
-            r = self.rounds.get(sent_ns) if sent_ns <= settled else None
+            # ...and the probe's own round went through both: neither end was silent then.
+            r = self.rounds.get(sent_ns) if sent_ns < ran_on else None
             shown += r is not None and d.src in r.emitted and d.dst in r.delivered
             if shown >= s.probe_misses:
                 return True
         late = d.sent_time(d.rx_seq + s.probe_misses) + s.probe_keepalive_proof_delay
         return self._alive_after(d.src, late) and self._alive_after(d.dst, late)
+
+    def patience(self, d: _Direction) -> float:
+        """How old a probe of `d` must be to count as missing: the longest recent send-to-packet-in
+        time of a probe its source emitted and of one its destination delivered, added (each lag
+        holds both ends of another path, but when both ends of this one lag, its probes take
+        both), and half an interval."""
+        return max(self.emit_lag[d.src], default=0.0) + max(self.deliver_lag[d.dst], default=0.0) + self.settings.probe_interval / 2
 
     def _alive_after(self, switch: str, moment: float) -> bool:
         return (self.emitted_after[switch] > moment or self.delivered_after[switch] > moment
@@ -223,6 +248,9 @@ class LinkMonitor:
             r.emitted.add(d.src)
             r.delivered.add(d.dst)
         sent = probe.sent_ns / 1e9
+        lag = time.monotonic() - sent
+        self.emit_lag[d.src].append(lag)
+        self.deliver_lag[d.dst].append(lag)
         if sent > self.emitted_after[d.src]:
             self.emitted_after[d.src] = sent
         if sent > self.delivered_after[d.dst]:

@@ -260,6 +260,23 @@ async def test_failed_reconcile_is_retried(ctl, hosts, lab, caplog):
     await exactly_desired(ctl)
 
 
+async def test_short_stalls_take_no_link_down(ctl, hosts, lab, caplog):
+    """A switch that stalls for less than the keepalive timeout (as a starved one does) sends its
+    backlog of probes late, all at once: its links were never dead and must not be declared so."""
+    _, lab_obj, _ = lab
+    plan = await connect(ctl, hosts)
+    victim = middle(plan)
+    for _ in range(15):
+        lab_obj.kill_switch(victim, signal.SIGSTOP)
+        await asyncio.sleep(0.08)  # eight probe rounds; keepalive_timeout is 0.15 s
+        lab_obj.kill_switch(victim, signal.SIGCONT)
+        await asyncio.sleep(0.3)
+    # (were the machine so loaded that a stall outlasted the keepalive timeout, the switch would
+    # be down, and its links with it, by the switch monitor: that is not what is checked here)
+    downs = [r.getMessage() for r in caplog.records if "event=down" in r.getMessage() and r.name == "p4nsm.heal.links"]
+    assert not downs, downs
+
+
 async def test_switch_frozen(ctl, hosts, lab):
     _, lab_obj, _ = lab
     plan = await connect(ctl, hosts)
