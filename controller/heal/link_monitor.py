@@ -1,25 +1,25 @@
 """Link and port liveness from probes sent and received over the P4Runtime streams.
 
-Every fabric port sends a probe each `probe_interval`, all of a round with one send time; the
-peer switch punts it back as a packet-in. A direction is dead when `probe_misses` of its probes
-are missing of which both ends show that their packet paths ran at the time and ran on after it:
-in the probe's own round the source emitted another probe that arrived (on another port) and the
+Every fabric port sends a probe each `probe_interval`, all of a round with one send time; the peer
+switch punts it back as a packet-in. A direction is dead when `probe_misses` of its probes are
+missing of which both ends show that their packet paths ran at the time and ran on after it: in
+the probe's own round the source emitted another probe that arrived (on another port) and the
 destination delivered one (from another neighbour), and a later round arrived from the source and
-through the destination (a switch emits in order, so the missing probe left before that one);
-and the probe is older than its ends' packet paths now take (the longest send-to-packet-in time of
-a recent probe the source emitted, plus that of one the destination delivered, plus half an
+through the destination (a switch emits in order, so the missing probe left before that one); and
+the probe is older than its ends' packet paths now take (the longest send-to-packet-in time of a
+recent probe the source emitted, plus that of one the destination delivered, plus half an
 interval): a lagging source sends the probe late and a lagging destination passes it on late, and
 without this a source emitting a round behind its neighbours had its links declared dead while
 their probes were merely on their way. Proof is judged by send times and rounds, so neither a busy
 switch nor a backlog in the controller's own loop fakes a link failure, and probes lost while a
-switch's whole packet path was silent are not held against a link once that path runs again. A starved switch can answer keepalives on its gRPC thread
-while its packet path lags, so a keepalive alone proves an end only after
-`probe_keepalive_proof_delay`: that is what a switch with one fabric port, or one cut off on every
-port at once, has to show. Checks run half an interval after each round of probes. A link is
-down when either direction is dead, and up again only after `probe_recovery` consecutive
-intervals with probes in both directions; every fall within `flap_window` of a rise doubles what
-the next rise needs (no thrash on a flapping link). A probe that arrives where the topology file
-says it should not is reported, not used.
+switch's whole packet path was silent are not held against a link once that path runs again. A
+starved switch can answer keepalives on its gRPC thread while its packet path lags, so a keepalive
+alone proves an end only after `probe_keepalive_proof_delay`: that is what a switch with one
+fabric port, or one cut off on every port at once, has to show. Checks run half an interval after
+each round of probes. A link is down when either direction is dead, and up again only after
+`probe_recovery` consecutive intervals with probes in both directions; every fall within
+`flap_window` of a rise doubles what the next rise needs (no thrash on a flapping link). A probe
+that arrives where the topology file says it should not is reported, not used.
 """
 
 from __future__ import annotations
