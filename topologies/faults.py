@@ -54,13 +54,18 @@ class SilentCut:
         self._flag: int | None = None
 
     def install(self) -> None:
+        """All filters or none: a failure takes back what was installed."""
         self._flag = ebpf.create_flag_map()
-        with IPRoute() as ipr:
-            for ifname in self.ifnames:
-                index = _index(ipr, ifname)
-                vlan_emu.ensure_clsact(ipr, index)
-                vlan_emu.attach_filter(ipr, index, _GROUP_PRIO, f"cutgroup_{ifname}", _flagged_drop(self._flag),
-                                       parent=TC_EGRESS)
+        try:
+            with IPRoute() as ipr:
+                for ifname in self.ifnames:
+                    index = _index(ipr, ifname)
+                    vlan_emu.ensure_clsact(ipr, index)
+                    vlan_emu.attach_filter(ipr, index, _GROUP_PRIO, f"cutgroup_{ifname}", _flagged_drop(self._flag),
+                                           parent=TC_EGRESS)
+        except BaseException:
+            self.remove()
+            raise
 
     def set(self, on: bool) -> None:
         if self._flag is None:

@@ -168,7 +168,7 @@ class LinkMonitor:
             if not (self.clients[link.a].up.is_set() and self.clients[link.b].up.is_set()):
                 continue  # a dead switch is the switch monitor's news, not a link failure
             dirs = (self.directions[(link.a, link.a_port)], self.directions[(link.b, link.b_port)])
-            dead = next((d for d in dirs if state.up and self._dead(d, now)), None)
+            dead = next((d for d in dirs if self._dead(d, now)), None) if state.up else None
             if dead is not None:
                 state.up = False
                 state.streak = 0

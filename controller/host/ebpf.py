@@ -43,7 +43,8 @@ def load_map_fd(dst: int, map_fd: int) -> bytes:
 def _bpf(cmd: int, attr: ctypes.Array) -> int:
     result = _libc.syscall(_NR_BPF, cmd, attr, _BPF_ATTR_SIZE)
     if result < 0:
-        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
     return result
 
 

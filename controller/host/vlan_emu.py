@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import struct
 import zlib
 from typing import Any
 
@@ -204,7 +203,7 @@ def _pop_program(vlan_id: int, inner_index: int) -> bytes:
         insn(MOV64_IMM, 2, imm=0),
         insn(CALL, imm=_HELPER_REDIRECT),                # out of the inner end, into the subinterface
         insn(EXIT),
-        insn(MOV64_IMM, 0, imm=TC_ACT_UNSPEC),          # not ours: the next filter decides
+        insn(MOV64_IMM, 0, imm=TC_ACT_UNSPEC),           # not ours: the next filter decides
         insn(EXIT),
     ])
 
