@@ -47,13 +47,14 @@ import grpc  # noqa: E402
 from finsy.proto import p4r, p4r_grpc  # noqa: E402
 
 from controller.fabric import entries as E  # noqa: E402
+from controller.fabric.codec import OWNED_TABLES  # noqa: E402
+from controller.fabric.connections import ConnectError  # noqa: E402
 from controller.fabric.model import ConnectionPlan  # noqa: E402
-from controller.fabric.service import OWNED_TABLES, ConnectError  # noqa: E402
 from controller.p4rt.errors import SwitchError  # noqa: E402
 from controller.p4rt.schema import P4Schema  # noqa: E402
 from controller.runtime import Controller  # noqa: E402
 from controller.settings import Settings  # noqa: E402
-from topologies.schema import Topology, load_topology  # noqa: E402
+from controller.topology import Topology, load_topology  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "controller_setup.md"
 READY_TIMEOUT_S = 120.0
@@ -459,7 +460,7 @@ async def cleanup(ctl: Controller) -> None:
 
 async def run_topology(case: str, n: int, concurrency: list[int], overrides: dict[str, str], work: Path,
                  lock_timeout: float) -> TopoResult:
-    from topologies.lab import Lab  # Mininet is imported only when a lab is wanted
+    from lab.harness import Lab  # Mininet is imported only when a lab is wanted
 
     name, _, preset = case.partition("@")
     if preset and preset not in PRESETS:
@@ -467,7 +468,7 @@ async def run_topology(case: str, n: int, concurrency: list[int], overrides: dic
     topo_path = REPO / "topologies" / f"{name}.yaml"
     topo = load_topology(topo_path)
     run_dir = work / case.replace("@", "-")
-    settings = Settings.load({**overrides, **PRESETS.get(preset, {}), "store_path": str(run_dir / "store.sqlite")})
+    settings = Settings.load({"metrics_address": "127.0.0.1:0", "web_address": "127.0.0.1:0", **overrides, **PRESETS.get(preset, {}), "store_path": str(run_dir / "store.sqlite")})
     began = time.perf_counter()
     lab = Lab(topo, run_dir / "lab", lock_timeout=lock_timeout)
     # In a thread: pyroute2, under the lab, runs an event loop of its own, which cannot nest.

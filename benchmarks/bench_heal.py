@@ -1,9 +1,10 @@
 """How long connections lose traffic when a fabric element fails and the controller heals them.
 
     sudo .venv/bin/python benchmarks/bench_heal.py [--topology diamond,fattree4] [--n 1,100,1000]
-        [--trials 20] [--failures cut,port,kill,freeze] [--quick] [--set name=value ...]
+        [--trials 20] [--failures cut,port,kill,freeze] [--switch softswitch|bmv2] [--quick] [--set name=value ...]
 
-For each topology and N: a lab (Mininet, softswitches) and a controller in this process, N
+For each topology and N: a lab (Mininet; softswitches, or with --switch bmv2 BMv2's
+simple_switch_grpc running p4c's build of p4/nsm_fabric.p4) and a controller in this process, N
 connections between host pairs whose paths cross the core, and sequence-numbered 802.1Q
 streams on a sample of them (all when N <= 100, else 100 spread over the set): 100 frames/s
 each, the first at 1,000 frames/s. Each trial fails the element that most tracked connections
@@ -41,9 +42,10 @@ from benchmarks.heal.timeline import Timeline  # noqa: E402
 from benchmarks.heal.traffic import Stream, Traffic, kill  # noqa: E402
 from controller.runtime import Controller  # noqa: E402
 from controller.settings import Settings  # noqa: E402
-from topologies.lab import Lab  # noqa: E402
-from topologies.lab_state import LOCK_PATH  # noqa: E402
-from topologies.schema import host_ifname, load_topology  # noqa: E402
+from controller.topology import host_ifname, load_topology  # noqa: E402
+from lab.harness import Lab  # noqa: E402
+from lab.p4c import controller_overrides, with_switch_kind  # noqa: E402
+from lab.state import LOCK_PATH  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 TRACKED = 100  # streams at most by default: the issue asks for at least 100
@@ -99,7 +101,9 @@ class Case:
 
     def __init__(self, args: argparse.Namespace, topo_name: str, n: int, run_dir: Path) -> None:
         self.args = args
-        self.topo = load_topology(REPO / "topologies" / f"{topo_name}.yaml")
+        self.topo = with_switch_kind(load_topology(REPO / "topologies" / f"{topo_name}.yaml"), args.switch)
+        # the results' topology column: BMv2 rows beside the softswitch's, not over them
+        self.label = topo_name if args.switch == "softswitch" else f"{topo_name}-{args.switch}"
         self.n = n
         self.run_dir = run_dir
         self.lab: Lab | None = None
@@ -116,7 +120,7 @@ class Case:
             baseline = await self._baseline()
             for kind in self.args.failures:
                 trials = [await self._trial(kind, i) for i in range(self.args.trials)]
-                self.rows.append(report.summarise(self.topo.name, kind, self.n, trials, len(self.streams), self.mode,
+                self.rows.append(report.summarise(self.label, kind, self.n, trials, len(self.streams), self.mode,
                                                   self.args.command, baseline))
         finally:
             await self.close()
@@ -128,11 +132,12 @@ class Case:
 
     async def _setup(self) -> None:
         a = self.args
-        say(f"[{self.topo.name} N={self.n:,}] starting the lab (waits for any other lab on this machine)")
+        say(f"[{self.label} N={self.n:,}] starting the lab (waits for any other lab on this machine)")
         await lab_lock_free()
         self.lab = Lab(self.topo, self.run_dir, lock_timeout=LAB_LOCK_TIMEOUT_S)
         await in_thread(self.lab.start)
-        settings = Settings.load({"store_path": str(self.run_dir / "heal.sqlite"), **a.settings})
+        settings = Settings.load({"metrics_address": "127.0.0.1:0", "web_address": "127.0.0.1:0", "store_path": str(self.run_dir / "heal.sqlite"),
+                                  **controller_overrides(a.switch, self.run_dir), **a.settings})
         self.ctl = Controller(self.topo, settings)
         self.timeline = Timeline(self.ctl)
         await self.ctl.start()
@@ -141,7 +146,7 @@ class Case:
         pairs = scenario.host_pairs(self.topo)
         t0 = time.monotonic()
         plans = await scenario.connect_all(self.ctl, pairs, self.n, say)
-        say(f"[{self.topo.name} N={self.n:,}] {self.n:,} connections over {len(pairs)} host pairs in "
+        say(f"[{self.label} N={self.n:,}] {self.n:,} connections over {len(pairs)} host pairs in "
             f"{time.monotonic() - t0:.1f}s; {self.mode}")
         self.streams = [
             Stream(k, plans[i].id, plans[i].a.host, plans[i].b.host, plans[i].a.vlan, FAST_RATE if k == 0 else RATE)
@@ -150,7 +155,7 @@ class Case:
         self.traffic = Traffic(self.streams, {h.name: host_ifname(h.name) for h in self.topo.hosts}, self.run_dir)
         await self.traffic.start()
         offered = sum(s.rate for s in self.streams)
-        say(f"[{self.topo.name} N={self.n:,}] {len(self.streams)} tracked streams, {offered:,.0f} frames/s offered; "
+        say(f"[{self.label} N={self.n:,}] {len(self.streams)} tracked streams, {offered:,.0f} frames/s offered; "
             f"settling")
         await scenario.settle(self.ctl, SETTLE_TIMEOUT_S)
 
@@ -158,13 +163,13 @@ class Case:
         """A trial without failure: the rates the lab carries and the loss it has anyway."""
         assert self.traffic is not None
         self.trial_no += 1
-        start, task = await self.traffic.run(self.trial_no, self.args.warmup)
+        _, task = await self.traffic.run(self.trial_no, self.args.warmup)
         t = await task
         offered = sum(t.sent.values()) / self.args.warmup
         delivered = len(t.records) / self.args.warmup
         ratio = len(t.records) / max(1, sum(t.sent.values()))
         silent = [s.index for s in self.streams if not (t.records["stream"] == s.index).any()]
-        say(f"[{self.topo.name} N={self.n:,}] baseline: offered {offered:,.0f}/s, delivered {delivered:,.0f}/s "
+        say(f"[{self.label} N={self.n:,}] baseline: offered {offered:,.0f}/s, delivered {delivered:,.0f}/s "
             f"({ratio:.2%}), sender late max {t.late_max_ms:.1f} ms")
         if silent:
             raise RuntimeError(f"streams {silent[:10]} delivered nothing without any failure: the fabric is not carrying them")
@@ -194,7 +199,7 @@ class Case:
         res.load = os.getloadavg()[0]
         hit = [s.loss_window_ms for s in res.affected]
         settled = await scenario.settle(ctl, SETTLE_TIMEOUT_S)
-        say(f"[{self.topo.name} {kind} N={self.n:,}] trial {i + 1}/{a.trials}: {target.element} "
+        say(f"[{self.label} {kind} N={self.n:,}] trial {i + 1}/{a.trials}: {target.element} "
             f"({len(affected)}/{len(self.streams)} tracked cross it): loss p50 {report.ms(report.pct(hit, 50))} "
             f"max {report.ms(max(hit, default=0))} ms, all delivering after {report.ms(res.all_restored_ms)} ms "
             f"(sent {report.ms(res.path_back_ms)}) "
@@ -229,7 +234,9 @@ class Case:
 def notes(args: argparse.Namespace) -> list[str]:
     s = Settings.load(args.settings)
     return [
-        f"- Lab: `topologies/<topology>.yaml` in Mininet, every switch a `p4nsm-softswitch` process; the controller "
+        "- Lab: `topologies/<topology>.yaml` in Mininet, every switch a `p4nsm-softswitch` process (rows whose "
+        "topology ends in `-bmv2`: BMv2's `simple_switch_grpc` with p4c's build of p4/nsm_fabric.p4, "
+        "`--switch bmv2`, each link a cable whose ends a port failure takes down); the controller "
         f"(`controller.runtime.Controller`) runs in the benchmark's process. Settings: probe_interval "
         f"{s.probe_interval * 1000:g} ms, probe_misses {s.probe_misses}, keepalive_interval "
         f"{s.keepalive_interval * 1000:g} ms, keepalive_timeout {s.keepalive_timeout * 1000:g} ms"
@@ -252,7 +259,7 @@ def notes(args: argparse.Namespace) -> list[str]:
         "trials. *Loss on the send clock* is the same gap measured by the send times of the frames around it.",
         "- Failure instant (time 0 of every figure): the send time of the first frame lost, i.e. the earliest "
         "start of a lost run among the affected streams (the frame before it plus one interval: 1 ms with the "
-        "1,000 frames/s stream), kept within the injecting call (cut: `topologies.faults.cut` of the link's "
+        "1,000 frames/s stream), kept within the injecting call (cut: `lab.faults.cut` of the link's "
         "upstream end, the reverse direction is cut right after; port: `Lab.set_port_up`; kill/freeze: the "
         "signal, which is exact); the end of that call when no frame was lost. The pyroute2 calls take a few ms "
         "(*inject* in the details), which would otherwise count against the controller.",
@@ -308,6 +315,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="streams at most (sampled over the N); fewer than 100 is below what the issue asks, and the report says so")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of traffic before the failure")
     p.add_argument("--post", type=float, default=2.0, help="seconds of traffic after it")
+    p.add_argument("--switch", choices=["softswitch", "bmv2"], default="softswitch",
+                   help="what runs every switch: p4nsm-softswitch, or BMv2's simple_switch_grpc (needs it and p4c on PATH)")
     p.add_argument("--quick", action="store_true", help="smoke run: diamond, N=1, 2 trials, short streams, nothing written")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="NAME=VALUE",
                    help="controller setting override (repeatable), e.g. fast_failover=true")

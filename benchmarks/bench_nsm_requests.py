@@ -43,13 +43,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import grpc  # noqa: E402
-from nsm_api import connection_pb2, networkservice_pb2, networkservice_pb2_grpc  # noqa: E402
 
 from benchmarks.bench_controller_setup import link_down_counter  # noqa: E402
-from controller.nsm import kernel  # noqa: E402
-from controller.nsm.channels import dial_target  # noqa: E402
-from controller.nsm.metadata import Credentials  # noqa: E402
-from controller.nsm.tokens import TokenSource  # noqa: E402
+from controller.nsm.base import kernel  # noqa: E402
+from controller.nsm.base.channels import dial_target  # noqa: E402
+from controller.nsm.base.metadata import Credentials  # noqa: E402
+from controller.nsm.base.tokens import TokenSource  # noqa: E402
+from nsm_api import connection_pb2, networkservice_pb2, networkservice_pb2_grpc  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "nsm_requests.md"
 SERVICE = "bench"
@@ -177,7 +177,7 @@ async def orchestrate(topo, work: Path, args: argparse.Namespace, overrides: dic
     from controller.settings import Settings
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, _dump_tasks)
-    settings = Settings.load({**overrides, "store_path": str(work / "store.sqlite"), "nsm_run_dir": str(work / "nsm")})
+    settings = Settings.load({"metrics_address": "127.0.0.1:0", "web_address": "127.0.0.1:0", **overrides, "store_path": str(work / "store.sqlite"), "nsm_run_dir": str(work / "nsm")})
     address = f"unix://{work / 'nsm.sock'}"
     ctl = Controller(topo, settings, nsm_address=address)
     await ctl.start()
@@ -188,9 +188,11 @@ async def orchestrate(topo, work: Path, args: argparse.Namespace, overrides: dic
         baseline = await _read_all(ctl)
         env = {**os.environ, "P4NSM_NSM_RUN_DIR": str(work / "nsm")}
         for host, cidr in ENDPOINTS:
-            nses.append(subprocess.Popen([str(REPO / ".venv" / "bin" / "p4nsm"), "nse", "--service", SERVICE, "--netns", host,
-                                          "--cidr", cidr, "--nsm-address", address, "--name", f"{SERVICE}-{host}"],
-                                         env=env, stdout=subprocess.DEVNULL, stderr=open(work / f"nse-{host}.log", "w")))
+            # the child holds its own copy of the descriptor; ours can close at once
+            with open(work / f"nse-{host}.log", "w") as nse_log:
+                nses.append(subprocess.Popen([str(REPO / ".venv" / "bin" / "p4nsm"), "nse", "--service", SERVICE, "--netns", host,
+                                              "--cidr", cidr, "--nsm-address", address, "--name", f"{SERVICE}-{host}"],
+                                             env=env, stdout=subprocess.DEVNULL, stderr=nse_log))
         assert ctl.nsm is not None
         deadline = time.monotonic() + 30
         while len(ctl.nsm.endpoints.offering(SERVICE)) < len(ENDPOINTS):
@@ -329,8 +331,8 @@ def main() -> None:
     # SIGTERM (a timeout, a CI cancel) ends the run like Ctrl-C: through the Lab's cleanup.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    from topologies.lab import Lab
-    from topologies.schema import load_topology
+    from controller.topology import load_topology
+    from lab.harness import Lab
 
     modes = {m: {**(RELAXED if m == "relaxed" else {}), **dict(o.split("=", 1) for o in args.set)}
              for m in args.liveness.split(",")}

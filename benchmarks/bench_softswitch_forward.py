@@ -203,7 +203,7 @@ def report(
         lines.append(f"| p4nsm-softswitch (measured) | {scenario} | {best['forwarded']:,.0f} | "
                      f"{best['offered']:,.0f} | {best['loss']:.1%} | {clean:,.0f} |")
     lines += [
-        f"| BMv2 simple_switch_grpc (quoted from shared/P4_TARGET_NOTES.md, not measured here) | edge-like | "
+        f"| BMv2 simple_switch_grpc (quoted from the README's BMv2 target notes, not measured here) | edge-like | "
         f"~{BMV2_QUOTED:,} | saturating | - | - |",
         "",
         "## Every step",

@@ -31,7 +31,7 @@ from tests.support.p4rt import P4RTTestClient  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "softswitch_write.md"
 CASES = [(1, 2_000), (100, 20_000), (1_000, 20_000)]  # (batch size, entries)
-# Quoted from shared/P4_TARGET_NOTES.md (simple_switch_grpc 1.15.5 on a 2-core machine).
+# Quoted from the README's BMv2 target notes (simple_switch_grpc 1.15.5 on a 2-core machine).
 BMV2_QUOTED = {1: "≈2,700", 100: "≈50,000", 1_000: "≈50,000"}
 
 
@@ -127,7 +127,7 @@ def main() -> None:
         "*end to end*: the test client also builds the entries by name and serializes them.",
         f"Batches of 1 are bounded by the per-RPC cost of gRPC Python: an empty Write makes {floor:,.0f} "
         "round trips/s on the same run.",
-        "BMv2 figures are quoted from `shared/P4_TARGET_NOTES.md` (simple_switch_grpc 1.15.5, 2-core machine).",
+        "BMv2 figures are quoted from the README's BMv2 target notes (simple_switch_grpc 1.15.5, 2-core machine).",
         "",
     ]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -11,27 +11,33 @@ from typing import Any
 
 from controller.admin import AdminServer
 from controller.fabric.anti_entropy import AntiEntropy
+from controller.fabric.connections import Fabric
 from controller.fabric.graph import FabricGraph, Link, link_name
-from controller.fabric.service import Fabric
+from controller.fabric.store import Store
+from controller.gnmi.port_state import PortStateClient
 from controller.heal.link_monitor import LinkMonitor
+from controller.heal.port_state import PortStateJudge
 from controller.heal.reroute import Rerouter
 from controller.nsm.server import NsmServer
-from controller.p4rt.client import SwitchClient, SwitchTarget
+from controller.operators.metrics import ControllerMetrics
+from controller.operators.web import WebView
+from controller.p4rt.client import SwitchClient, SwitchTarget, TlsConfig
 from controller.p4rt.schema import P4Schema
 from controller.settings import Settings
-from controller.store.sqlite import Store
-from controller.targets import device_config
-from topologies.schema import Topology
+from controller.targets import profile
+from controller.topology import Topology
 
 log = logging.getLogger("p4nsm.controller")
 
 # Direct connections (`p4nsm connect`) get a /30 each from this pool: .1 on side a, .2 on b.
-DIRECT_POOL = ipaddress.ip_network("10.250.0.0/16")
+DIRECT_POOL = ipaddress.IPv4Network("10.250.0.0/16")
 
 
-def fabric_graph(topo: Topology) -> FabricGraph:
-    links = [Link(link_name(*l.a, *l.b), *l.a, *l.b) for l in topo.links]
-    return FabricGraph([s.name for s in topo.switches], links)
+def fabric_graph(topo: Topology, only: set[str] | None = None) -> FabricGraph:
+    """The topology's switches and links; with `only`, those switches and the links between them."""
+    keep = {s.name for s in topo.switches} if only is None else only
+    links = [Link(link_name(*l.a, *l.b), *l.a, *l.b) for l in topo.links if l.a.switch in keep and l.b.switch in keep]
+    return FabricGraph([s.name for s in topo.switches if s.name in keep], links)
 
 
 def pipeline_cookie(p4info: bytes, device_configs: list[bytes]) -> int:
@@ -49,35 +55,82 @@ class Controller:
         self.settings = settings
         self.schema = P4Schema.from_file(settings.p4info_path)
         p4info = self.schema.p4info.SerializeToString(deterministic=True)
-        configs = {s.name: device_config(s.target, settings) for s in topo.switches}
+        profiles = {s.name: profile(s.target) for s in topo.switches}
+        # Bad input is refused here, before any RPC: a P4Info of the wrong port width, build
+        # outputs missing or of the wrong kind (the device config builders).
+        for kind_profile in {p.kind: p for p in profiles.values()}.values():
+            kind_profile.check_p4info(self.schema.p4info, str(settings.p4info_path))
+        tls = {s.name: TlsConfig(s.tls_ca, s.tls_server_name) if s.tls_ca is not None else None for s in topo.switches}
+        for name in sorted(n for n, p in profiles.items() if p.needs_tls and tls[n] is None):
+            log.warning("switch=%s event=no_tls target=%s: its P4Runtime server speaks TLS by default; give the "
+                        "switch tls_ca in the topology, or start it insecure (infrap4d --grpc_open_insecure_mode=true)",
+                        name, profiles[name].kind)
+        configs = {name: p.device_config(settings) for name, p in profiles.items()}
         cookie = pipeline_cookie(p4info, sorted(set(configs.values())))
         self.clients = {
-            s.name: SwitchClient(SwitchTarget(s.name, s.grpc_addr, s.device_id, p4info, configs[s.name], cookie), self.schema, settings)
+            s.name: SwitchClient(SwitchTarget(s.name, s.grpc_addr, s.device_id, p4info, configs[s.name], cookie, tls[s.name]),
+                                 self.schema, settings)
             for s in topo.switches
         }
         self.store = Store(settings.store_path)
         hosts = {h.name: (h.attach.switch, h.attach.port) for h in topo.hosts}
-        watch_ports = {s.name for s in topo.switches if s.target in ("softswitch", "bmv2")}
+        watch_ports = {name for name, p in profiles.items() if p.honours_watch_ports}
         self.fabric = Fabric(
             fabric_graph(topo), hosts, self.clients, self.store, settings,
             fast_failover=frozenset(watch_ports if settings.fast_failover else ()),
-            group_watch_unreliable=frozenset(s.name for s in topo.switches if s.target == "bmv2"),
+            group_watch_unreliable=frozenset(name for name, p in profiles.items() if not p.group_read_back_reliable),
         )
         self.rerouter = Rerouter(self.fabric)
         self.fabric.graph_listeners.append(self.rerouter.kick)
-        self.anti_entropy = AntiEntropy(self.fabric, self.rerouter, settings.anti_entropy_interval)
-        self.links = LinkMonitor(self.fabric.graph, self.clients, settings, self._on_link)
+        self.anti_entropy = AntiEntropy(self.fabric, lambda: not self.rerouter.idle, settings.anti_entropy_interval)
+        # Probes need packet I/O at both ends; links to a switch without it are not probed (its
+        # liveness is the keepalive's). probe_interval 0 turns probes off: then gNMI port state
+        # alone judges links.
+        probing = {name for name, p in profiles.items() if p.has_packet_io} if settings.probe_interval > 0 else set()
+        self.links = LinkMonitor(fabric_graph(topo, probing), {n: c for n, c in self.clients.items() if n in probing},
+                                 settings, self._on_link)
+        # gNMI port state, where the target serves it: a port down takes its link down at once
+        # (heal/port_state.py joins it with the probes' verdicts).
+        self.port_state = {
+            s.name: PortStateClient(s.name, s.grpc_addr, tls[s.name], settings)
+            for s in topo.switches if profiles[s.name].has_gnmi_port_state
+        }
+        self.port_judge = PortStateJudge(self.fabric, self.links, settings)
+        for port_client in self.port_state.values():
+            port_client.port_listeners.append(self.port_judge.on_port)
+            port_client.known_listeners.append(self.port_judge.on_known)
         self.admin = AdminServer(admin_path, self._admin_handlers()) if admin_path else None
         self.nsm_address = nsm_address
         self.nsm: NsmServer | None = None
+        # Prometheus metrics at http://<metrics_address>/metrics; an empty address turns them off.
+        self.metrics: ControllerMetrics | None = None
+        if settings.metrics_address:
+            self.metrics = ControllerMetrics(settings.metrics_address, fabric=self.fabric, clients=self.clients, links=self.links,
+                                             rerouter=self.rerouter, anti_entropy=self.anti_entropy, store=self.store)
+        # The live web view and its JSON API at http://<web_address>/; an empty address turns it off.
+        self.web: WebView | None = None
+        if settings.web_address:
+            self.web = WebView(topo, self.fabric, self.rerouter, self.links, settings.web_address)
+
+    @property
+    def metrics_url(self) -> str | None:
+        """http://host:port/metrics with the port resolved once started; None when off."""
+        return self.metrics.url if self.metrics is not None else None
+
+    @property
+    def web_url(self) -> str | None:
+        """http://host:port of the web view with the port resolved once started; None when off."""
+        return self.web.url if self.web is not None else None
 
     async def _on_link(self, link: Link, up: bool) -> None:
-        self.fabric.set_link(link.name, up)
+        await self.port_judge.on_probe_verdict(link, up)
 
     async def start(self) -> None:
         self.fabric.load()
         self.rerouter.start()
         self.links.start()
+        for port_client in self.port_state.values():
+            port_client.start()
         self.fabric.start()
         self.anti_entropy.start()
         if self.admin:
@@ -85,14 +138,29 @@ class Controller:
         if self.nsm_address is not None:
             self.nsm = NsmServer(self.fabric, self.settings)
             await self.nsm.start(self.nsm_address)
+        if self.metrics is not None:
+            if self.nsm is not None:
+                # no await since the NSM server started: no call has ended unseen
+                self.metrics.watch_nsm(self.nsm)
+            await self.metrics.start()
+        if self.web is not None:
+            await self.web.start()
+            log.info("event=web_view url=%s/", self.web.url)
 
     async def stop(self) -> None:
+        if self.web is not None:
+            await self.web.stop()
+        if self.metrics is not None:
+            await self.metrics.stop()
         if self.nsm:
             await self.nsm.stop()
             self.nsm = None
         if self.admin:
             await self.admin.stop()
         await self.links.stop()
+        for port_client in self.port_state.values():
+            await port_client.stop()
+        self.port_judge.stop()
         await self.anti_entropy.stop()
         await self.rerouter.stop()
         await self.fabric.stop()
@@ -119,11 +187,15 @@ class Controller:
         for i in range(len(subnets)):
             candidate = subnets[(index + i) % len(subnets)]
             if str(candidate) not in used:
-                return candidate  # type: ignore[return-value]
+                return candidate
         raise RuntimeError("direct-connection address pool exhausted")
 
     async def connect_hosts(self, a: str, b: str) -> dict[str, Any]:
-        from controller.host.kernel_iface import ensure_vlan_iface, host_parent_iface
+        from controller.host.kernel_iface import (
+            ensure_vlan_iface,
+            host_parent_iface,
+            remove_iface,
+        )
 
         plan = await self.fabric.connect(a, b)
         subnet = self._direct_subnet(plan.id)
@@ -137,10 +209,13 @@ class Controller:
             await self.fabric.disconnect(plan.id)
             raise
         labels = {"kind": "direct", "subnet": str(subnet), "a_iface": name_a, "b_iface": name_b, "a_addr": addr_a, "b_addr": addr_b}
-        plan = plan.model_copy(update={"labels": labels})
-        self.fabric.plans[plan.id] = plan
-        self.store.put(plan)
-        return describe(plan)
+        # The plan as it is now: a heal may have moved the connection while the interfaces were made.
+        relabelled = await self.fabric.relabel(plan.id, labels)
+        if relabelled is None:
+            for host, name in ((a, name_a), (b, name_b)):
+                await asyncio.to_thread(remove_iface, host, name)
+            raise RuntimeError(f"connection {plan.id} was removed while its host interfaces were made")
+        return describe(relabelled)
 
     async def disconnect(self, conn_id: str) -> bool:
         from controller.host.kernel_iface import remove_iface

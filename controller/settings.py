@@ -17,7 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 class Settings(BaseModel):
     # --- P4Runtime client ---
-    election_id: int = Field(10, description="Election id this controller asks for (primary wins by highest)")
+    election_id: int = Field(10, ge=1, description="Election id this controller asks for (primary wins by highest)")
     keepalive_interval: float = Field(0.05, description="Seconds between liveness RPCs to each switch")
     keepalive_timeout: float = Field(0.15, description="A switch from which nothing (liveness answer, packet-in) arrived for this many seconds is down")
     reconnect_backoff_min: float = Field(0.1, description="First reconnect delay after a switch is lost (s)")
@@ -35,12 +35,14 @@ class Settings(BaseModel):
     vlan_max: int = Field(4094, description="Highest host-link VLAN id")
     # --- heal ---
     fast_failover: bool = Field(True, description="Head-end protection groups with watch ports on targets that honour them (softswitch, BMv2)")
+    switch_startup_grace: float = Field(2.0, gt=0, description="After a start, a switch not up (connected, primary, reconciled) within this many seconds is taken for down; until then the stored connections over it stay as they are (s)")
     anti_entropy_interval: float = Field(30.0, description="Seconds between read-backs of every ready switch that remove entities no connection owns and rewrite lost ones (a drift seen twice in a row); 0 turns it off")
-    probe_interval: float = Field(0.01, description="Seconds between link probes out of each fabric port")
+    probe_interval: float = Field(0.01, ge=0, description="Seconds between link probes out of each fabric port; 0 turns probes off (links then follow gNMI port state only)")
     probe_misses: int = Field(3, description="A link is down when this many probes in a row are missing in either direction while both switches show life")
     probe_keepalive_proof_delay: float = Field(0.25, description="A switch whose packet path shows no life (no probe of its own arrives, none arrives through it) proves by keepalive only that long after the missing probes (s): a starved switch answers keepalives before its packets")
     probe_recovery: int = Field(25, description="Healthy probe intervals (both directions) before a down link is used again")
     probe_recovery_max: int = Field(1000, description="Cap on the recovery requirement, which doubles each time a link flaps")
+    gnmi_up_hold_down: float = Field(0.2, description="A link that is not probed comes back this long after gNMI reports both its ports UP (s); a DOWN meanwhile starts the wait again")
     flap_window: float = Field(2.0, description="A link that fails within this many seconds of recovering counts as flapping (s)")
     outlier_consecutive_failures: int = Field(5, description="An endpoint that fails this many forwarded Requests in a row is ejected (Istio's default)")
     outlier_base_ejection_time: float = Field(30.0, description="Ejection time (s), times the number of ejections so far (Istio's default)")
@@ -52,6 +54,11 @@ class Settings(BaseModel):
     softswitch_config_path: Path = Field(REPO_ROOT / "p4" / "nsm_fabric.softswitch.json", description="Device config for softswitch targets")
     bmv2_json_path: Path = Field(REPO_ROOT / "build" / "nsm_fabric.json", description="BMv2 JSON written by p4c (make -C p4)")
     tofino_pipeline_dir: Path = Field(REPO_ROOT / "build" / "tofino", description="bf-p4c output dir (tofino.bin, context.json)")
+    tofino_conf_path: Path | None = Field(None, description="bf-p4c's .conf for Tofino switches (it lists bfrt.json and each pipeline's context.json, binary and pipe scope); when set, it wins over tofino_pipeline_dir")
+    dpdk_pipeline_dir: Path = Field(REPO_ROOT / "build" / "dpdk", description="p4c-dpdk output dir for dpdk switches (bf-rt.json, pipe/context.json, pipe/<program>.spec): make -C p4 dpdk")
+    # --- operators ---
+    metrics_address: str = Field("127.0.0.1:9464", description="Prometheus metrics at http://<this>/metrics (host:port; empty: off)")
+    web_address: str = Field("127.0.0.1:8464", description="Live web view and its JSON API (host:port; empty: off)")
     # --- NSM ---
     nsm_address: str = Field("127.0.0.1:5001", description="NSM API address: host:port, tcp://host:port or unix:///path")
     nsm_name: str = Field("p4nsm", description="This hop's path segment name in NSM connections")
@@ -72,7 +79,7 @@ class Settings(BaseModel):
     nsm_max_list_entries: int = Field(64, description="Most path segments, mechanisms, addresses or routes in one list")
 
     @classmethod
-    def load(cls, overrides: dict[str, str] | None = None) -> "Settings":
+    def load(cls, overrides: dict[str, str] | None = None) -> Settings:
         values: dict[str, object] = {}
         for name in cls.model_fields:
             env = os.environ.get(f"P4NSM_{name.upper()}")

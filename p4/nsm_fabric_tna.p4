@@ -3,13 +3,18 @@
  *
  * Same vocabulary as nsm_fabric.p4 (tables, actions, match fields, parameters, controller
  * headers), so the controller runs unchanged. Differences that the target imposes:
- *   - ports in P4Runtime are 32-bit SDN ports (@p4runtime_translation), translated by Stratum
- *     to 9-bit device ports;
+ *   - ports are FabricPortId_t: 32 bits in P4Info (@p4runtime_translation), so that Stratum's
+ *     --experimental_enable_p4runtime_translation may be turned on; without it (Stratum's
+ *     default, and p4nsm's) the values are the SDK's 9-bit dev ports, passed through;
  *   - no watch ports in Stratum's action profiles: head-end failover is the controller's
  *     single MODIFY of edge_classify (see controller/heal);
- *   - the packet_in/packet_out headers carry the 32-bit port plus padding to whole bytes.
+ *   - the packet_in/packet_out headers carry the 9-bit port plus 7 bits of padding to whole
+ *     bytes; the controller sends every field of packet_out, _pad as 0;
+ *   - CPU_PORT is the chip's PCIe CPU port: 192 on Tofino 1 with two pipes or fewer, 320 with
+ *     more, 0 on Tofino 2 (make -C p4 tofino TOFINO_CPU_PORT=...); the topology's cpu_port
+ *     must be the same.
  *
- * Compile: bf-p4c --arch tna --p4runtime-files nsm_fabric_tna.p4info.txtpb -o build/tofino nsm_fabric_tna.p4
+ * Compile: bf-p4c --arch tna -DCPU_PORT=192 --p4runtime-files nsm_fabric_tna.p4info.txtpb -o build/tofino nsm_fabric_tna.p4
  */
 #include <core.p4>
 #include <tna.p4>

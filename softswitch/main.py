@@ -3,7 +3,9 @@
     p4nsm-softswitch -i 1@veth1 -i 2@veth2 --device-id 1 --grpc-server-addr 127.0.0.1:9559 --cpu-port 255
 
 The pipeline arrives over P4Runtime (SetForwardingPipelineConfig); until then every frame is
-dropped. Options BMv2 launchers pass after `--` are accepted in the same place.
+dropped. Options BMv2 launchers pass after `--` are accepted in the same place. The same gRPC
+server serves gNMI port state (softswitch/gnmi.py). `--profile stratum|infrap4d` makes it
+behave as those targets do over P4Runtime (softswitch/profiles.py).
 """
 
 from __future__ import annotations
@@ -14,9 +16,14 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from softswitch.pipeline import Pipeline
 from softswitch.ports import Ports
+from softswitch.profiles import PROFILES, SOFTSWITCH
+
+if TYPE_CHECKING:
+    import grpc
 
 log = logging.getLogger("softswitch")
 
@@ -52,6 +59,14 @@ def parser() -> argparse.ArgumentParser:
                    help="port number whose traffic travels as packet-in/packet-out")
     p.add_argument("--log-level", default="info", type=str.lower, choices=sorted(_LOG_LEVELS))
     p.add_argument("--no-p4", action="store_true", help="accepted for BMv2 compatibility: always without a program")
+    p.add_argument("--profile", choices=sorted(PROFILES), default=SOFTSWITCH.name,
+                   help="behave over P4Runtime as this target does (softswitch/profiles.py)")
+    # simple_switch_grpc's names for its TLS options.
+    p.add_argument("--grpc-server-ssl", action="store_true", help="serve TLS (needs --grpc-server-cert and --grpc-server-key)")
+    p.add_argument("--grpc-server-cert", metavar="FILE", help="server certificate chain (PEM)")
+    p.add_argument("--grpc-server-key", metavar="FILE", help="server private key (PEM)")
+    p.add_argument("--grpc-open-insecure-mode", action="store_true",
+                   help="infrap4d's switch: serve without TLS under a profile that has TLS by default")
     p.add_argument("config", nargs="?", help="ignored: the controller pushes the pipeline")
     return p
 
@@ -66,15 +81,40 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         p.error(f"port {options.cpu_port} is the CPU port")
     if len(set(numbers)) != len(numbers) or len(set(names)) != len(names):
         p.error("each port number and each interface may be given once")
+    profile = PROFILES[options.profile]
+    if profile.refuse_zero_ids and options.device_id == 0:
+        p.error(f"--profile {profile.name}: device id 0 is refused by that target; give --device-id 1 or more")
+    # Like infrap4d, which exits when its certificates are missing unless told to run insecure.
+    options.tls = options.grpc_server_ssl or (profile.tls_by_default and not options.grpc_open_insecure_mode)
+    if options.tls and not (options.grpc_server_cert and options.grpc_server_key):
+        why = f"--profile {profile.name} serves TLS by default" if not options.grpc_server_ssl else "--grpc-server-ssl"
+        p.error(f"{why}: give --grpc-server-cert and --grpc-server-key"
+                + (", or --grpc-open-insecure-mode" if profile.tls_by_default else ""))
+    if not options.tls and (options.grpc_server_cert or options.grpc_server_key):
+        p.error("--grpc-server-cert and --grpc-server-key need --grpc-server-ssl")
     return options
+
+
+def server_credentials(options: argparse.Namespace) -> grpc.ServerCredentials | None:
+    """TLS with the given certificate; no client certificate is asked for (neither Stratum nor
+    infrap4d checks one)."""
+    import grpc  # here, so that --help works without the gRPC stack
+
+    if not options.tls:
+        return None
+    with open(options.grpc_server_cert, "rb") as cert, open(options.grpc_server_key, "rb") as key:
+        return grpc.ssl_server_credentials([(key.read(), cert.read())])
 
 
 async def serve(options: argparse.Namespace) -> None:
     # Imported here so that --help works without the gRPC stack.
+    from softswitch.gnmi import GnmiServer
     from softswitch.server import SoftSwitchServer
 
     device_id = options.device_id
+    profile = PROFILES[options.profile]
     ports = Ports(device_id, options.interface)
+    gnmi_server = GnmiServer(ports)
     server: SoftSwitchServer | None = None
 
     def packet_in(payload: bytes, metadata: dict[str, int]) -> None:
@@ -82,7 +122,8 @@ async def serve(options: argparse.Namespace) -> None:
             server.packet_in(payload, metadata)
 
     pipeline = Pipeline(device_id, options.cpu_port, ports, packet_in)
-    server = SoftSwitchServer(device_id, options.cpu_port, on_commit=pipeline.load, on_packet_out=pipeline.packet_out)
+    server = SoftSwitchServer(device_id, options.cpu_port, on_commit=pipeline.load, on_packet_out=pipeline.packet_out,
+                              profile=profile)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -92,14 +133,15 @@ async def serve(options: argparse.Namespace) -> None:
 
     await ports.start()
     try:
-        await server.start(options.grpc_server_addr)
+        await server.start(options.grpc_server_addr, server_credentials(options), gnmi_server.add_to)
         try:
-            log.info("event=ready device=%d addr=%s cpu_port=%d ports=%s (listening)", device_id,
-                     options.grpc_server_addr, options.cpu_port,
+            log.info("event=ready device=%d addr=%s cpu_port=%d profile=%s tls=%s ports=%s (listening)", device_id,
+                     options.grpc_server_addr, options.cpu_port, profile.name, options.tls,
                      ",".join(f"{n}@{name}" for n, name in options.interface) or "none")
             await stop.wait()
             log.info("event=stopping device=%d", device_id)
         finally:
+            gnmi_server.close()
             await server.stop(STOP_GRACE)
     finally:
         await ports.stop()

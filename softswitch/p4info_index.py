@@ -352,9 +352,9 @@ def check_program(index: P4InfoIndex, program: Program) -> None:
         if have != list(shape.fields) or not table.all_exact:
             missing.append(f"table {name} exact match fields {list(shape.fields)} (P4Info has {have})")
         names = {a.name for a, _ in table.actions.values()}
-        for action in shape.actions:
-            if action not in names:
-                missing.append(f"table {name} action {action}")
+        for action_name in shape.actions:
+            if action_name not in names:
+                missing.append(f"table {name} action {action_name}")
         if shape.profile is not None:
             profile = index.profiles.get(table.implementation_id)
             if profile is None or profile.name != shape.profile:

@@ -20,7 +20,13 @@ import struct
 from binascii import crc_hqx
 from collections.abc import Callable
 
-from softswitch.model import ActionCall, DataplaneState, Entry, RuntimeProfile, RuntimeTable
+from softswitch.model import (
+    ActionCall,
+    DataplaneState,
+    Entry,
+    RuntimeProfile,
+    RuntimeTable,
+)
 from softswitch.ports import FrameHandler, Port, Ports
 
 log = logging.getLogger("softswitch.pipeline")
@@ -248,7 +254,10 @@ class Pipeline:
             else:
                 entry = label_fwd.exact.get(key)
                 action = entry.action if entry is not None else label_fwd.default
-            code = codes(action.name) if action is not None else DROP
+            if action is None:  # e.g. a group with no live member: drop, as for an unknown code
+                port.drops += 1
+                return
+            code = codes(action.name)
             if code == FORWARD:
                 egress = action.args[0]
                 ttl -= 1

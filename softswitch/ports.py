@@ -66,6 +66,8 @@ _TAG = struct.Struct("!HH")
 
 # (ingress port, frame, tci): tci is the 802.1Q tag the kernel took out of the frame, or -1.
 FrameHandler = Callable[["Port", bytes, int], None]
+# Called when a port's carrier, or its interface's presence, may have changed (gNMI follows it).
+CarrierListener = Callable[["Port"], None]
 
 
 class Port:
@@ -152,6 +154,7 @@ class Ports:
             self._by_name[ifname] = port
         # Read at every wakeup, so that a pipeline commit takes effect at the next frame.
         self.on_frame: FrameHandler = self._discard
+        self.carrier_listeners: list[CarrierListener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ipr: AsyncIPRoute | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -281,6 +284,14 @@ class Ports:
             port.up = up
             log.info("event=port_%s device=%d port=%d ifname=%s", "up" if up else "down",
                      self.device_id, port.number, port.ifname)
+            self._carrier_changed(port)
+
+    def _carrier_changed(self, port: Port) -> None:
+        for listener in self.carrier_listeners:
+            try:
+                listener(port)
+            except Exception:  # an observer must not stop the netlink watcher
+                log.exception("event=carrier_listener_failed device=%d port=%d", self.device_id, port.number)
 
     # -- sockets ----------------------------------------------------------------------------
 
@@ -305,6 +316,7 @@ class Ports:
             self._loop.add_reader(ctl_sock.fileno(), self._drain, port, ctl_sock, True)
         log.info("event=port_attached device=%d port=%d ifname=%s ifindex=%d",
                  self.device_id, port.number, port.ifname, ifindex)
+        self._carrier_changed(port)  # NOT_PRESENT -> DOWN, before any carrier news
 
     def _detach(self, port: Port) -> None:
         sock = port.sock
@@ -320,6 +332,7 @@ class Ports:
             if self._loop is not None:
                 self._loop.remove_reader(closing.fileno())
             closing.close()
+        self._carrier_changed(port)
 
     def _drain(self, port: Port, sock: socket.socket, control: bool) -> None:
         """Read up to RX_BUDGET frames of one of the port's sockets into the pipeline. The data

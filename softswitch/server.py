@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
+from typing import NoReturn
 
 import grpc
 from finsy.proto import U128, p4r, p4r_grpc, rpc_code, rpc_status
@@ -30,6 +31,7 @@ from softswitch.p4info_index import (
     invalid,
     value_error,
 )
+from softswitch.profiles import SOFTSWITCH, Profile
 from softswitch.tables import EntityStore
 
 log = logging.getLogger("p4nsm.softswitch.p4rt")
@@ -48,6 +50,18 @@ _GRPC_CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 def grpc_code(code: int) -> grpc.StatusCode:
     return _GRPC_CODES.get(code, grpc.StatusCode.UNKNOWN)
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext,
+    code: grpc.StatusCode,
+    details: str,
+    trailing_metadata: tuple[tuple[str, str | bytes], ...] = (),
+) -> NoReturn:
+    """context.abort, which always raises: grpc.aio declares it NoReturn, but grpc ships no type
+    information, so without this mypy would not know the code after it is unreachable."""
+    await context.abort(code, details, trailing_metadata=trailing_metadata)
+    raise AssertionError("grpc.aio.ServicerContext.abort returned")
 
 
 # -- arbitration ---------------------------------------------------------------------------
@@ -99,12 +113,19 @@ class Arbiter:
     with an id at least that high.
     """
 
-    def __init__(self, device_id: int) -> None:
+    def __init__(self, device_id: int, profile: Profile = SOFTSWITCH) -> None:
         self.device_id = device_id
+        self.profile = profile
         self.roles: dict[str, _RoleGroup] = {}
 
     def arbitrate(self, client: StreamClient, update: p4r.MasterArbitrationUpdate) -> None:
         role = update.role.name if update.HasField("role") else ""
+        try:
+            # An arbitration without an election id counts as id 0 for a target that refuses it.
+            self.profile.check_ids(update.device_id, U128.decode(update.election_id))
+        except P4RTError as err:
+            client.close(err.code, err.message)
+            return
         if update.device_id != self.device_id:
             if client.joined:
                 client.close(
@@ -215,7 +236,8 @@ def parse_device_config(data: bytes) -> Program:
         raise invalid("p4_device_config: expected a JSON object")
     if doc.get("target") != DEVICE_CONFIG_TARGET:
         raise invalid(f"p4_device_config: target {doc.get('target')!r} is not {DEVICE_CONFIG_TARGET!r}")
-    program = PROGRAMS.get(doc.get("program"))  # type: ignore[arg-type]
+    name = doc.get("program")
+    program = PROGRAMS.get(name) if isinstance(name, str) else None  # an unhashable JSON value must not raise
     if program is None:
         raise invalid(f"p4_device_config: program {doc.get('program')!r} is not one of {sorted(PROGRAMS)}")
     return program
@@ -256,12 +278,15 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
         cpu_port: int,
         on_commit: Callable[[DataplaneState | None, str], None],
         on_packet_out: Callable[[bytes, dict[str, int]], None],
+        profile: Profile = SOFTSWITCH,
     ) -> None:
         self.device_id = device_id
         self.cpu_port = cpu_port
+        self.profile = profile
+        self.dropped_packet_outs = 0  # a target without packet I/O takes them and drops them
         self._on_commit = on_commit
         self._on_packet_out = on_packet_out
-        self.arbiter = Arbiter(device_id)
+        self.arbiter = Arbiter(device_id, profile)
         self.pipeline: Pipeline | None = None
         self._saved: Pipeline | None = None
         self._server: grpc.aio.Server | None = None
@@ -271,8 +296,14 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self, address: str) -> None:
-        """Serve on host:port or unix:PATH."""
+    async def start(
+        self,
+        address: str,
+        credentials: grpc.ServerCredentials | None = None,
+        extra_services: Callable[[grpc.aio.Server], None] | None = None,
+    ) -> None:
+        """Serve on host:port or unix:PATH; TLS with `credentials`. `extra_services` adds
+        other services (gNMI) to the same server before it starts."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         server = grpc.aio.server(
@@ -285,15 +316,21 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        if extra_services is not None:
+            extra_services(server)
         try:
-            bound = server.add_insecure_port(address)
+            if credentials is None:
+                bound = server.add_insecure_port(address)
+            else:
+                bound = server.add_secure_port(address, credentials)
         except RuntimeError as err:  # grpc reports bind failures so; callers expect OSError
             raise OSError(f"cannot bind P4Runtime server to {address}: {err}") from None
         if bound == 0 and not address.startswith("unix:"):
             raise OSError(f"cannot bind P4Runtime server to {address}")
         await server.start()
         self._server = server
-        log.info("event=listening device=%d addr=%s cpu_port=%d", self.device_id, address, self.cpu_port)
+        log.info("event=listening device=%d addr=%s cpu_port=%d profile=%s tls=%s", self.device_id, address,
+                 self.cpu_port, self.profile.name, credentials is not None)
 
     async def stop(self, grace: float = 0.5) -> None:
         if self._server is None:
@@ -306,16 +343,23 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
 
     # -- helpers ----------------------------------------------------------------------------
 
-    async def _check_device(self, device_id: int, context: grpc.aio.ServicerContext) -> None:
+    async def _check_device(
+        self, device_id: int, context: grpc.aio.ServicerContext, election: p4r.Uint128 | None = None
+    ) -> None:
+        try:
+            self.profile.check_ids(device_id, U128.decode(election) if election is not None else None)
+        except P4RTError as err:
+            await _abort(context, grpc_code(err.code), err.message)
         if device_id != self.device_id:
-            await context.abort(
+            await _abort(
+                context,
                 grpc.StatusCode.NOT_FOUND, f"unknown device id {device_id}; this is device {self.device_id}"
             )
 
     async def _require_pipeline(self, context: grpc.aio.ServicerContext) -> Pipeline:
         if self.pipeline is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no forwarding pipeline config has been committed")
-        return self.pipeline  # type: ignore[return-value]
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "no forwarding pipeline config has been committed")
+        return self.pipeline
 
     async def _require_primary(
         self, role: str, election: p4r.Uint128, context: grpc.aio.ServicerContext, what: str
@@ -323,7 +367,8 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
         if not self.arbiter.is_primary(role, election):
             primary = self.arbiter.primary(role)
             held = "no primary" if primary is None else f"primary election id is {primary.election}"
-            await context.abort(
+            await _abort(
+                context,
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{what} from election id {U128.decode(election)} role {role!r} refused: {held}",
             )
@@ -334,10 +379,12 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
         return p4r.CapabilitiesResponse(p4runtime_api_version=P4RUNTIME_API_VERSION)
 
     async def SetForwardingPipelineConfig(self, request, context):
-        await self._check_device(request.device_id, context)
+        await self._check_device(request.device_id, context, request.election_id)
         await self._require_primary(request.role, request.election_id, context, "SetForwardingPipelineConfig")
         action = request.action
         try:
+            if action == SVC.RECONCILE_AND_COMMIT and not self.profile.reconcile_supported:
+                raise P4RTError(rpc_code.UNIMPLEMENTED, "RECONCILE_AND_COMMIT is not supported")
             if action == SVC.COMMIT:
                 if self._saved is None:
                     raise P4RTError(rpc_code.FAILED_PRECONDITION, "COMMIT: no config saved with VERIFY_AND_SAVE")
@@ -353,7 +400,7 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
                 SVC.Action.Name(action),
                 err.message,
             )
-            await context.abort(grpc_code(err.code), err.message)
+            await _abort(context, grpc_code(err.code), err.message)
         if action == SVC.VERIFY:
             return p4r.SetForwardingPipelineConfigResponse()
         if action == SVC.VERIFY_AND_SAVE:
@@ -406,16 +453,23 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
         return out
 
     async def Write(self, request, context):
-        await self._check_device(request.device_id, context)
+        await self._check_device(request.device_id, context, request.election_id)
         await self._require_primary(request.role, request.election_id, context, "Write")
         if request.atomicity != p4r.WriteRequest.CONTINUE_ON_ERROR:
-            await context.abort(
+            await _abort(
+                context,
                 grpc.StatusCode.UNIMPLEMENTED,
                 f"atomicity {p4r.WriteRequest.Atomicity.Name(request.atomicity)} is not supported: "
                 "use CONTINUE_ON_ERROR",
             )
         pipeline = await self._require_pipeline(context)
         write = pipeline.store.write
+        if not self.profile.admits_every_update:
+            store_write, admit = write, self.profile.admit_update
+
+            def write(update: p4r.Update) -> None:
+                store_write(admit(update))
+
         updates = request.updates
         failures: list[tuple[int, P4RTError]] | None = None
         for i, update in enumerate(updates):
@@ -437,8 +491,8 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
         if failures is None:
             return p4r.WriteResponse()
         results: list[tuple[int, str] | None] = [None] * len(updates)
-        for i, err in failures:
-            results[i] = (err.code, err.message)
+        for i, failure in failures:
+            results[i] = (failure.code, failure.message)
         first = failures[0][1]
         log.info(
             "event=write_failed device=%d updates=%d failed=%d first_code=%s first=%r",
@@ -451,7 +505,8 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
         # The spec's error report: status UNKNOWN, one p4.v1.Error per update in the details.
         # For very large failed batches these details may exceed a client's metadata limit
         # (grpc.max_metadata_size, 8 KiB by default); clients raise it, the server sends all.
-        await context.abort(
+        await _abort(
+            context,
             grpc.StatusCode.UNKNOWN,
             f"{len(failures)} of {len(updates)} updates failed; first: {first.message}",
             trailing_metadata=(("grpc-status-details-bin", write_failure_status(results, len(failures))),),
@@ -471,7 +526,7 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
                         sent = True
                         batch = []
         except P4RTError as err:
-            await context.abort(grpc_code(err.code), err.message)
+            await _abort(context, grpc_code(err.code), err.message)
         if batch or not sent:
             yield p4r.ReadResponse(entities=batch)
 
@@ -491,7 +546,7 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
                         rpc_code.Code.Name(item.code),
                         item.message,
                     )
-                    await context.abort(grpc_code(item.code), item.message)
+                    await _abort(context, grpc_code(item.code), item.message)
                 yield item
         finally:
             reader.cancel()
@@ -538,12 +593,20 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
             pipeline = self.pipeline
             if pipeline is None:
                 raise P4RTError(rpc_code.FAILED_PRECONDITION, "packet-out before any pipeline was committed")
-            metadata = decode_packet_out(pipeline.index.packet_metadata.get("packet_out"), packet)
+            metadata = decode_packet_out(
+                pipeline.index.packet_metadata.get("packet_out"), packet, self.profile.packet_port_bits
+            )
         except P4RTError as err:
             log.info("event=packet_out_refused device=%d peer=%s reason=%r", self.device_id, client.peer, err.message)
             error = p4r.StreamError(canonical_code=err.code, message=err.message)
             error.packet_out.packet_out.CopyFrom(packet)
             client.send(p4r.StreamMessageResponse(error=error))
+            return
+        if not self.profile.packet_io:
+            self.dropped_packet_outs += 1
+            if self.dropped_packet_outs & (self.dropped_packet_outs - 1) == 0:  # 1st, 2nd, 4th, ...
+                log.info("event=packet_out_dropped device=%d profile=%s dropped=%d reason=no_packet_io",
+                         self.device_id, self.profile.name, self.dropped_packet_outs)
             return
         self._on_packet_out(packet.payload, metadata)
 
@@ -553,7 +616,7 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
             self._loop.call_soon_threadsafe(self.packet_in, payload, metadata)
             return
         header = self._packet_in_header
-        if header is None:
+        if header is None or not self.profile.packet_io:
             return
         packet = p4r.PacketIn(payload=payload)
         for f in header.fields:
@@ -581,11 +644,14 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
             client.send(msg)
 
 
-def decode_packet_out(header: PacketMetadataInfo | None, packet: p4r.PacketOut) -> dict[str, int]:
+def decode_packet_out(
+    header: PacketMetadataInfo | None, packet: p4r.PacketOut, port_bits: int | None = None
+) -> dict[str, int]:
     """Packet-out metadata as {name: int}, checked against the P4Info's packet_out header.
 
     Fields named with a leading underscore are p4c's byte-alignment padding: they may be left
-    out (they are 0). Every other field must be given.
+    out (they are 0). Every other field must be given. With port_bits, fields named `*port`
+    may be that wide (PNA's 32-bit PortId_t on infrap4d).
     """
     if header is None:
         raise invalid("packet-out: the P4Info has no packet_out controller header")
@@ -597,8 +663,9 @@ def decode_packet_out(header: PacketMetadataInfo | None, packet: p4r.PacketOut) 
         if f.name in values:
             raise invalid(f"packet-out: metadata {f.name} given twice")
         value = int.from_bytes(m.value, "big")
-        if not m.value or value >> f.bitwidth:
-            err = value_error(m.value, f.bitwidth, f"packet-out: metadata {f.name}")
+        width = max(f.bitwidth, port_bits) if port_bits is not None and f.name.endswith("port") else f.bitwidth
+        if not m.value or value >> width:
+            err = value_error(m.value, width, f"packet-out: metadata {f.name}")
             # A malformed packet-out is the request's fault, not a range query: INVALID_ARGUMENT.
             raise invalid(err.message)
         values[f.name] = value

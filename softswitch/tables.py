@@ -11,7 +11,8 @@ the entry, across MODIFY, because the pipeline counts hits in it.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 from finsy.proto import p4r, rpc_code
 
@@ -58,6 +59,18 @@ WATCH_PORT_BITS = 32
 FieldSpec = int | tuple[int, int] | None
 
 
+class SpecKey(NamedTuple):
+    """Store key of a non-exact table (a plain tuple at run time: same hash and equality)."""
+
+    specs: tuple[FieldSpec, ...]
+    priority: int
+
+
+# Store key of an all-exact table: the runtime key itself, one int per field.
+ExactKey = tuple[int, ...]
+TableKey = ExactKey | SpecKey
+
+
 def _not_found(message: str) -> P4RTError:
     return P4RTError(rpc_code.NOT_FOUND, message)
 
@@ -87,8 +100,8 @@ class TableState:
         self.runtime = RuntimeTable(info.name, info.all_exact, initial_default)
         # Non-exact tables: (field specs, priority) -> TernaryEntry (not in runtime.ternary for
         # range tables, which only the control-plane-only "generic" program may have).
-        self.keyed: dict[tuple[tuple[FieldSpec, ...], int], TernaryEntry] = {}
-        self.extras: dict[object, _Extras] = {}
+        self.keyed: dict[SpecKey, TernaryEntry] = {}
+        self.extras: dict[TableKey, _Extras] = {}
         self.initial_default = initial_default
         self.profile = profile
         # Const defaults and indirect tables (spec: their default is a constant NoAction).
@@ -99,7 +112,7 @@ class TableState:
     def _field_error(self, f: FieldInfo, data: bytes) -> P4RTError:
         return value_error(data, f.bitwidth, f"table {self.info.name}: match field {f.name}")
 
-    def exact_key(self, matches) -> tuple[int, ...]:
+    def exact_key(self, matches: Sequence[p4r.FieldMatch]) -> ExactKey:
         """The runtime key of an all-exact table (the hot path of Write)."""
         fields_by_id = self.info.fields_by_id
         n = len(self.info.fields)
@@ -115,21 +128,22 @@ class TableState:
             if not data or value >> f.bitwidth:
                 raise self._field_error(f, data)
             return (value,)
-        values: list[int | None] = [None] * n
+        # -1: not given yet (values are unsigned). n matches, none twice: every field gets one.
+        values = [-1] * n
         for fm in matches:
             f = fields_by_id.get(fm.field_id)
             if f is None or not fm.HasField("exact"):
                 raise self._match_error(fm, f)
-            if values[f.index] is not None:
+            if values[f.index] != -1:
                 raise invalid(f"table {self.info.name}: match field {f.name} given twice")
             data = fm.exact.value
             value = int.from_bytes(data, "big")
             if not data or value >> f.bitwidth:
                 raise self._field_error(f, data)
             values[f.index] = value
-        return tuple(values)  # type: ignore[arg-type]
+        return tuple(values)
 
-    def _match_count_error(self, matches) -> P4RTError:
+    def _match_count_error(self, matches: Sequence[p4r.FieldMatch]) -> P4RTError:
         given = {fm.field_id for fm in matches}
         missing = [f.name for f in self.info.fields if f.id not in given]
         if missing:
@@ -144,7 +158,7 @@ class TableState:
             return invalid(f"table {self.info.name}: match field {f.name}: no match value set")
         return invalid(f"table {self.info.name}: match field {f.name} is {MATCH_KIND_NAMES[f.kind]}, got {given}")
 
-    def spec_key(self, matches, priority: int) -> tuple[tuple[FieldSpec, ...], int]:
+    def spec_key(self, matches: Sequence[p4r.FieldMatch], priority: int) -> SpecKey:
         """Validated key of a non-exact table: per-field specs plus the priority."""
         info = self.info
         specs: list[FieldSpec] = [None] * len(info.fields)
@@ -160,7 +174,7 @@ class TableState:
         for f in info.fields:
             if f.kind == EXACT and specs[f.index] is None:
                 raise invalid(f"table {info.name}: exact match field {f.name} missing")
-        return tuple(specs), priority
+        return SpecKey(tuple(specs), priority)
 
     def _field_spec(self, f: FieldInfo, fm: p4r.FieldMatch) -> FieldSpec:
         what = f"table {self.info.name}: match field {f.name}"
@@ -204,7 +218,7 @@ class TableState:
         elif priority != 0:
             raise invalid(f"table {self.info.name}: exact/LPM table takes no priority, got {priority}")
 
-    def key_of(self, te: p4r.TableEntry) -> object:
+    def key_of(self, te: p4r.TableEntry) -> TableKey:
         """The store key of a TableEntry's match and priority, validated."""
         priority = te.priority
         if self.info.needs_priority:
@@ -216,28 +230,30 @@ class TableState:
             return self.exact_key(te.match)
         return self.spec_key(te.match, priority)
 
-    def lookup(self, key: object) -> Entry | None:
-        if self.info.all_exact:
-            return self.runtime.exact.get(key)  # type: ignore[arg-type]
-        t = self.keyed.get(key)  # type: ignore[arg-type]
+    # key_of gives an ExactKey exactly when the table is all-exact, so the key's type says
+    # which structure holds the entry.
+
+    def lookup(self, key: TableKey) -> Entry | None:
+        if not isinstance(key, SpecKey):
+            return self.runtime.exact.get(key)
+        t = self.keyed.get(key)
         return t.entry if t is not None else None
 
-    def add(self, key: object, entry: Entry) -> None:
-        if self.info.all_exact:
-            self.runtime.exact[key] = entry  # type: ignore[index]
+    def add(self, key: TableKey, entry: Entry) -> None:
+        if not isinstance(key, SpecKey):
+            self.runtime.exact[key] = entry
             return
-        specs, priority = key  # type: ignore[misc]
-        values, masks = _runtime_masks(self.info, specs)
-        t = TernaryEntry(values, masks, priority, entry)
-        self.keyed[key] = t  # type: ignore[index]
+        values, masks = _runtime_masks(self.info, key.specs)
+        t = TernaryEntry(values, masks, key.priority, entry)
+        self.keyed[key] = t
         if not self.info.has_range:
             bisect.insort(self.runtime.ternary, t, key=self._rank)
 
-    def remove(self, key: object) -> Entry:
+    def remove(self, key: TableKey) -> Entry:
         self.extras.pop(key, None)
-        if self.info.all_exact:
-            return self.runtime.exact.pop(key)  # type: ignore[arg-type]
-        t = self.keyed.pop(key)  # type: ignore[arg-type]
+        if not isinstance(key, SpecKey):
+            return self.runtime.exact.pop(key)
+        t = self.keyed.pop(key)
         if not self.info.has_range:
             self.runtime.ternary.remove(t)
         return t.entry
@@ -248,7 +264,7 @@ class TableState:
             return -t.priority
         return -sum(m.bit_count() for m in t.masks)
 
-    def items(self) -> Iterator[tuple[object, Entry]]:
+    def items(self) -> Iterator[tuple[TableKey, Entry]]:
         if self.info.all_exact:
             yield from self.runtime.exact.items()
         else:
@@ -268,15 +284,15 @@ def _runtime_masks(info: TableInfo, specs: tuple[FieldSpec, ...]) -> tuple[tuple
         if spec is None:
             values.append(0)
             masks.append(0)
-        elif f.kind in (EXACT, OPTIONAL):
-            values.append(spec)  # type: ignore[arg-type]
+        elif isinstance(spec, int):  # exact, optional (_field_spec gives the others a pair)
+            values.append(spec)
             masks.append(full)
         elif f.kind == LPM:
-            value, plen = spec  # type: ignore[misc]
+            value, plen = spec
             values.append(value)
             masks.append(_prefix_mask(plen, f.bitwidth))
         elif f.kind == TERNARY:
-            value, mask = spec  # type: ignore[misc]
+            value, mask = spec
             values.append(value)
             masks.append(mask)
         else:  # range: no value/mask form; such tables are not in the runtime (see TableState)
@@ -387,6 +403,7 @@ class EntityStore:
         if not info.fields:
             raise invalid(f"table {info.name} has no match key; only its default entry can be written")
         key = table.key_of(te)
+        entry: Entry | None
         if kind == INSERT:
             if table.lookup(key) is not None:
                 raise P4RTError(rpc_code.ALREADY_EXISTS, f"table {info.name}: entry already exists")
@@ -489,31 +506,33 @@ class EntityStore:
             return ActionCall(info.name)
         if len(expected) == 1:  # the common case, without the bookkeeping for several params
             p = params[0]
-            pinfo = expected[0]
-            if p.param_id != pinfo.id:
+            only = expected[0]
+            if p.param_id != only.id:
                 raise invalid(f"{where}: action {info.name}: unknown param id {p.param_id}")
             data = p.value
             value = int.from_bytes(data, "big")
-            if not data or value >> pinfo.bitwidth:
-                raise value_error(data, pinfo.bitwidth, f"{where}: action {info.name}: param {pinfo.name}")
+            if not data or value >> only.bitwidth:
+                raise value_error(data, only.bitwidth, f"{where}: action {info.name}: param {only.name}")
             return ActionCall(info.name, (value,))
-        args: list[int | None] = [None] * len(expected)
+        # -1: not given yet (values are unsigned). As many params as expected, none twice:
+        # every param gets one.
+        args = [-1] * len(expected)
         by_id = info.params_by_id
         for p in params:
             pinfo = by_id.get(p.param_id)
             if pinfo is None:
                 raise invalid(f"{where}: action {info.name}: unknown param id {p.param_id}")
-            if args[pinfo.index] is not None:
+            if args[pinfo.index] != -1:
                 raise invalid(f"{where}: action {info.name}: param {pinfo.name} given twice")
             data = p.value
             value = int.from_bytes(data, "big")
             if not data or value >> pinfo.bitwidth:
                 raise value_error(data, pinfo.bitwidth, f"{where}: action {info.name}: param {pinfo.name}")
             args[pinfo.index] = value
-        return ActionCall(info.name, tuple(args))  # type: ignore[arg-type]
+        return ActionCall(info.name, tuple(args))
 
     @staticmethod
-    def _param_count_error(info: ActionInfo, params, where: str) -> P4RTError:
+    def _param_count_error(info: ActionInfo, params: Sequence[p4r.Action.Param], where: str) -> P4RTError:
         given = {p.param_id for p in params}
         missing = [p.name for p in info.params if p.id not in given]
         if missing:
@@ -707,8 +726,8 @@ class EntityStore:
         counters = te.HasField("counter_data")
         if te.table_id == 0:
             for table in self.tables.values():
-                for entry in self._table_entries(table, counters):
-                    yield p4r.Entity(table_entry=entry)
+                for out in self._table_entries(table, counters):
+                    yield p4r.Entity(table_entry=out)
             return
         table = self._table(te.table_id)
         if te.is_default_action:
@@ -736,7 +755,9 @@ class EntityStore:
     def _table_entries(self, table: TableState, counters: bool) -> Iterator[p4r.TableEntry]:
         return self._encode_entries(table, list(table.items()), counters)
 
-    def _encode_entries(self, table: TableState, items, counters: bool) -> Iterator[p4r.TableEntry]:
+    def _encode_entries(
+        self, table: TableState, items: list[tuple[TableKey, Entry]], counters: bool
+    ) -> Iterator[p4r.TableEntry]:
         with_counters = counters and bool(table.info.direct_counter_id)
         for key, entry in items:
             out = p4r.TableEntry(table_id=table.info.id)
@@ -752,22 +773,22 @@ class EntityStore:
             yield out
 
     @staticmethod
-    def _encode_key(table: TableState, key, out: p4r.TableEntry) -> None:
+    def _encode_key(table: TableState, key: TableKey, out: p4r.TableEntry) -> None:
         fields = table.info.fields
-        if table.info.all_exact:
+        if not isinstance(key, SpecKey):
             for f, value in zip(fields, key, strict=False):
                 out.match.add(field_id=f.id).exact.value = encode_value(value)
             return
-        specs, priority = key
-        out.priority = priority
-        for f, spec in zip(fields, specs, strict=False):
+        out.priority = key.priority
+        for f, spec in zip(fields, key.specs, strict=False):
             if spec is None:
                 continue
             fm = out.match.add(field_id=f.id)
-            if f.kind == EXACT:
-                fm.exact.value = encode_value(spec)
-            elif f.kind == OPTIONAL:
-                fm.optional.value = encode_value(spec)
+            if isinstance(spec, int):  # exact, optional (_field_spec gives the others a pair)
+                if f.kind == EXACT:
+                    fm.exact.value = encode_value(spec)
+                else:
+                    fm.optional.value = encode_value(spec)
             elif f.kind == LPM:
                 fm.lpm.value = encode_value(spec[0])
                 fm.lpm.prefix_len = spec[1]
@@ -865,7 +886,7 @@ class EntityStore:
         """Everything written, as updates that rebuild it (members, groups, entries, defaults)."""
         updates: list[p4r.Update] = []
 
-        def add(kind: int, entity: p4r.Entity) -> None:
+        def add(kind: p4r.Update.Type.ValueType, entity: p4r.Entity) -> None:
             updates.append(p4r.Update(type=kind, entity=entity))
 
         for entity in self._read_members(p4r.ActionProfileMember()):

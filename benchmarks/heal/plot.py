@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+try:
+    import matplotlib
+except ImportError:
+    raise SystemExit("the heal benchmark's plots need matplotlib: pip install 'p4nsm[draw]'") from None
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from benchmarks.heal.report import NAMES  # noqa: E402
+from benchmarks.heal.report import NAMES
 
 
 def draw(rows: list[dict], out: Path) -> None:

@@ -91,7 +91,7 @@ def target_of(row: dict) -> tuple[str, str]:
         limit = RESTORE_TARGET[1]
         got = row["restore"][0]
         return f"all ≤ {limit:,.0f} ms", "met" if got is not None and got <= limit else "missed"
-    metric, limit, at_n = TARGETS[row["failure"]]
+    _, limit, at_n = TARGETS[row["failure"]]
     text = f"p50 ≤ {limit:.0f} ms" + (f" (N={at_n})" if at_n else "")
     if at_n is not None and row["n"] != at_n:
         return text, ""
@@ -100,12 +100,12 @@ def target_of(row: dict) -> tuple[str, str]:
 
 
 def console_table(rows: list[dict]) -> str:
-    head = f"{'topology':9s} {'failure':7s} {'N':>6s} {'trials':>6s} {'loss p50/p99/max ms':>22s} " \
+    head = f"{'topology':12s} {'failure':7s} {'N':>6s} {'trials':>6s} {'loss p50/p99/max ms':>22s} " \
            f"{'1k-pps loss':>11s} {'all deliver p50/p99/max ms':>27s} {'detect':>7s} {'ack':>7s}  target"
     out = [head, "-" * len(head)]
     for r in rows:
         text, verdict = target_of(r)
-        out.append(f"{r['topology']:9s} {r['failure']:7s} {r['n']:>6,} {r['trials']:>6} "
+        out.append(f"{r['topology']:12s} {r['failure']:7s} {r['n']:>6,} {r['trials']:>6} "
                    f"{'/'.join(ms(v) for v in r['loss']):>22s} {ms(r['loss_fast'][0]):>11s} "
                    f"{'/'.join(ms(v) for v in r['restore']):>27s} {ms(r['detect'][0]):>7s} {ms(r['ack'][0]):>7s}  "
                    f"{text} {verdict}")

@@ -13,9 +13,9 @@ import networkx as nx
 from controller.fabric.model import ConnectionPlan
 from controller.heal.reroute import active_alive, backup_alive
 from controller.runtime import Controller
-from topologies import faults
-from topologies.lab import Lab
-from topologies.schema import Topology, switch_ifname
+from controller.topology import Topology, switch_ifname
+from lab import faults
+from lab.harness import Lab
 
 KINDS = ("cut", "port", "kill", "freeze")
 # Sources per topology: on fattree4 the four hosts of pod 1, so that 10,000 connections fit in

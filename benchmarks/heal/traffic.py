@@ -95,7 +95,7 @@ class NetnsProcess:
             self.proc.stdin.close()  # EOF: both kinds of process exit on their own
         try:
             await asyncio.wait_for(self.proc.wait(), 2.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             kill(self.proc.pid)
             await self.proc.wait()
 

@@ -85,9 +85,9 @@ def main():
     if args.mode == "insert":
         mode = "TableEntry.insert(), one Write per entry"
     elif args.mode == "write-file":
-        mode = "Write(file) of {:,} updates each".format(args.batch)
+        mode = f"Write(file) of {args.batch:,} updates each"
     else:
-        mode = "client.write(WriteRequest) of {:,} updates each (undocumented)".format(args.batch)
+        mode = f"client.write(WriteRequest) of {args.batch:,} updates each (undocumented)"
     print(json.dumps({"peer": "p4runtime-shell", "mode": mode, "entries": args.count, "seconds": seconds}), flush=True)
 
 

@@ -19,33 +19,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Callable
 
-from controller.background import cancel_and_wait
+from controller.aio import cancel_and_wait, gc_paused
 from controller.fabric import entries as E
-from controller.fabric.allocator import Exhausted, IdPool
+from controller.fabric.connections import Fabric
 from controller.fabric.model import ConnectionPlan
-from controller.fabric.service import Fabric
-from controller.gc_pause import gc_paused
-from controller.heal.reroute import Rerouter
 from controller.p4rt.errors import SwitchError
 
 log = logging.getLogger("p4nsm.fabric.anti_entropy")
 
 Op = tuple[str, E.Spec]
 YIELD_EVERY = 256  # plans per slice of the desired-state pass
-
-
-def owned_ids(fabric: Fabric, spec: E.Spec) -> list[tuple[IdPool, int]] | None:
-    """The allocator pools and ids an entity's key is made of; None for entities that no
-    connection owns by id (fabric-port marks, which follow the topology)."""
-    if isinstance(spec, (E.MemberSpec, E.GroupSpec)):
-        return [(fabric.alloc.labels, spec.member_id if isinstance(spec, E.MemberSpec) else spec.group_id)]
-    match = dict(spec.match)
-    if spec.table in (E.LABEL_TABLE, E.GROUP_TABLE):
-        return [(fabric.alloc.labels, match["label"])]
-    if spec.table == E.EDGE_TABLE:
-        return [(fabric.alloc.vlan_pool(spec.switch, match["ingress_port"]), match["vlan_id"])]
-    return None
 
 
 def id_owners(fabric: Fabric) -> dict[tuple[int, int], ConnectionPlan]:
@@ -61,9 +46,11 @@ def id_owners(fabric: Fabric) -> dict[tuple[int, int], ConnectionPlan]:
 
 
 class AntiEntropy:
-    def __init__(self, fabric: Fabric, rerouter: Rerouter, interval: float) -> None:
+    def __init__(self, fabric: Fabric, busy: Callable[[], bool], interval: float) -> None:
         self.fabric = fabric
-        self.rerouter = rerouter
+        # True while connections are being moved (a heal round): the switches are expected to
+        # differ from the plans then, so nothing seen is acted on.
+        self.busy = busy
         self.interval = interval
         self.counters: Counter[str] = Counter()
         self._last: dict[str, set[Op]] = {}
@@ -108,7 +95,7 @@ class AntiEntropy:
             out[switch] = {s.key: (s, None) for s in E.fabric_port_entries(switch, fabric.graph.fabric_ports(switch))}
         for i, plan in enumerate(list(fabric.plans.values())):
             for spec in fabric.specs(plan):
-                out.setdefault(spec.switch, {})[spec.key] = (fabric._comparable(spec), plan)
+                out.setdefault(spec.switch, {})[spec.key] = (fabric.comparable(spec), plan)
             if i % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
         return out
@@ -116,7 +103,7 @@ class AntiEntropy:
     async def _sweep_switch(self, switch: str, want: dict[tuple, tuple[E.Spec, ConnectionPlan | None]]) -> None:
         fabric = self.fabric
         have = await fabric.read_back(switch)
-        if not self.rerouter.idle or switch not in fabric.ready_switches:
+        if self.busy() or switch not in fabric.ready_switches:
             self._last.pop(switch, None)  # things are moving: compare afresh next time
             return
         seen = set(E.diff(have, (spec for spec, _ in want.values())))
@@ -130,7 +117,7 @@ class AntiEntropy:
         unowned: list[Op] = []
         for op, spec in stable:
             plan = owners.get(spec.key)
-            ids = owned_ids(fabric, spec)
+            ids = fabric.ids_of(spec)
             if plan is None and ids is not None:  # an extra: whose ids does it carry?
                 if not any(value in pool.used for pool, value in ids):
                     orphans.append(spec)  # nobody's
@@ -152,44 +139,26 @@ class AntiEntropy:
         self._last.pop(switch, None)  # what was fixed must not count as seen once already
 
     async def _delete_orphans(self, switch: str, specs: list[E.Spec]) -> None:
-        held: list[tuple[IdPool, int]] = []
-        doomed: list[E.Spec] = []
-        try:
-            for spec in specs:
-                ids = owned_ids(self.fabric, spec)
-                claimed: list[tuple[IdPool, int]] = []
-                try:
-                    for pool, value in ids or ():
-                        pool.take(value)
-                        claimed.append((pool, value))
-                except Exhausted:  # taken since: a connection owns it now
-                    for pool, value in claimed:
-                        pool.give(value)
-                    continue
-                held += claimed
-                doomed.append(spec)
+        with self.fabric.holding_free_ids(specs) as doomed:
             if doomed:
                 log.warning("switch=%s event=orphans_deleted count=%d keys=%s", switch, len(doomed),
                             [s.key[1:] for s in doomed[:5]])
                 self.counters["orphans_deleted"] += len(doomed)
                 assert self.fabric.programmer is not None
                 await self.fabric.programmer.delete(f"anti-entropy:{switch}", doomed)
-        finally:
-            for pool, value in held:
-                pool.give(value)
 
     async def _repair(self, switch: str, plan: ConnectionPlan, ops: list[Op]) -> None:
         fabric = self.fabric
-        async with fabric._lock(plan.id):
+        async with fabric.lock(plan.id):
             live = fabric.plans.get(plan.id)
             if live is None:
                 return
             # Judged against the plan as it is now, not as it was when the sweep began.
-            current = {s.key: fabric._comparable(s) for s in fabric.specs(live) if s.switch == switch}
+            current = {s.key: fabric.comparable(s) for s in fabric.specs(live) if s.switch == switch}
             ops = [(op, spec) for op, spec in ops if (spec.key not in current if op == E.DELETE else current.get(spec.key) == spec)]
-            await self._write(switch, plan.id, ops, lambda: fabric.plans.get(plan.id) is live and self.rerouter.idle)
+            await self._write(switch, plan.id, ops, lambda: fabric.plans.get(plan.id) is live and not self.busy())
 
-    async def _write(self, switch: str, owner: str, ops: list[Op], still_valid) -> None:  # type: ignore[no-untyped-def]
+    async def _write(self, switch: str, owner: str, ops: list[Op], still_valid: Callable[[], bool]) -> None:
         assert self.fabric.programmer is not None
         for phase in E.phases(ops):
             if not still_valid():

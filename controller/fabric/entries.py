@@ -68,6 +68,7 @@ def leg_transit_entries(leg: Leg, tail: Attachment) -> list[EntrySpec]:
     """label_fwd on every switch of the leg: forward along the path, pop at the tail end."""
     out = []
     last = len(leg.path.hops) - 1
+    params: tuple[tuple[str, int], ...]
     for i, hop in enumerate(leg.path.hops):
         if i == last:
             action, params = "FabricIngress.pop_to_edge", (("port", tail.port), ("vlan_id", tail.vlan))

@@ -42,6 +42,13 @@ class FabricGraph:
             self.g.add_edge(link.a, link.b, key=link.name)
         self.down_switches: set[str] = set()
         self.down_links: set[str] = set()
+        # Links whose state nobody can tell now (a switch's gNMI port-state stream broke): no new
+        # path is placed over them, and the paths already on them stay (nothing says they died).
+        self.unknown_links: set[str] = set()
+        # Switches not heard from since this controller started: the stored plans over them are
+        # evidence that they forward, so they are not taken for dead (a restart must not move or
+        # drop working connections), but no new path uses them until they are reconciled.
+        self.unknown_switches: set[str] = set()
 
     def fabric_ports(self, switch: str) -> list[int]:
         return sorted(p for (s, p) in self.port_link if s == switch)
@@ -57,15 +64,28 @@ class FabricGraph:
         (self.down_links.discard if up else self.down_links.add)(link)
         return before == up
 
+    def set_link_known(self, link: str, known: bool) -> bool:
+        """Returns True when the state changed."""
+        before = link not in self.unknown_links
+        (self.unknown_links.add if not known else self.unknown_links.discard)(link)
+        return before != known
+
+    def set_switch_known(self, switch: str, known: bool) -> bool:
+        """Returns True when the state changed."""
+        before = switch not in self.unknown_switches
+        (self.unknown_switches.discard if known else self.unknown_switches.add)(switch)
+        return before != known
+
     def usable(self, switch: str) -> bool:
         return switch not in self.down_switches
 
     def live_view(self) -> nx.Graph:
         """A simple graph of the usable elements; each edge remembers its first live link."""
         view = nx.Graph()
-        view.add_nodes_from(n for n in self.g.nodes if n not in self.down_switches)
+        gone = self.down_switches | self.unknown_switches
+        view.add_nodes_from(n for n in self.g.nodes if n not in gone)
         for a, b, key in self.g.edges(keys=True):
-            if key in self.down_links or a in self.down_switches or b in self.down_switches:
+            if key in self.down_links or key in self.unknown_links or a in gone or b in gone:
                 continue
             if not view.has_edge(a, b):
                 view.add_edge(a, b, link=key)

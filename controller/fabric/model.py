@@ -25,7 +25,7 @@ class Path(BaseModel):
     def switches(self) -> tuple[str, ...]:
         return tuple(h.switch for h in self.hops)
 
-    def reversed(self) -> "Path":
+    def reversed(self) -> Path:
         return Path(
             hops=tuple(Hop(switch=h.switch, in_port=h.out_port, out_port=h.in_port) for h in reversed(self.hops)),
             links=tuple(reversed(self.links)),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import networkx as nx
 
 from controller.fabric.graph import FabricGraph
@@ -19,7 +21,7 @@ _SHARED_NODE_COST = 100
 
 
 def _to_path(view: nx.Graph, nodes: list[str], src: Attachment, dst: Attachment, graph: FabricGraph) -> Path:
-    links = [view.edges[u, v]["link"] for u, v in zip(nodes, nodes[1:])]
+    links = [view.edges[u, v]["link"] for u, v in itertools.pairwise(nodes)]
     hops = []
     for i, sw in enumerate(nodes):
         in_port = src.port if i == 0 else graph.links[links[i - 1]].port_of(sw)

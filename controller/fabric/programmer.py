@@ -14,48 +14,24 @@ import logging
 from collections.abc import Iterable
 
 import grpc
-from finsy.proto import p4r, rpc_code
+from finsy.proto import rpc_code
 
 from controller.fabric import entries as E
+from controller.fabric.codec import SpecCodec
 from controller.p4rt.client import SwitchClient
 from controller.p4rt.errors import SwitchError, UpdateError
-from controller.p4rt.schema import P4Schema, update
 
 log = logging.getLogger("p4nsm.fabric")
 
 Op = tuple[str, E.Spec]
-_KIND = {E.INSERT: p4r.Update.INSERT, E.MODIFY: p4r.Update.MODIFY, E.DELETE: p4r.Update.DELETE}
 # What an update that met a stale switch becomes on its second try (see _write_switch).
-_STALE = {(E.INSERT, rpc_code.ALREADY_EXISTS): E.MODIFY, (E.MODIFY, rpc_code.NOT_FOUND): E.INSERT}
+_STALE: dict[tuple[str, int], str] = {(E.INSERT, rpc_code.ALREADY_EXISTS): E.MODIFY, (E.MODIFY, rpc_code.NOT_FOUND): E.INSERT}
 
 
 class Programmer:
-    def __init__(self, clients: dict[str, SwitchClient], schema: P4Schema) -> None:
+    def __init__(self, clients: dict[str, SwitchClient], codec: SpecCodec) -> None:
         self.clients = clients
-        self.schema = schema
-
-    def to_update(self, op: str, spec: E.Spec) -> p4r.Update:
-        s = self.schema
-        full = op != E.DELETE  # a delete names the entity only
-        if isinstance(spec, E.EntrySpec):
-            # Built inside the Update: most of a connection's updates are table entries.
-            kind = _KIND[op]
-            if not full:
-                return s.table_update(kind, spec.table, dict(spec.match))
-            if spec.group_id is not None:
-                return s.table_update(kind, spec.table, dict(spec.match), group_id=spec.group_id)
-            return s.table_update(kind, spec.table, dict(spec.match), spec.action, dict(spec.params))
-        if isinstance(spec, E.MemberSpec):
-            if full:
-                msg = s.member(spec.profile, spec.member_id, spec.action, dict(spec.params))
-            else:
-                msg = p4r.ActionProfileMember(action_profile_id=s.profile(spec.profile).id, member_id=spec.member_id)
-        else:
-            if full:
-                msg = s.group(spec.profile, spec.group_id, list(spec.members))
-            else:
-                msg = p4r.ActionProfileGroup(action_profile_id=s.profile(spec.profile).id, group_id=spec.group_id)
-        return update(_KIND[op], msg)
+        self.codec = codec
 
     async def write_ops(self, ops: list[Op], done: list[Op] | None = None) -> None:
         """One phase: every switch's operations in one batched Write, all switches in parallel.
@@ -65,7 +41,7 @@ class Programmer:
         groups = E.by_switch(ops)
         results = await asyncio.gather(*(self._write_switch(sw, group) for sw, group in groups.items()), return_exceptions=True)
         first: BaseException | None = None
-        for (sw, group), result in zip(groups.items(), results):
+        for (_sw, group), result in zip(groups.items(), results):
             if isinstance(result, SwitchError):
                 if done is not None:
                     if result.errors:
@@ -90,7 +66,7 @@ class Programmer:
         if client is None:
             raise SwitchError(switch, grpc.StatusCode.NOT_FOUND, "unknown switch")
         try:
-            await client.write([self.to_update(op, spec) for op, spec in ops])
+            await client.write([self.codec.to_update(op, spec) for op, spec in ops])
         except SwitchError as e:
             stale = [err.index for err in e.errors if (ops[err.index][0], err.code) in _STALE]
             if not stale:
@@ -100,7 +76,7 @@ class Programmer:
                             _STALE[(ops[i][0], e.errors[i].code)])
             errors = list(e.errors)
             try:
-                await client.write([self.to_update(_STALE[(ops[i][0], errors[i].code)], ops[i][1]) for i in stale])
+                await client.write([self.codec.to_update(_STALE[(ops[i][0], errors[i].code)], ops[i][1]) for i in stale])
                 again = [UpdateError(i, rpc_code.OK, "") for i in stale]
             except SwitchError as e2:
                 if not e2.errors:

@@ -32,7 +32,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 
-from controller.background import cancel_and_wait
+from controller.aio import cancel_and_wait
 from controller.fabric.graph import FabricGraph, Link
 from controller.heal import probe_frame
 from controller.p4rt.client import SwitchClient
@@ -46,6 +46,8 @@ _LAG_SAMPLES = 64
 _SEND_LOG = 1024  # a direction's send times: covers a keepalive proof delay of 10 s at 10 ms probes
 
 LinkListener = Callable[[Link, bool], Awaitable[None]]
+RttListener = Callable[[str, float], None]  # (link name, seconds from a probe's send to its packet-in)
+DetectionListener = Callable[[Link, float], None]  # (link, seconds from its first missing probe's send to the judgment)
 
 
 @dataclasses.dataclass(slots=True)
@@ -54,6 +56,7 @@ class _Direction:
     src_port: int
     dst: str
     dst_port: int
+    link: str = ""  # the link's name
     seq: int = 0  # last probe sent
     rx_seq: int = 0  # newest probe that arrived
     sent_at: deque = dataclasses.field(default_factory=lambda: deque(maxlen=_SEND_LOG))  # (seq, monotonic ns), seq consecutive
@@ -87,13 +90,21 @@ class _LinkState:
 
 
 class LinkMonitor:
-    def __init__(self, graph: FabricGraph, clients: dict[str, SwitchClient], settings: Settings, on_change: LinkListener) -> None:
+    def __init__(self, graph: FabricGraph, clients: dict[str, SwitchClient], settings: Settings, on_change: LinkListener,
+                 clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
         self.graph = graph
+        # Tests drive the monitor on their event loop's virtual time. Seconds are derived from the
+        # same reading, exactly as time.monotonic() derives them from time.monotonic_ns().
+        self.clock_ns = clock_ns
         self.clients = clients
         self.settings = settings
         self.on_change = on_change
         self.origin = secrets.randbits(63)
         self.counters: Counter[str] = Counter()
+        # Observers (metrics): every matching probe's round trip, and how long each link-down
+        # judgment took from the evidence; empty lists cost the probe path one loop over nothing.
+        self.rtt_listeners: list[RttListener] = []
+        self.detection_listeners: list[DetectionListener] = []
         self._by_device = {c.target.device_id: c.name for c in clients.values()}
         # per switch: the newest send time of a probe it emitted (it arrived somewhere) and of one it
         # delivered (it arrived through it): its packet-out and packet-in paths ran after that
@@ -112,14 +123,15 @@ class LinkMonitor:
             # first failure is not a flap.
             self.links[link.name] = _LinkState(link, need=settings.probe_recovery, went_up_at=float("-inf"))
             for s, sp, d, dp in ((link.a, link.a_port, link.b, link.b_port), (link.b, link.b_port, link.a, link.a_port)):
-                self.directions[(s, sp)] = _Direction(s, sp, d, dp)
+                self.directions[(s, sp)] = _Direction(s, sp, d, dp, link.name)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         for client in self.clients.values():
             client.packet_listeners.append(self._on_packet_in)
             client.state_listeners.append(self._on_switch_state)
-        self._task = asyncio.create_task(self._run(), name="heal:link-monitor")
+        if self.directions:  # nothing to probe (probe-less targets, probe_interval 0): no ticking task
+            self._task = asyncio.create_task(self._run(), name="heal:link-monitor")
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
@@ -143,7 +155,7 @@ class LinkMonitor:
             await asyncio.sleep(half)
 
     def _send_all(self) -> None:
-        now_ns = time.monotonic_ns()
+        now_ns = self.clock_ns()
         self.rounds[now_ns] = _Round()
         while len(self.rounds) > _ROUNDS_KEPT:
             del self.rounds[next(iter(self.rounds))]
@@ -162,7 +174,7 @@ class LinkMonitor:
 
     async def _check_all(self) -> None:
         s = self.settings
-        now = time.monotonic()
+        now = self._now()
         for state in self.links.values():
             link = state.link
             if not (self.clients[link.a].up.is_set() and self.clients[link.b].up.is_set()):
@@ -170,13 +182,15 @@ class LinkMonitor:
             dirs = (self.directions[(link.a, link.a_port)], self.directions[(link.b, link.b_port)])
             dead = next((d for d in dirs if self._dead(d, now)), None) if state.up else None
             if dead is not None:
-                state.up = False
-                state.streak = 0
-                flapped = now - state.went_up_at < s.flap_window
-                state.need = min(state.need * 2, s.probe_recovery_max) if flapped else s.probe_recovery
+                self._fall(state, now)
                 log.warning("link=%s event=down a=%s:%d b=%s:%d dead_from=%s:%d missing=%d patience_ms=%.0f "
                             "next_recovery_checks=%d", link.name, link.a, link.a_port, link.b, link.b_port, dead.src,
                             dead.src_port, dead.unanswered, self.patience(dead) * 1000, state.need)
+                if self.detection_listeners:
+                    # the evidence begins with the first probe that never arrived
+                    took = now - dead.sent_time(dead.rx_seq + 1)
+                    for listener in self.detection_listeners:
+                        listener(link, took)
                 await self.on_change(link, False)
             elif not state.up:
                 # Coming back needs probes that really arrive, in both directions.
@@ -187,6 +201,23 @@ class LinkMonitor:
                     state.went_up_at = now
                     log.info("link=%s event=up after_checks=%d", link.name, state.streak)
                     await self.on_change(link, True)
+
+    def _fall(self, state: _LinkState, now: float) -> None:
+        s = self.settings
+        state.up = False
+        state.streak = 0
+        flapped = now - state.went_up_at < s.flap_window
+        state.need = min(state.need * 2, s.probe_recovery_max) if flapped else s.probe_recovery
+
+    async def mark_down(self, name: str, reason: str) -> None:
+        """Another source saw the link die (gNMI: a port's oper-status DOWN): down at once, and
+        up again only as after a probe verdict, once probes cross it for the recovery checks."""
+        state = self.links.get(name)
+        if state is None or not state.up:
+            return
+        self._fall(state, self._now())
+        log.warning("link=%s event=down reason=%r next_recovery_checks=%d", name, reason, state.need)
+        await self.on_change(state.link, False)
 
     def _dead(self, d: _Direction, now: float) -> bool:
         s = self.settings
@@ -218,6 +249,9 @@ class LinkMonitor:
         both), and half an interval."""
         return max(self.emit_lag[d.src], default=0.0) + max(self.deliver_lag[d.dst], default=0.0) + self.settings.probe_interval / 2
 
+    def _now(self) -> float:
+        return self.clock_ns() / 1e9
+
     def _alive_after(self, switch: str, moment: float) -> bool:
         return (self.emitted_after[switch] > moment or self.delivered_after[switch] > moment
                 or self.clients[switch].answered_sent_at > moment)
@@ -248,8 +282,10 @@ class LinkMonitor:
             r.emitted.add(d.src)
             r.delivered.add(d.dst)
         sent = probe.sent_ns / 1e9
-        lag = time.monotonic() - sent
+        lag = self._now() - sent
         self.emit_lag[d.src].append(lag)
+        for listener in self.rtt_listeners:
+            listener(d.link, lag)
         self.deliver_lag[d.dst].append(lag)
         if sent > self.emitted_after[d.src]:
             self.emitted_after[d.src] = sent

@@ -6,22 +6,24 @@ Write per switch: a connection whose active legs died switches to its pre-instal
 that no hash sends packets into it. Then, connection by connection, the slower repairs: a fresh
 path when no backup was alive, a fresh backup, DOWN when no path is left and UP when one
 returns. Nothing here ever deletes a stored connection.
+
+Only the decisions live here (what is broken, what to swap, which backup is better); the fabric's
+owner applies them (Fabric.commit_urgent, Fabric.commit) under each connection's lock, so a
+connection being made, removed or rewritten meanwhile is never changed behind its back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
 
-from controller.background import cancel_and_wait
-from controller.fabric import entries as E
+from controller.aio import cancel_and_wait, gc_paused
+from controller.fabric.connections import Fabric
 from controller.fabric.model import ConnectionPlan, Leg, Path
 from controller.fabric.paths import NoPath, shortest
-from controller.fabric.programmer import Programmer
-from controller.fabric.service import Fabric
-from controller.gc_pause import gc_paused
 from controller.p4rt.errors import SwitchError
 
 log = logging.getLogger("p4nsm.heal.reroute")
@@ -71,8 +73,23 @@ def better_backup(fabric: Fabric, plan: ConnectionPlan) -> Path | None:
 
 
 def needs_repair(fabric: Fabric, plan: ConnectionPlan) -> bool:
-    return (plan.state == "down" or not active_alive(fabric, plan) or not backup_alive(fabric, plan)
-            or better_backup(fabric, plan) is not None)
+    if plan.state == "down" or not active_alive(fabric, plan):
+        return True
+    if has_backup(plan):
+        return not backup_alive(fabric, plan) or better_backup(fabric, plan) is not None
+    # Without a backup: only if one exists now (on a line none ever does).
+    return fabric.backup_path(plan.a_to_b.path, plan.a, plan.b) is not None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HealRound:
+    """One finished round, for observers (metrics). Times are time.monotonic_ns()."""
+
+    kicked_ns: int  # the first kick this round serves (a failure or return was decided then); 0 if none
+    started_ns: int
+    heads_acked_ns: int  # the switch-over batch was acknowledged; 0 if the round switched nothing over
+    finished_ns: int
+    urgent: int  # connections switched over or stripped of a dead backup in the urgent pass
 
 
 class Rerouter:
@@ -86,7 +103,15 @@ class Rerouter:
         # callables(head entries, time.monotonic_ns()) when a switch-over batch was acknowledged:
         # the moment traffic is back, long before the round's repairs end
         self.switchover_listeners: list[Callable[[int, int], None]] = []
+        self.round_listeners: list[Callable[[HealRound], None]] = []  # after every round
+        self._kicked_ns = 0  # the first kick no round has served yet
+        self._heads_acked_ns = 0
         self._running = False
+        self._settled = asyncio.Event()
+        self._settled.set()
+        # A connection made while a round ran was not among that round's repairs: one that
+        # arrives needing repair (no backup while one exists) gets a round of its own.
+        fabric.listeners.append(self._on_connection_event)
 
     @property
     def idle(self) -> bool:
@@ -100,7 +125,19 @@ class Rerouter:
         await cancel_and_wait(self._task)
 
     def kick(self) -> None:
+        if not self._kicked_ns:
+            self._kicked_ns = time.monotonic_ns()
         self._dirty.set()
+        self._settled.clear()
+
+    async def settled(self) -> None:
+        """Until no round runs and none is pending."""
+        await self._settled.wait()
+
+    def _on_connection_event(self, plan: ConnectionPlan, event: str) -> None:
+        if event == "up" and not self._dirty.is_set() and needs_repair(self.fabric, plan):
+            log.info("connection=%s event=repair_due cause=%s", plan.id, event)
+            self.kick()
 
     async def _run(self) -> None:
         while True:
@@ -117,6 +154,8 @@ class Rerouter:
                 self._dirty.set()
             finally:
                 self._running = False
+                if not self._dirty.is_set():
+                    self._settled.set()
 
     async def heal_round(self) -> None:
         # Connections wait for the urgent part, and at 10,000 of them the repairs allocate
@@ -126,6 +165,8 @@ class Rerouter:
 
     async def _heal_round(self) -> None:
         t0 = time.perf_counter()
+        started_ns = time.monotonic_ns()
+        kicked_ns, self._kicked_ns, self._heads_acked_ns = self._kicked_ns, 0, 0
         fabric = self.fabric
         urgent: list[tuple[ConnectionPlan, ConnectionPlan]] = []
         for p in fabric.plans.values():
@@ -136,14 +177,14 @@ class Rerouter:
             elif active_alive(fabric, p) and has_backup(p) and not backup_alive(fabric, p):
                 urgent.append((p, p.model_copy(update={"a_to_b_backup": None, "b_to_a_backup": None, "revision": p.revision + 1})))
         t_selected = time.perf_counter()
-        t_heads = await self._apply_urgent(urgent)
+        t_heads, deferred = await fabric.commit_urgent(urgent, self._heads_acked)
         # Repairs of different connections touch disjoint keys, so they run side by side.
         gate = asyncio.Semaphore(REPAIR_CONCURRENCY)
 
         async def repair(conn_id: str) -> bool:
             async with gate:
                 try:
-                    async with fabric._lock(conn_id):
+                    async with fabric.lock(conn_id):
                         current = fabric.plans.get(conn_id)
                         if current is not None and current.state in ("up", "down"):
                             await self._repair(current)
@@ -157,15 +198,19 @@ class Rerouter:
         if retry:  # again a little later, not in a hot loop against a switch that keeps refusing
             asyncio.get_running_loop().call_later(REPAIR_RETRY_S, self.kick)
         self.last_round = {
-            "urgent": len(urgent),
+            "urgent": len(urgent) - len(deferred),
             "selected_ms": (t_selected - t0) * 1000,
             "heads_acked_ms": (t_heads - t0) * 1000 if t_heads else 0.0,
             "round_ms": (time.perf_counter() - t0) * 1000,
             "finished_at": time.time(),
         }
+        done = HealRound(kicked_ns, started_ns, self._heads_acked_ns, time.monotonic_ns(), len(urgent) - len(deferred))
+        for listener in self.round_listeners:
+            listener(done)
         if urgent:
-            log.info("event=heal_round urgent=%d selected_ms=%.1f heads_acked_ms=%.1f round_ms=%.1f", len(urgent),
-                     self.last_round["selected_ms"], self.last_round["heads_acked_ms"], self.last_round["round_ms"])
+            log.info("event=heal_round urgent=%d deferred=%d selected_ms=%.1f heads_acked_ms=%.1f round_ms=%.1f",
+                     len(urgent) - len(deferred), len(deferred), self.last_round["selected_ms"],
+                     self.last_round["heads_acked_ms"], self.last_round["round_ms"])
 
     @staticmethod
     def _swapped(p: ConnectionPlan) -> ConnectionPlan:
@@ -173,75 +218,35 @@ class Rerouter:
         return p.model_copy(update={"a_to_b": p.a_to_b_backup, "b_to_a": p.b_to_a_backup, "a_to_b_backup": None,
                                     "b_to_a_backup": None, "state": "up", "revision": p.revision + 1})
 
-    async def _apply_urgent(self, pairs: list[tuple[ConnectionPlan, ConnectionPlan]]) -> float | None:
-        """All connections' changes merged phase by phase: one Write per switch per phase.
-
-        The head entries that move traffic onto the backups go first, alone: the backups'
-        transit entries are already in place, so one batch restores every connection, and the
-        full diff (which costs far more to compute than to write at thousands of connections)
-        only tidies up behind it. Returns when the head-end batch was acknowledged."""
-        if not pairs:
-            return None
-        fabric = self.fabric
-        prog = fabric.programmer
-        assert prog is not None
-        # A head entry changes when its leg does (a switch-over); labels tell legs apart cheaply.
-        heads = [(E.MODIFY, E.head_entry(src, new_leg)) for old, new in pairs
-                 for src, old_leg, new_leg in ((new.a, old.a_to_b, new.a_to_b), (new.b, old.b_to_a, new.b_to_a))
-                 if new_leg.label != old_leg.label]
-        t_heads = None
-        if heads:
-            await self._write_phase(prog, heads)
-            t_heads = time.perf_counter()
-            acked_ns = time.monotonic_ns()
-            for listener in self.switchover_listeners:
-                listener(len(heads), acked_ns)
-        done = {spec.key for _, spec in heads}
-        ops = [op for old, new in pairs for op in E.diff(fabric.specs(old), fabric.specs(new))
-               if not (op[0] == E.MODIFY and op[1].key in done)]
-        for phase in E.phases(ops):
-            await self._write_phase(prog, phase)
-            if t_heads is None and any(isinstance(s, E.EntrySpec) and s.table in (E.EDGE_TABLE, E.GROUP_TABLE) for _, s in phase):
-                t_heads = time.perf_counter()
-        fabric.store.put_many([new for _, new in pairs])
-        for old, new in pairs:
-            self._free_labels(old, new)
-            fabric.plans[new.id] = new
-            if new.a_to_b != old.a_to_b:
-                fabric._emit(new, "rerouted")
-        return t_heads
-
-    @staticmethod
-    async def _write_phase(prog: Programmer, phase: list[tuple[str, E.Spec]]) -> None:
-        try:
-            await prog.write_ops(phase)
-        except SwitchError as e:
-            # Deletes on a dead switch fail; its reconcile cleans up when it returns.
-            log.info("event=urgent_phase_partial error=%s", e)
+    def _heads_acked(self, heads: int) -> None:
+        acked_ns = self._heads_acked_ns = time.monotonic_ns()
+        for listener in self.switchover_listeners:
+            listener(heads, acked_ns)
 
     async def _repair(self, plan: ConnectionPlan) -> None:
+        """Under the connection's lock: what the plan in force needs, one commit at a time."""
         fabric = self.fabric
-        g = fabric.graph
         if not active_alive(fabric, plan):
             if backup_alive(fabric, plan):
-                return  # the next round's urgent pass switches it over
+                # Left out of the urgent pass (its lock was taken then): switch over now.
+                await fabric.commit(plan, self._swapped(plan), "rerouted")
+                return
             try:
-                fwd = shortest(g, plan.a, plan.b)
+                fwd = shortest(fabric.graph, plan.a, plan.b)
             except NoPath:
                 if plan.state != "down":
                     log.warning("connection=%s event=down reason=no_path", plan.id)
-                    await self._commit(plan, plan.model_copy(update={"state": "down", "revision": plan.revision + 1}), "down")
+                    await fabric.commit(plan, plan.model_copy(update={"state": "down", "revision": plan.revision + 1}), "down")
                 return
             new = plan.model_copy(update={
-                "a_to_b": Leg(label=fabric.alloc.labels.take(), path=fwd),
-                "b_to_a": Leg(label=fabric.alloc.labels.take(), path=fwd.reversed()),
+                "a_to_b": fabric.leg(fwd), "b_to_a": fabric.leg(fwd.reversed()),
                 "a_to_b_backup": None, "b_to_a_backup": None, "state": "up", "revision": plan.revision + 1,
             })
-            await self._commit(plan, new, "up" if plan.state == "down" else "rerouted")
+            await fabric.commit(plan, new, "up" if plan.state == "down" else "rerouted")
             plan = new
         elif plan.state == "down":
             new = plan.model_copy(update={"state": "up", "revision": plan.revision + 1})
-            await self._commit(plan, new, "up")
+            await fabric.commit(plan, new, "up")
             plan = new
         better = better_backup(fabric, plan)
         if backup_alive(fabric, plan) and better is None:
@@ -249,36 +254,11 @@ class Rerouter:
         back = better or fabric.backup_path(plan.a_to_b.path, plan.a, plan.b)
         if back is None:
             if has_backup(plan):
-                await self._commit(plan, plan.model_copy(update={"a_to_b_backup": None, "b_to_a_backup": None,
+                await fabric.commit(plan, plan.model_copy(update={"a_to_b_backup": None, "b_to_a_backup": None,
                                                                  "revision": plan.revision + 1}), None)
             return
         new = plan.model_copy(update={
-            "a_to_b_backup": Leg(label=fabric.alloc.labels.take(), path=back),
-            "b_to_a_backup": Leg(label=fabric.alloc.labels.take(), path=back.reversed()),
+            "a_to_b_backup": fabric.leg(back), "b_to_a_backup": fabric.leg(back.reversed()),
             "revision": plan.revision + 1,
         })
-        await self._commit(plan, new, None)
-
-    async def _commit(self, old: ConnectionPlan, new: ConnectionPlan, event: str | None) -> None:
-        """Write the difference, then record the new plan. A rejection leaves the old plan in
-        force for the next round to retry, and gives back the labels taken for `new`: an entry
-        of theirs left on a switch the rollback could not reach is overwritten when the label is
-        used again (Programmer) or deleted by anti-entropy, so reusing it is safe."""
-        fabric = self.fabric
-        try:
-            await fabric.transition(old, new)
-        except SwitchError:
-            self._free_labels(new, old)
-            raise
-        self._free_labels(old, new)
-        fabric.plans[new.id] = new
-        fabric.store.put(new)
-        if event:
-            fabric._emit(new, event)
-
-    def _free_labels(self, old: ConnectionPlan, new: ConnectionPlan) -> None:
-        """Give back the labels `old` used that `new` no longer does."""
-        keep = {leg.label for leg in new.legs()}
-        for leg in old.legs():
-            if leg.label not in keep:
-                self.fabric.alloc.labels.give(leg.label)
+        await fabric.commit(plan, new, None)

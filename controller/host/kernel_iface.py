@@ -9,11 +9,10 @@ so calling it again after a partial failure or a restart is safe.
 from __future__ import annotations
 
 import ctypes
-
 import errno
 import ipaddress
-import os
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from socket import AF_INET, AF_INET6

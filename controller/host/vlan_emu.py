@@ -26,8 +26,20 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_GETTFILTER
 from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
-from controller.host.ebpf import (AND64_IMM, CALL, EXIT, JEQ_IMM, JNE_IMM, LDX_W, MOV64_IMM, MOV64_REG, TC_ACT_SHOT,
-                                  TC_ACT_UNSPEC, insn, load_program)
+from controller.host.ebpf import (
+    AND64_IMM,
+    CALL,
+    EXIT,
+    JEQ_IMM,
+    JNE_IMM,
+    LDX_W,
+    MOV64_IMM,
+    MOV64_REG,
+    TC_ACT_SHOT,
+    TC_ACT_UNSPEC,
+    insn,
+    load_program,
+)
 
 ALIAS_PREFIX = "p4nsm-vlan"
 FILTER_PREFIX = "p4nsm:"

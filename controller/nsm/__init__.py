@@ -1,1 +1,2 @@
-"""The NSM NetworkService and MonitorConnection server: a chain of small elements (see README.md)."""
+"""The NSM API the controller serves: the tools under it (base/), the registries (registry/), the
+NetworkService chain (elements/), and the server that puts them together (see README.md)."""

@@ -5,14 +5,15 @@ connection (entries and kernel interfaces) is removed."""
 
 from __future__ import annotations
 
+import functools
 import logging
 
-from controller.fabric.service import Fabric
+from controller.fabric.connections import Fabric
 from controller.host.kernel_iface import HostIfaceError, remove_iface
-from controller.nsm.begin import Begin
-from controller.nsm.fabric_connect import KIND
-from controller.nsm.host_pool import HostPool
-from controller.nsm.tasks import Tasks
+from controller.nsm.base.tasks import Tasks
+from controller.nsm.elements.begin import Begin
+from controller.nsm.elements.fabric_connect import KIND
+from controller.nsm.elements.host_pool import HostPool
 
 log = logging.getLogger("p4nsm.nsm")
 
@@ -28,7 +29,7 @@ class OrphanReaper:
     def start(self) -> int:
         adopted = [p.id for p in self.fabric.plans.values() if p.labels.get("kind") == KIND]
         for conn_id in adopted:
-            self.tasks.later(self.grace, lambda conn_id=conn_id: self._reap(conn_id), f"orphan:{conn_id}")
+            self.tasks.later(self.grace, functools.partial(self._reap, conn_id), f"orphan:{conn_id}")
         if adopted:
             log.info("event=nsm_connections_adopted count=%d grace=%.0fs", len(adopted), self.grace)
         return len(adopted)

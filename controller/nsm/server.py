@@ -1,5 +1,5 @@
 """The NSM API of the controller on one gRPC server: NetworkService and MonitorConnection (the
-chain below), both registries, and grpc.health.v1 with each of them SERVING (contract §1).
+chain below), both registries, and grpc.health.v1 with each of them SERVING (docs/nsm_contract.md §1).
 
 Stopping the server leaves the fabric as it is: connections keep forwarding, and a client's
 next refresh re-adopts its connection by id (Fabric.connect is idempotent per id)."""
@@ -8,40 +8,40 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc, registry_pb2_grpc
 
-from controller.fabric.service import Fabric
-from controller.heal.outlier import OutlierDetector
-from controller.nsm.admission import Admission
-from controller.nsm.authorize import Authorize, Policy, allow_any
-from controller.nsm.begin import Begin
-from controller.nsm.chain import Chain, Element
-from controller.nsm.channels import Channels, dial_target
-from controller.nsm.client_mechanism import ClientMechanism
-from controller.nsm.discover import Discover
-from controller.nsm.endpoint_watch import EndpointWatch
-from controller.nsm.fabric_connect import FabricConnect
-from controller.nsm.forward import Forward
-from controller.nsm.host_pool import HostPool
-from controller.nsm.hostside import HostSide
-from controller.nsm.monitor import Monitor, MonitorHub, MonitorServicer
+from controller.fabric.connections import Fabric
+from controller.nsm.base.channels import Channels
+from controller.nsm.base.checks import Limits
+from controller.nsm.base.serving import bind, grpc_options, serve_health
+from controller.nsm.base.tasks import Tasks
+from controller.nsm.base.tokens import TokenSource
+from controller.nsm.elements.admission import Admission
+from controller.nsm.elements.authorize import Authorize, Policy, allow_any
+from controller.nsm.elements.begin import Begin
+from controller.nsm.elements.chain import Chain, Element
+from controller.nsm.elements.client_mechanism import ClientMechanism
+from controller.nsm.elements.endpoint_watch import EndpointWatch
+from controller.nsm.elements.fabric_connect import FabricConnect
+from controller.nsm.elements.forward import Forward
+from controller.nsm.elements.host_pool import HostPool
+from controller.nsm.elements.hostside import HostSide
+from controller.nsm.elements.monitor import Monitor, MonitorHub, MonitorServicer
+from controller.nsm.elements.outcome import CallObserver, Outcome
+from controller.nsm.elements.select.discover import Discover
+from controller.nsm.elements.select.outlier import OutlierDetector
+from controller.nsm.elements.select.roundrobin import Ejected, Report, RoundRobin
+from controller.nsm.elements.timeout import Timeout
+from controller.nsm.elements.updatepath import UpdatePath
+from controller.nsm.elements.updatetoken import UpdateToken
+from controller.nsm.elements.validate import Validate
 from controller.nsm.orphans import OrphanReaper
-from controller.nsm.roundrobin import Ejected, Report, RoundRobin
+from controller.nsm.registry.ns_registry import NsRegistry
+from controller.nsm.registry.nse_registry import NseRegistry
 from controller.nsm.service import NetworkServiceServicer
-from controller.nsm.tasks import Tasks
-from controller.nsm.timeout import Timeout
-from controller.nsm.tokens import TokenSource
-from controller.nsm.updatepath import UpdatePath
-from controller.nsm.updatetoken import UpdateToken
-from controller.nsm.validate import Limits, Validate
-from controller.registry.ns_registry import NsRegistry
-from controller.registry.nse_registry import NseRegistry
 from controller.settings import Settings
+from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc, registry_pb2_grpc
 
 log = logging.getLogger("p4nsm.nsm")
 
@@ -51,38 +51,6 @@ SERVICE_NAMES = (
     "registry.NetworkServiceRegistry",
     "registry.NetworkServiceEndpointRegistry",
 )
-
-
-def limits_of(settings: Settings) -> Limits:
-    return Limits(settings.nsm_max_name_length, settings.nsm_max_value_length,
-                  settings.nsm_max_map_entries, settings.nsm_max_list_entries)
-
-
-def grpc_options(settings: Settings) -> list[tuple[str, int]]:
-    return [("grpc.max_receive_message_length", settings.nsm_max_message_bytes)]
-
-
-async def serve_health(server: grpc.aio.Server, names: Sequence[str]) -> HealthServicer:
-    health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    for name in ("", *names):
-        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return health
-
-
-def bind(server: grpc.aio.Server, url: str) -> str:
-    """Listen on an NSM URL (tcp://host:port, host:port or unix:///path); the URL peers dial."""
-    target = dial_target(url)
-    if target.startswith("unix:"):
-        path = Path(target.removeprefix("unix://") if target.startswith("unix://") else target.removeprefix("unix:"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)  # a socket left by an earlier run
-    port = server.add_insecure_port(target)
-    if port == 0:
-        raise OSError(f"cannot listen on {url}")
-    if target.startswith("unix:"):
-        return target
-    return f"tcp://{target.rsplit(':', 1)[0]}:{port}"
 
 
 class NsmServer:
@@ -106,7 +74,7 @@ class NsmServer:
         report = report or self.outliers.report
         self.tasks = Tasks("nsm")
         self.tokens = TokenSource(settings.nsm_spiffe_id, settings.nsm_token_lifetime)
-        limits = limits_of(settings)
+        limits = Limits.of(settings)
         self.services = NsRegistry(self.tokens, limits)
         self.endpoints = NseRegistry(self.tokens, limits, settings.nsm_registry_default_expiration, self.tasks)
         self.hub = MonitorHub(settings.nsm_name)
@@ -118,7 +86,10 @@ class NsmServer:
         if dataplane is None:
             dataplane = [FabricConnect(fabric, self.hub), HostSide(self.host_pool)]
             self.reaper = OrphanReaper(fabric, self.begin, self.tasks, self.host_pool, settings.nsm_token_lifetime)
+        # (call, code, seconds) of every Request and Close, as the caller sees it (metrics)
+        self.call_listeners: list[CallObserver] = []
         self.chain = Chain([
+            Outcome(self._call_done),
             Admission(settings.nsm_max_requests_in_progress),
             Validate(limits),
             UpdatePath(settings.nsm_name),
@@ -137,6 +108,10 @@ class NsmServer:
         self.network_service = NetworkServiceServicer(self.chain)
         self.address = ""
         self._server: grpc.aio.Server | None = None
+
+    def _call_done(self, call: str, code: grpc.StatusCode, seconds: float) -> None:
+        for listener in self.call_listeners:
+            listener(call, code, seconds)
 
     async def start(self, address: str | None = None) -> str:
         """Serve on `address` (default: the nsm_address setting); returns the bound address."""

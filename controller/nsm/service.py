@@ -6,15 +6,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import empty_pb2
-from nsm_api import connection_pb2, networkservice_pb2, networkservice_pb2_grpc
 
-from controller.nsm.chain import CallContext, Chain
-from controller.nsm.errors import NsmError, abort
-from controller.nsm.metadata import credentials
+from controller.nsm.base.errors import NsmError, abort
+from controller.nsm.base.metadata import credentials
+from controller.nsm.elements.begin import is_refresh
+from controller.nsm.elements.chain import CallContext, Chain
+from nsm_api import connection_pb2, networkservice_pb2, networkservice_pb2_grpc
 
 log = logging.getLogger("p4nsm.nsm")
 
@@ -24,7 +25,8 @@ T = TypeVar("T")
 class NetworkServiceServicer(networkservice_pb2_grpc.NetworkServiceServicer):
     def __init__(self, chain: Chain) -> None:
         self.chain = chain
-        self._running: set[asyncio.Future[object]] = set()
+        # calls of every result type (Future is invariant, hence Any)
+        self._running: set[asyncio.Future[Any]] = set()
 
     def _start(self, call: Awaitable[T]) -> asyncio.Future[T]:
         fut = asyncio.ensure_future(call)
@@ -36,7 +38,7 @@ class NetworkServiceServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         # shield: a caller that cancels or times out does not interrupt the chain midway.
         return await asyncio.shield(self._start(call))
 
-    def _settle(self, fut: asyncio.Future[object]) -> None:
+    def _settle(self, fut: asyncio.Future[Any]) -> None:
         self._running.discard(fut)
         if not fut.cancelled() and fut.exception() is not None and not isinstance(fut.exception(), NsmError):
             log.error("event=chain_failed error=%r", fut.exception(), exc_info=fut.exception())
@@ -45,7 +47,7 @@ class NetworkServiceServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         """The caller went away (cancelled, or its deadline passed) before its answer. A new
         connection made for it is closed again: nobody would ever refresh or Close it. A
         refresh is left alone: the connection was there before and its client still is."""
-        if fut.cancelled() or fut.exception() is not None or ctx.refresh:
+        if fut.cancelled() or fut.exception() is not None or is_refresh(ctx):
             return
         conn = fut.result()
         log.info("connection=%s event=caller_gone action=close", conn.path.path_segments[conn.path.index + 1].id
@@ -70,7 +72,7 @@ class NetworkServiceServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         return CallContext(credentials=credentials(context.invocation_metadata()),
                            time_remaining=context.time_remaining(), peer=context.peer())
 
-    async def Request(self, request: networkservice_pb2.NetworkServiceRequest, context: grpc.aio.ServicerContext) -> connection_pb2.Connection:  # noqa: N802
+    async def Request(self, request: networkservice_pb2.NetworkServiceRequest, context: grpc.aio.ServicerContext) -> connection_pb2.Connection:
         service = request.connection.network_service
         try:
             ctx = self._context(context)
@@ -86,7 +88,7 @@ class NetworkServiceServicer(networkservice_pb2_grpc.NetworkServiceServicer):
                   resp.network_service_endpoint_name)
         return resp
 
-    async def Close(self, request: connection_pb2.Connection, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:  # noqa: N802
+    async def Close(self, request: connection_pb2.Connection, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
         try:
             await self._run(self.chain.close(request, self._context(context)))
         except Exception as e:

@@ -15,11 +15,13 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
 from finsy.proto import U128, p4r, p4r_grpc
 
+from controller.aio import cancel_and_wait
 from controller.p4rt.errors import SwitchError, UpdateError, per_update_errors
 from controller.p4rt.schema import P4Schema
 from controller.settings import Settings
@@ -31,6 +33,28 @@ log = logging.getLogger("p4nsm.p4rt")
 
 StateListener = Callable[["SwitchClient", bool, str], Awaitable[None] | None]
 PacketListener = Callable[["SwitchClient", bytes, dict[str, int]], None]
+# (client, updates in the Write RPC, the updates that failed, seconds the RPC took)
+WriteListener = Callable[["SwitchClient", int, Sequence[UpdateError], float], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class TlsConfig:
+    """TLS towards a switch: the CA that signed its certificate, and the name the certificate
+    carries when it is not the address's host (infrap4d's generate-certs.sh COMMON_NAME)."""
+
+    ca_path: Path
+    server_name: str | None = None
+
+
+def open_channel(address: str, tls: TlsConfig | None, options: Sequence[tuple[str, int | str]]) -> grpc.aio.Channel:
+    """A channel to a switch: TLS when it has a CA, else plaintext. The CA is read at each
+    connect, so a renewed file is picked up by the next session; a missing one is an OSError
+    the session's retry reports."""
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=list(options))
+    credentials = grpc.ssl_channel_credentials(root_certificates=tls.ca_path.read_bytes())
+    named = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
+    return grpc.aio.secure_channel(address, credentials, options=[*options, *named])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +65,7 @@ class SwitchTarget:
     p4info: bytes  # serialized p4.config.v1.P4Info
     device_config: bytes
     cookie: int
+    tls: TlsConfig | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -61,6 +86,7 @@ class SwitchClient:
         self.up = asyncio.Event()  # connected, primary, pipeline verified
         self.state_listeners: list[StateListener] = []
         self.packet_listeners: list[PacketListener] = []
+        self.write_listeners: list[WriteListener] = []  # after each Write RPC (metrics)
         self._election = U128.encode(settings.election_id)
         self._channel: grpc.aio.Channel | None = None
         self._stub: p4r_grpc.P4RuntimeStub | None = None
@@ -69,6 +95,8 @@ class SwitchClient:
         self._pending_event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
+        # The loop keeps only weak references to tasks: an unreferenced one may vanish mid-push.
+        self._ready_task: asyncio.Task[None] | None = None
         self.sessions = 0  # how many times the stream came up (tests and `p4nsm switches` show it)
         self.pipeline_pushes = 0  # 0 after a restart that found its program on the switch
         # monotonic time of the last sign of life: a keepalive answer or any stream message
@@ -85,16 +113,13 @@ class SwitchClient:
             self._writer = asyncio.create_task(self._write_loop(), name=f"p4rt-write:{self.name}")
 
     async def stop(self) -> None:
-        for task in (self._task, self._writer):
+        tasks = (self._task, self._writer, self._ready_task)
+        for task in tasks:
             if task is not None:
                 task.cancel()
-        for task in (self._task, self._writer):
-            if task is not None:
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
-        self._task = self._writer = None
+        for task in tasks:
+            await cancel_and_wait(task)
+        self._task = self._writer = self._ready_task = None
         await self._close_channel()
         self._fail_pending(grpc.StatusCode.CANCELLED, "controller stopping")
 
@@ -138,8 +163,9 @@ class SwitchClient:
 
     async def _session(self) -> None:
         s = self.settings
-        self._channel = grpc.aio.insecure_channel(
+        self._channel = open_channel(
             self.target.address,
+            self.target.tls,
             options=[
                 ("grpc.max_metadata_size", s.grpc_max_metadata_bytes),
                 ("grpc.max_receive_message_length", 256 * 1024 * 1024),
@@ -197,7 +223,7 @@ class SwitchClient:
             self.primary = True
             log.info("switch=%s event=primary election_id=%d", self.name, self.settings.election_id)
             # Runs on its own task so that the receive loop keeps draining packet-ins meanwhile.
-            asyncio.create_task(self._become_ready(), name=f"p4rt-ready:{self.name}")
+            self._ready_task = asyncio.create_task(self._become_ready(), name=f"p4rt-ready:{self.name}")
         elif not primary:
             if self.primary:
                 log.warning("switch=%s event=lost_primary other_election_id=%d", self.name, U128.decode(arb.election_id))
@@ -382,9 +408,21 @@ class SwitchClient:
                 p.future.set_result(mine)
 
     async def _write_rpc(self, updates: list[p4r.Update]) -> list[UpdateError]:
-        ok = [UpdateError(i, 0, "") for i in range(len(updates))]
         if self._stub is None or not self.up.is_set():
             return [UpdateError(i, 14, "switch is not up") for i in range(len(updates))]
+        started = time.perf_counter()
+        errors = await self._write_call(updates)
+        if self.write_listeners:
+            # The failed updates are picked out only when some failed: nothing per update on success.
+            failed = [e for e in errors if e.code != 0] if errors is not None else []
+            elapsed = time.perf_counter() - started
+            for listener in self.write_listeners:
+                listener(self, len(updates), failed, elapsed)
+        return errors if errors is not None else [UpdateError(i, 0, "") for i in range(len(updates))]
+
+    async def _write_call(self, updates: list[p4r.Update]) -> list[UpdateError] | None:
+        """One Write RPC; None when every update was applied, else every update's outcome."""
+        assert self._stub is not None
         request = p4r.WriteRequest(
             device_id=self.target.device_id,
             election_id=self._election,
@@ -393,7 +431,7 @@ class SwitchClient:
         )
         try:
             await self._rpc(self._stub.Write(request, timeout=self.settings.rpc_timeout))
-            return ok
+            return None
         except SwitchError as e:
             # Cut off in flight: the switch may or may not have applied it.
             return [UpdateError(i, e.code.value[0], _CUT_OFF) for i in range(len(updates))]

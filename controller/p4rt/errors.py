@@ -8,6 +8,11 @@ import grpc
 from finsy.proto import p4r, rpc_code, rpc_status
 
 _DETAILS_KEY = "grpc-status-details-bin"
+# What BMv2 (PI's device manager) answers for any add its target refuses, a full table included:
+# canonical code UNKNOWN and this message, with nothing in it that says "full". For an INSERT into
+# a table of the fabric program (exact keys, checked by PI before the target sees them) a full
+# table is the refusal there is.
+BMV2_ADD_REFUSED = "Error when adding match entry to target"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -22,9 +27,11 @@ class UpdateError:
 
     @property
     def table_full(self) -> bool:
-        # BMv2 answers a full table with UNKNOWN, not the RESOURCE_EXHAUSTED the spec asks
-        # for, so the message has to be read as well as the code.
-        return self.code == rpc_code.RESOURCE_EXHAUSTED or "full" in self.message.lower()
+        """The update was refused for want of room: RESOURCE_EXHAUSTED as the spec says (the
+        softswitch), or BMv2's UNKNOWN "Error when adding match entry to target"."""
+        if self.code == rpc_code.RESOURCE_EXHAUSTED:
+            return True
+        return self.code == rpc_code.UNKNOWN and self.message.strip() == BMV2_ADD_REFUSED
 
 
 class SwitchError(Exception):
@@ -41,6 +48,11 @@ class SwitchError(Exception):
     @property
     def failed(self) -> list[UpdateError]:
         return [e for e in self.errors if e.code != rpc_code.OK]
+
+    @property
+    def table_full(self) -> bool:
+        """Some update of the call was refused because its table (or action profile) is full."""
+        return any(e.table_full for e in self.failed)
 
 
 def per_update_errors(err: grpc.aio.AioRpcError, count: int) -> list[UpdateError]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Required, TypedDict, TypeVar
 
 from finsy.proto import p4i, p4r
 from google.protobuf import text_format
@@ -64,20 +65,81 @@ class ProfileInfo:
     max_group_size: int
 
 
+class EntryView(TypedDict, total=False):
+    """describe_entry's name-keyed view of a table entry; action/params, member or group by
+    the entry's action kind, packets/bytes when it carries counter data."""
+
+    table: Required[str]
+    match: Required[dict[str, int | tuple[int, int]]]  # LPM (value, prefix_len), ternary (value, mask)
+    priority: Required[int]
+    action: str
+    params: dict[str, int]
+    member: int
+    group: int
+    packets: int
+    bytes: int
+
+
+_Info = TypeVar("_Info", TableInfo, ActionInfo, ProfileInfo)
+
+
+def _register(names: dict[str, _Info], preamble: p4i.Preamble, info: _Info) -> None:
+    names[preamble.name] = info
+    if preamble.alias:
+        names.setdefault(preamble.alias, info)
+
+
+def _lookup(names: dict[str, _Info], kind: str, name: str) -> _Info:
+    try:
+        return names[name]
+    except KeyError:
+        raise SchemaError(f"P4Info declares no {kind} named {name!r}") from None
+
+
+def _scalar(value: int | tuple[int, int], what: str) -> int:
+    """An exact or optional match value: an int (a pair is a caller's type error)."""
+    if not isinstance(value, int):
+        raise TypeError(f"{what}: match value must be an int, got {value!r}")
+    return value
+
+
+def _pair(value: int | tuple[int, int], what: str) -> tuple[int, int]:
+    """An LPM (value, prefix_len) or ternary (value, mask) match value."""
+    if isinstance(value, int):
+        raise TypeError(f"{what}: match value must be a pair, got {value!r}")
+    return value
+
+
+def _exact_match(info: TableInfo, match: dict[str, int | tuple[int, int]]) -> list[tuple[int, bytes]] | None:
+    """(field id, canonical bytes) of an all-exact int match, or None if any field is not that."""
+    exact: list[tuple[int, bytes]] = []
+    for name, value in match.items():
+        f = info.fields_by_name.get(name)
+        if f is None or f.match_type != p4i.MatchField.EXACT or type(value) is not int:
+            return None
+        if value < 0 or value >> f.bitwidth:
+            encode_value(value, f.bitwidth, f"{info.name}.{name}")  # raises with the names
+        exact.append((f.id, value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")))
+    return exact
+
+
 class P4Schema:
     """Name -> id index of one P4Info."""
 
     def __init__(self, p4info: p4i.P4Info) -> None:
         self.p4info = p4info
-        self._names: dict[str, dict[str, object]] = {"table": {}, "action": {}, "profile": {}, "packet": {}}
+        # name and alias -> info, one dict per kind
+        self._tables: dict[str, TableInfo] = {}
+        self._actions: dict[str, ActionInfo] = {}
+        self._profiles: dict[str, ProfileInfo] = {}
         self.tables_by_id: dict[int, TableInfo] = {}
         self.actions_by_id: dict[int, ActionInfo] = {}
         self.packet_meta: dict[str, tuple[FieldInfo, ...]] = {}
         for a in p4info.actions:
             params = tuple(FieldInfo(p.id, p.name, p.bitwidth, 0) for p in a.params)
-            info = ActionInfo(a.preamble.id, a.preamble.name, params, {p.name: p for p in params})
-            self.actions_by_id[info.id] = info
-            self._register("action", a.preamble, info)
+            action = ActionInfo(a.preamble.id, a.preamble.name, params, {p.name: p for p in params})
+            self.actions_by_id[action.id] = action
+            _register(self._actions, a.preamble, action)
         exact_like = {p4i.MatchField.EXACT, p4i.MatchField.LPM}
         for t in p4info.tables:
             fields = tuple(FieldInfo(f.id, f.name, f.bitwidth, f.match_type) for f in t.match_fields)
@@ -92,37 +154,25 @@ class P4Schema:
                 needs_priority=any(f.match_type not in exact_like for f in fields),
             )
             self.tables_by_id[info.id] = info
-            self._register("table", t.preamble, info)
+            _register(self._tables, t.preamble, info)
         for p in p4info.action_profiles:
-            self._register("profile", p.preamble, ProfileInfo(p.preamble.id, p.preamble.name, p.size, p.max_group_size))
+            _register(self._profiles, p.preamble, ProfileInfo(p.preamble.id, p.preamble.name, p.size, p.max_group_size))
         for c in p4info.controller_packet_metadata:
             meta = tuple(FieldInfo(m.id, m.name, m.bitwidth, 0) for m in c.metadata)
             self.packet_meta[c.preamble.name] = meta
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "P4Schema":
+    def from_file(cls, path: str | Path) -> P4Schema:
         return cls(text_format.Parse(Path(path).read_text(), p4i.P4Info()))
 
-    def _register(self, kind: str, preamble: p4i.Preamble, info: object) -> None:
-        names = self._names[kind]
-        names[preamble.name] = info
-        if preamble.alias:
-            names.setdefault(preamble.alias, info)
-
-    def _get(self, kind: str, name: str) -> object:
-        try:
-            return self._names[kind][name]
-        except KeyError:
-            raise SchemaError(f"P4Info declares no {kind} named {name!r}") from None
-
     def table(self, name: str) -> TableInfo:
-        return self._get("table", name)  # type: ignore[return-value]
+        return _lookup(self._tables, "table", name)
 
     def action(self, name: str) -> ActionInfo:
-        return self._get("action", name)  # type: ignore[return-value]
+        return _lookup(self._actions, "action", name)
 
     def profile(self, name: str) -> ProfileInfo:
-        return self._get("profile", name)  # type: ignore[return-value]
+        return _lookup(self._profiles, "profile", name)
 
     # --- builders ------------------------------------------------------------------------
 
@@ -160,15 +210,15 @@ class P4Schema:
             what = f"{table.name}.{name}"
             mt = f.match_type
             if mt == p4i.MatchField.EXACT:
-                out.append(p4r.FieldMatch(field_id=f.id, exact=p4r.FieldMatch.Exact(value=encode_value(value, f.bitwidth, what))))  # type: ignore[arg-type]
+                out.append(p4r.FieldMatch(field_id=f.id, exact=p4r.FieldMatch.Exact(value=encode_value(_scalar(value, what), f.bitwidth, what))))
             elif mt == p4i.MatchField.LPM:
-                v, plen = value  # type: ignore[misc]
+                v, plen = _pair(value, what)
                 out.append(p4r.FieldMatch(field_id=f.id, lpm=p4r.FieldMatch.LPM(value=encode_value(v, f.bitwidth, what), prefix_len=plen)))
             elif mt == p4i.MatchField.TERNARY:
-                v, m = value  # type: ignore[misc]
+                v, m = _pair(value, what)
                 out.append(p4r.FieldMatch(field_id=f.id, ternary=p4r.FieldMatch.Ternary(value=encode_value(v, f.bitwidth, what), mask=encode_value(m, f.bitwidth, what))))
             elif mt == p4i.MatchField.OPTIONAL:
-                out.append(p4r.FieldMatch(field_id=f.id, optional=p4r.FieldMatch.Optional(value=encode_value(value, f.bitwidth, what))))  # type: ignore[arg-type]
+                out.append(p4r.FieldMatch(field_id=f.id, optional=p4r.FieldMatch.Optional(value=encode_value(_scalar(value, what), f.bitwidth, what))))
             else:
                 raise SchemaError(f"{what}: match type {mt} is not supported")
         out.sort(key=lambda m: m.field_id)
@@ -191,7 +241,7 @@ class P4Schema:
 
     def table_update(
         self,
-        kind: "p4r.Update.Type.ValueType",
+        kind: p4r.Update.Type.ValueType,
         table: str,
         match: dict[str, int | tuple[int, int]],
         action: str | None = None,
@@ -213,15 +263,7 @@ class P4Schema:
         entry.table_id = info.id
         # All-exact keys (every table the fabric writes) are encoded in place; others, and
         # every error, go through match_msgs.
-        exact: list[tuple[int, bytes]] | None = []
-        for name, value in match.items():
-            f = info.fields_by_name.get(name)
-            if f is None or f.match_type != p4i.MatchField.EXACT or type(value) is not int:
-                exact = None
-                break
-            if value < 0 or value >> f.bitwidth:
-                encode_value(value, f.bitwidth, f"{info.name}.{name}")  # raises with the names
-            exact.append((f.id, value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")))  # type: ignore[union-attr]
+        exact = _exact_match(info, match)
         if exact is None:
             entry.match.extend(self.match_msgs(info, match))
         else:
@@ -269,12 +311,12 @@ class P4Schema:
 
     # --- decoders (for show and reconcile) -------------------------------------------------
 
-    def describe_entry(self, entry: p4r.TableEntry) -> dict[str, object]:
+    def describe_entry(self, entry: p4r.TableEntry) -> EntryView:
         """A name-keyed view of an entry read back from a switch."""
         table = self.tables_by_id.get(entry.table_id)
         tname = table.name if table else str(entry.table_id)
         fields = {f.id: f.name for f in table.fields} if table else {}
-        match: dict[str, object] = {}
+        match: dict[str, int | tuple[int, int]] = {}
         for m in entry.match:
             kind = m.WhichOneof("field_match_type")
             sub = getattr(m, kind)
@@ -285,7 +327,7 @@ class P4Schema:
                 match[name] = (decode_value(sub.value), decode_value(sub.mask))
             else:
                 match[name] = decode_value(sub.value)
-        out: dict[str, object] = {"table": tname, "match": match, "priority": entry.priority}
+        out: EntryView = {"table": tname, "match": match, "priority": entry.priority}
         kind = entry.action.WhichOneof("type")
         if kind == "action":
             act = self.actions_by_id.get(entry.action.action.action_id)
@@ -309,7 +351,7 @@ _ENTITY_FIELD = {
 }
 
 
-def update(kind: "p4r.Update.Type.ValueType", msg: p4r.TableEntry | p4r.ActionProfileMember | p4r.ActionProfileGroup) -> p4r.Update:
+def update(kind: p4r.Update.Type.ValueType, msg: p4r.TableEntry | p4r.ActionProfileMember | p4r.ActionProfileGroup) -> p4r.Update:
     """Wrap an entity into an Update (kind: p4r.Update.INSERT / MODIFY / DELETE)."""
     out = p4r.Update(type=kind)
     getattr(out.entity, _ENTITY_FIELD[type(msg)]).CopyFrom(msg)  # one copy; Entity(**...) then Update(...) made two

@@ -1,4 +1,4 @@
-"""An NSC: Request a network service for a netns, keep the connection refreshed (contract §8.1)
+"""An NSC: Request a network service for a netns, keep the connection refreshed (docs/nsm_contract.md §8.1)
 and healed (§8.4): it watches its own connection on the server's MonitorConnections, and on
 DOWN, DELETE or a broken stream requests again: with reselect (a new endpoint), or, when a
 liveness check says the data plane still works, with the same path."""
@@ -11,17 +11,17 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import grpc
-from nsm_api import connection_pb2, connection_pb2_grpc, networkservice_pb2, networkservice_pb2_grpc
 
-from controller.nsm import kernel
-from controller.nsm.channels import dial_target
-from controller.nsm.metadata import Credentials
-from controller.nsm.tasks import Tasks
-from controller.nsm.tokens import TokenSource
+from controller.nsm.base import kernel
+from controller.nsm.base.channels import dial_target
+from controller.nsm.base.metadata import Credentials
+from controller.nsm.base.tasks import Tasks
+from controller.nsm.base.tokens import TokenSource
 from controller.sdk.heal import own_state
 from controller.sdk.refresh import refresh_delay
 from controller.sdk.retry import retry
 from controller.settings import Settings
+from nsm_api import connection_pb2, connection_pb2_grpc, networkservice_pb2, networkservice_pb2_grpc
 
 log = logging.getLogger("p4nsm.sdk")
 

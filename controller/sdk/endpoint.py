@@ -10,27 +10,28 @@ import logging
 import uuid
 
 import grpc
-from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc, registry_pb2
 
-from controller.nsm.authorize import Authorize
-from controller.nsm.begin import Begin
-from controller.nsm.chain import Chain
-from controller.nsm.channels import dial_target
-from controller.nsm.monitor import Monitor, MonitorHub, MonitorServicer
-from controller.nsm.placement import HOST_LABEL
-from controller.nsm.server import bind, grpc_options, limits_of, serve_health
+from controller.nsm.base.channels import dial_target
+from controller.nsm.base.checks import Limits
+from controller.nsm.base.serving import bind, grpc_options, serve_health
+from controller.nsm.base.tasks import Tasks
+from controller.nsm.base.tokens import TokenSource
+from controller.nsm.elements.authorize import Authorize
+from controller.nsm.elements.begin import Begin
+from controller.nsm.elements.chain import Chain
+from controller.nsm.elements.monitor import Monitor, MonitorHub, MonitorServicer
+from controller.nsm.elements.placement import HOST_LABEL
+from controller.nsm.elements.timeout import Timeout
+from controller.nsm.elements.trimpath import TrimPath
+from controller.nsm.elements.updatepath import UpdatePath
+from controller.nsm.elements.updatetoken import UpdateToken
+from controller.nsm.elements.validate import Validate
 from controller.nsm.service import NetworkServiceServicer
-from controller.nsm.tasks import Tasks
-from controller.nsm.timeout import Timeout
-from controller.nsm.tokens import TokenSource
-from controller.nsm.trimpath import TrimPath
-from controller.nsm.updatepath import UpdatePath
-from controller.nsm.updatetoken import UpdateToken
-from controller.nsm.validate import Validate
 from controller.sdk.endpoint_mechanism import AcceptKernel
 from controller.sdk.ipam import PairPool, PointToPointIpam
 from controller.sdk.registration import Registration
 from controller.settings import Settings
+from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc, registry_pb2
 
 log = logging.getLogger("p4nsm.sdk")
 
@@ -59,7 +60,7 @@ class Endpoint:
         self.pool = PairPool(config.cidr)
         self.begin = Begin()
         self.chain = Chain([
-            Validate(limits_of(settings)),
+            Validate(Limits.of(settings)),
             UpdatePath(self.name),
             self.begin,
             UpdateToken(self.tokens),

@@ -3,8 +3,8 @@ creates the interface), naming it when the caller did not."""
 
 from __future__ import annotations
 
-from controller.nsm import kernel
-from controller.nsm.chain import CallContext, Connection, Element, Next, Request
+from controller.nsm.base import kernel
+from controller.nsm.elements.chain import CallContext, Connection, Element, Next, Request
 
 
 class AcceptKernel(Element):

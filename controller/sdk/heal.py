@@ -1,4 +1,4 @@
-"""Which monitor events concern a client's own connection (contract §8.4, step 3)."""
+"""Which monitor events concern a client's own connection (docs/nsm_contract.md §8.4, step 3)."""
 
 from __future__ import annotations
 

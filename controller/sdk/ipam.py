@@ -9,14 +9,14 @@ import heapq
 import ipaddress
 
 import grpc
+
+from controller.nsm.base.errors import NsmError
+from controller.nsm.elements.begin import state_of
+from controller.nsm.elements.chain import CallContext, Connection, Element, Key, Next, Request
 from nsm_api import connectioncontext_pb2
 
-from controller.nsm.begin import ConnState
-from controller.nsm.chain import CallContext, Connection, Element, Next, Request
-from controller.nsm.errors import NsmError
-
 Pair = tuple[str, str]  # (endpoint address, client address), without prefix length
-_PAIR = "ipam.pair"
+_PAIR: Key[Pair] = Key("ipam.pair")  # per connection: the addresses it holds
 
 
 class PairPool:
@@ -96,7 +96,7 @@ class PointToPointIpam(Element):
         ip.dst_routes.append(connectioncontext_pb2.Route(prefix=client))
 
     async def request(self, req: Request, ctx: CallContext, nxt: Next) -> Connection:
-        st: ConnState | None = ctx.state
+        st = state_of(ctx)
         assert st is not None, "ipam needs begin before it"
         pair = st.values.get(_PAIR)
         new = pair is None
@@ -116,6 +116,7 @@ class PointToPointIpam(Element):
         try:
             await nxt.close(conn, ctx)
         finally:
-            pair = ctx.state.values.pop(_PAIR, None) if ctx.state is not None else None
+            st = state_of(ctx)
+            pair = st.values.pop(_PAIR, None) if st is not None else None
             if pair is not None:
                 self.pool.give(pair)

@@ -1,10 +1,9 @@
-"""When a client refreshes its connection (contract §8.1)."""
+"""When a client refreshes its connection (docs/nsm_contract.md §8.1)."""
 
 from __future__ import annotations
 
+from controller.nsm.base import clock
 from nsm_api import connection_pb2
-
-from controller.nsm import clock
 
 IMMEDIATELY = 1e-9
 

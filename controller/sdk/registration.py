@@ -1,4 +1,4 @@
-"""An endpoint's registration, kept alive the SDK's way (contract §9.6): re-Register at 2/3 of the
+"""An endpoint's registration, kept alive the SDK's way (docs/nsm_contract.md §9.6): re-Register at 2/3 of the
 time left before expiration_time, with expiration_time cleared so the registry chooses again;
 watch its own entry and register again as soon as the watch fails or reports it deleted."""
 
@@ -8,14 +8,14 @@ import asyncio
 import logging
 
 import grpc
-from nsm_api import registry_pb2, registry_pb2_grpc
 
-from controller.nsm import clock
-from controller.nsm.metadata import PATH_KEY, Credentials
-from controller.nsm.tasks import Tasks
-from controller.nsm.tokens import TokenSource
-from controller.registry.path import RegistryPath
+from controller.nsm.base import clock
+from controller.nsm.base.metadata import PATH_KEY, Credentials
+from controller.nsm.base.tasks import Tasks
+from controller.nsm.base.tokens import TokenSource
+from controller.nsm.registry.path import RegistryPath
 from controller.sdk.retry import retry
+from nsm_api import registry_pb2, registry_pb2_grpc
 
 log = logging.getLogger("p4nsm.sdk")
 

@@ -1,4 +1,4 @@
-"""The SDK's retry (contract §8.2, §9.6): try again every interval until the call succeeds or the
+"""The SDK's retry (docs/nsm_contract.md §8.2, §9.6): try again every interval until the call succeeds or the
 time allowed is over; the last failure is raised then. Unlike Go, a refusal that no retry can
 change (a malformed request, a denied one) is raised at once."""
 
@@ -11,7 +11,7 @@ from typing import TypeVar
 
 import grpc
 
-from controller.nsm import clock
+from controller.nsm.base import clock
 
 log = logging.getLogger("p4nsm.sdk")
 

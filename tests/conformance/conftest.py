@@ -1,3 +1,3 @@
 """Conformance suites: real gRPC against a real `p4nsm-softswitch` process."""
 
-from tests.support.fixtures import *  # noqa: F401,F403
+from tests.support.fixtures import *  # noqa: F403

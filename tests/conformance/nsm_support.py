@@ -9,11 +9,13 @@ import uuid
 from pathlib import Path
 
 import grpc
-from nsm_api import connection_pb2, networkservice_pb2
 
-from controller.nsm import clock
-from controller.nsm.chain import CallContext, Connection, Element, Next, Request
+from controller.nsm.base import clock
+from controller.nsm.elements.begin import is_refresh
+from controller.nsm.elements.chain import CallContext, Connection, Element, Next, Request
 from controller.settings import REPO_ROOT, Settings
+from nsm_api import connection_pb2, networkservice_pb2
+from tests.support.settings import settings_for_test
 
 DIAMOND = REPO_ROOT / "topologies" / "diamond.yaml"
 
@@ -22,7 +24,7 @@ def nsm_settings(tmp: Path, **overrides: object) -> Settings:
     values: dict[str, object] = {"store_path": str(tmp / "store.sqlite"), "nsm_run_dir": str(tmp / "nsm"),
                                  "nsm_endpoint_timeout": 2.0, "nsm_retry_interval": 0.05}
     values.update(overrides)
-    return Settings.load({k: str(v) for k, v in values.items()})
+    return settings_for_test({k: str(v) for k, v in values.items()})
 
 
 def segment(name: str, seg_id: str, expires_in: float | None = 60.0) -> connection_pb2.PathSegment:
@@ -65,7 +67,7 @@ class Recorder(Element):
         self.closes: list[tuple[str, str]] = []
 
     async def request(self, req: Request, ctx: CallContext, nxt: Next) -> Connection:
-        (self.refreshes if ctx.refresh else self.new).append(req.connection.id)
+        (self.refreshes if is_refresh(ctx) else self.new).append(req.connection.id)
         if self.delay:
             await asyncio.sleep(self.delay)
         return await nxt.request(req, ctx)

@@ -1,5 +1,5 @@
-"""The NSM API over real gRPC, driven with hand-built protobuf messages (contract
-shared/spec/nsm_api_contract.md): path and ids, refresh, expiry, monitor, endpoint selection,
+"""The NSM API over real gRPC, driven with hand-built protobuf messages (docs/nsm_contract.md):
+path and ids, refresh, expiry, monitor, endpoint selection,
 the registries, health, and a burst that is served or refused cleanly.
 
 Two servers: one with the data plane short-circuited (a Recorder in place of the fabric and
@@ -19,19 +19,18 @@ import grpc
 import pytest
 from google.protobuf import empty_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from nsm_api import (connection_pb2, connection_pb2_grpc, networkservice_pb2_grpc, registry_pb2,
-                     registry_pb2_grpc)
 
-from controller.nsm import clock
-from controller.nsm.channels import dial_target
-from controller.nsm.metadata import Credentials
+from controller.nsm.base import clock
+from controller.nsm.base.channels import dial_target
+from controller.nsm.base.metadata import Credentials
 from controller.nsm.server import SERVICE_NAMES, NsmServer
 from controller.runtime import Controller
 from controller.sdk.endpoint import Endpoint
 from controller.settings import Settings
+from controller.topology import load_topology
+from nsm_api import connection_pb2, connection_pb2_grpc, networkservice_pb2_grpc, registry_pb2, registry_pb2_grpc
 from tests.conformance.nsm_support import DIAMOND, Recorder, code_of, nsc_request, nsm_settings, refresh_of, segment
 from tests.e2e.nsm_fixtures import Endpoints
-from topologies.schema import load_topology
 
 pytestmark = pytest.mark.timeout(120)
 

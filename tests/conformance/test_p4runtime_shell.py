@@ -10,7 +10,12 @@ import pytest
 from finsy.proto import p4r
 
 from tests.support.fixtures import SoftSwitchProcess
-from tests.support.p4rt import DEFAULT_P4INFO, DEFAULT_SOFTSWITCH_CONFIG, REPO, P4RTTestClient
+from tests.support.p4rt import (
+    DEFAULT_P4INFO,
+    DEFAULT_SOFTSWITCH_CONFIG,
+    REPO,
+    P4RTTestClient,
+)
 
 SHELL_PYTHON = REPO / ".venv-p4rtshell" / "bin" / "python"
 SESSION = Path(__file__).parent / "data" / "p4rtsh_session.py"

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute, netns
 
-from topologies.lab import Lab
-from topologies.lab_switch import LabError, find_command
-from topologies.schema import Target
+from controller.topology import Target
+from lab.harness import Lab
+from lab.switches import LabError, find_command
 
 REPO = Path(__file__).resolve().parents[2]
 TOPOLOGIES = REPO / "topologies"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
 import uuid
 
 import pytest
@@ -21,14 +20,16 @@ from finsy.proto import p4r
 from scapy.layers.l2 import Dot1Q, Ether
 
 from controller.fabric import entries as E
-from controller.fabric.service import ConnectError
+from controller.fabric.connections import ConnectError
 from controller.p4rt.errors import SwitchError
 from controller.p4rt.schema import update
 from controller.runtime import Controller
-from controller.settings import REPO_ROOT, Settings
+from controller.settings import REPO_ROOT
+from controller.topology import load_topology
 from tests.e2e.hosts import Host
+from tests.e2e.switch_kinds import SWITCH_KINDS, controller_overrides, on_kind, require
 from tests.e2e.topology import tagged
-from topologies.schema import load_topology
+from tests.support.settings import settings_for_test
 
 pytestmark = [
     pytest.mark.root,
@@ -37,28 +38,17 @@ pytestmark = [
 ]
 
 
-BMV2_MISSING = [t for t in ("simple_switch_grpc", "p4c") if shutil.which(t) is None]
-bmv2 = pytest.mark.skipif(bool(BMV2_MISSING), reason=f"BMv2 runs need {' and '.join(BMV2_MISSING)} on PATH")
-
-
-@pytest.fixture(scope="module", params=["line3", "diamond", pytest.param("line3-bmv2", marks=bmv2),
-                                        pytest.param("diamond-bmv2", marks=bmv2)])
+@pytest.fixture(scope="module", params=[pytest.param((topo, kind.values[0]), id=f"{topo}-{kind.id}", marks=kind.marks)
+                                        for kind in SWITCH_KINDS for topo in ("line3", "diamond")])
 def lab(request, tmp_path_factory):
-    from topologies.lab import Lab
+    from lab.harness import Lab
 
-    name, _, kind = request.param.partition("-")
-    topo = load_topology(REPO_ROOT / "topologies" / f"{name}.yaml")
-    run_dir = tmp_path_factory.mktemp(f"lab-{request.param}")
-    overrides = {}
-    if kind == "bmv2":
-        # Same topology with every switch a BMv2 running the p4c build of nsm_fabric.p4.
-        # p4c's own P4Info, ids and all, goes with its JSON; the controller resolves by name.
-        subprocess.run(["p4c", "--target", "bmv2", "--arch", "v1model", "-o", str(run_dir), "--p4runtime-files",
-                        str(run_dir / "nsm_fabric.p4info.txtpb"), str(REPO_ROOT / "p4" / "nsm_fabric.p4")],
-                       check=True, capture_output=True)
-        overrides["bmv2_json_path"] = str(run_dir / "nsm_fabric.json")
-        overrides["p4info_path"] = str(run_dir / "nsm_fabric.p4info.txtpb")
-        topo = topo.model_copy(update={"switches": [s.model_copy(update={"target": "bmv2"}) for s in topo.switches]})
+    name, kind = request.param
+    require(kind)
+    run_dir = tmp_path_factory.mktemp(f"lab-{name}-{kind}")
+    # On BMv2 every switch runs p4c's build of nsm_fabric.p4; its P4Info (p4c's ids) goes with it.
+    topo = on_kind(load_topology(REPO_ROOT / "topologies" / f"{name}.yaml"), kind)
+    overrides = controller_overrides(kind, run_dir)
     lab = Lab(topo, run_dir)
     lab.start()
     try:
@@ -70,7 +60,7 @@ def lab(request, tmp_path_factory):
 @pytest.fixture
 async def controller(lab):
     topo, _, run_dir, overrides = lab
-    settings = Settings.load({**overrides, "store_path": str(run_dir / f"store-{uuid.uuid4().hex[:6]}.sqlite")})
+    settings = settings_for_test({**overrides, "store_path": str(run_dir / f"store-{uuid.uuid4().hex[:6]}.sqlite")})
     ctl = Controller(topo, settings)
     await ctl.start()
     assert await ctl.wait_ready(30), "switches did not come up"
@@ -199,7 +189,7 @@ async def test_bad_requests_touch_no_switch(controller, lab):
 async def test_restart_reconciles_without_rewriting(lab, hosts):
     """Kmesh's lesson: a controller restart must not interrupt traffic."""
     topo, _, run_dir, overrides = lab
-    settings = Settings.load({**overrides, "store_path": str(run_dir / f"restart-{uuid.uuid4().hex[:6]}.sqlite")})
+    settings = settings_for_test({**overrides, "store_path": str(run_dir / f"restart-{uuid.uuid4().hex[:6]}.sqlite")})
     a, b = far_hosts(topo)
     first = Controller(topo, settings)
     await first.start()

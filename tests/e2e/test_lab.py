@@ -7,6 +7,7 @@ import errno
 import ipaddress
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -19,7 +20,24 @@ import pytest
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from controller.host import HostIfaceError, ensure_vlan_iface, host_parent_iface, remove_iface, vlan_emu
+from controller.host import (
+    HostIfaceError,
+    ensure_vlan_iface,
+    host_parent_iface,
+    remove_iface,
+    vlan_emu,
+)
+from controller.topology import Target, load_topology
+from lab.harness import Lab, cleanup_stale
+from lab.state import STATE_DIR, process_start_time
+from lab.switches import (
+    LabError,
+    accepts_connections,
+    bmv2_offers_thrift,
+    bmv2_thrift_port,
+    find_command,
+    switch_argv,
+)
 from tests.e2e.lab_fixtures import (  # noqa: F401 (fixtures are found by name)
     TOPOLOGIES,
     lab_run_dir,
@@ -29,10 +47,7 @@ from tests.e2e.lab_fixtures import (  # noqa: F401 (fixtures are found by name)
     softswitch_or_skip,
     veth_pair,
 )
-from topologies.lab import Lab, cleanup_stale
-from topologies.lab_state import STATE_DIR, process_start_time
-from topologies.lab_switch import LabError, accepts_connections
-from topologies.schema import load_topology
+from tests.e2e.switch_kinds import require
 
 LINE3 = load_topology(TOPOLOGIES / "line3.yaml")
 LINE3_HOSTS = {h.name for h in LINE3.hosts}
@@ -79,7 +94,7 @@ def test_line3_up_then_nothing_left(lab_run_dir: Path) -> None:
             assert "p4nsm-softswitch" in Path(f"/proc/{pid}/cmdline").read_bytes().decode()
             assert accepts_connections(s.grpc_host, s.grpc_port), f"{s.name} does not listen on {s.grpc_addr}"
             assert lab.switch_log(s.name).exists()
-        assert LINE3_HOSTS <= set(netns.listnetns())
+        assert set(netns.listnetns()) >= LINE3_HOSTS
         assert lab.host_netns("h1") == "h1"
         assert "h1-eth0" in _ip("-n", "h1", "link")
         assert "link/ether 02:00:00:00:00:01" in _ip("-n", "h1", "link", "show", "h1-eth0")
@@ -144,11 +159,53 @@ def test_bmv2_without_simple_switch_fails_before_anything(lab_run_dir: Path, mon
 
 
 @pytest.mark.root
+@pytest.mark.bmv2
+def test_bmv2_lab_and_a_port_down_is_a_carrier_loss(lab_run_dir: Path) -> None:
+    """The lab starts the installed simple_switch_grpc (Thrift options only if its --help offers
+    them), and a port down on a BMv2 link takes carrier from both switch ports while both stay
+    administratively up: a BMv2 with one of its own interfaces down receives on none."""
+    require("bmv2")
+    command = find_command(Target.BMV2)
+    with Lab(TOPOLOGIES / "line3.yaml", lab_run_dir, switch_kind="bmv2") as lab:
+        for s in LINE3.switches:
+            argv = Path(f"/proc/{lab.switch_pid(s.name)}/cmdline").read_bytes().decode().split("\0")
+            assert Path(argv[0]).name == "simple_switch_grpc"
+            assert ("--thrift-port" in argv) == bmv2_offers_thrift(command)
+            assert accepts_connections(s.grpc_host, s.grpc_port)
+        lab.set_port_up("s1", 2, False)
+        for ifname in ("s1-eth2", "s2-eth2"):
+            flags = _ip("link", "show", ifname)
+            assert "NO-CARRIER" in flags and ",UP" in flags, flags
+        assert "NO-CARRIER" not in _ip("link", "show", "s2-eth3")
+        lab.set_port_up("s1", 2, True)
+        for ifname in ("s1-eth2", "s2-eth2"):
+            assert _wait_until(lambda ifname=ifname: "NO-CARRIER" not in _ip("link", "show", ifname))
+    _assert_line3_gone([])
+    assert not {i for i in _root_links() if i.startswith("p4w")}, "wire ends outlived the lab"
+
+
+def test_thrift_port_only_when_offered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A simple_switch_grpc whose --help lists --thrift-port gets one per switch; one built
+    without Thrift (it refuses the option) gets none."""
+    spec = LINE3.switches[1]
+    for offers in (True, False):
+        fake = tmp_path / ("with" if offers else "without") / "simple_switch_grpc"
+        fake.parent.mkdir()
+        usage = "  --thrift-port arg   TCP port for the Thrift server" if offers else "  --no-p4"
+        fake.write_text(f"#!/bin/sh\necho 'Usage: SWITCH_NAME [options]'\necho '{usage}'\n")
+        fake.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+        argv = switch_argv(spec, "bmv2", {2: "s2-eth2"}, index=1)
+        assert argv[0] == str(fake)
+        assert (argv[argv.index("--thrift-port") + 1] == str(bmv2_thrift_port(1))) if offers else "--thrift-port" not in argv
+
+
+@pytest.mark.root
 def test_cleanup_after_a_crashed_lab(tmp_path: Path) -> None:
     softswitch_or_skip()
     script = textwrap.dedent(f"""
         import sys, time
-        from topologies.lab import Lab
+        from lab.harness import Lab
         Lab({str(TOPOLOGIES / "line3.yaml")!r}, {str(tmp_path / "run")!r}).start()
         print("up", flush=True)
         time.sleep(120)
@@ -159,7 +216,7 @@ def test_cleanup_after_a_crashed_lab(tmp_path: Path) -> None:
     finally:
         crashed.kill()  # SIGKILL: no cleanup of its own
         crashed.wait()
-    assert LINE3_HOSTS <= set(netns.listnetns())
+    assert set(netns.listnetns()) >= LINE3_HOSTS
     removed = cleanup_stale("line3")
     assert any(item.startswith("netns h1") for item in removed)
     assert any(item.startswith("process switch s1") for item in removed)
@@ -256,25 +313,44 @@ def test_vlan_traffic_is_tagged_on_the_wire(veth_pair: tuple[str, str, str, str]
     ensure_vlan_iface(ns_a, if_a, 100, "nsm100", ["172.16.0.1/30"], [])
     ensure_vlan_iface(ns_b, if_b, 100, "nsm100", ["172.16.0.2/30"], [])
     ensure_vlan_iface(ns_b, if_b, 200, "nsm200", ["172.16.0.2/30"], [])  # same address, other VLAN: must stay apart
+    # Each listener prints "ready" once it can receive (the sniffer's socket is open, the server
+    # is bound); the client sends only after both lines have come.
     sniff = subprocess.Popen(
         ["ip", "netns", "exec", ns_b, sys.executable, "-c",
-         "from scapy.all import sniff, Dot1Q, UDP\n"
-         f"p = sniff(iface={if_b!r}, timeout=5, count=1, lfilter=lambda p: UDP in p and p[UDP].dport == 9999)\n"
+         "from scapy.all import AsyncSniffer, Dot1Q, UDP\n"
+         f"s = AsyncSniffer(iface={if_b!r}, count=1, lfilter=lambda p: UDP in p and p[UDP].dport == 9999,\n"
+         "                 started_callback=lambda: print('ready', flush=True))\n"
+         "s.start(); s.join(15); p = s.stop() if s.running else s.results\n"
          "print(p[0][Dot1Q].vlan if p and Dot1Q in p[0] else 'untagged' if p else 'none')"],
         stdout=subprocess.PIPE, text=True)
     server = subprocess.Popen(
         ["ip", "netns", "exec", ns_b, sys.executable, "-c",
          "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('172.16.0.2', 9999));"
-         "s.settimeout(5); d, a = s.recvfrom(64); s.sendto(d.upper(), a)"])
-    time.sleep(1.0)  # both listeners up
-    client = subprocess.run(
-        ["ip", "netns", "exec", ns_a, sys.executable, "-c",
-         "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3);"
-         "s.sendto(b'ping', ('172.16.0.2', 9999)); print(s.recvfrom(64)[0].decode())"],
-        capture_output=True, text=True, timeout=20)
-    server.wait(10)
-    assert client.stdout.strip() == "PING", client.stderr
-    assert sniff.communicate(timeout=10)[0].strip() == "100"
+         "print('ready', flush=True); s.settimeout(15); d, a = s.recvfrom(64); s.sendto(d.upper(), a)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        for listener in (sniff, server):
+            assert listener.stdout is not None and _ready_within(listener, 30), "a listener did not start"
+        client = subprocess.run(
+            ["ip", "netns", "exec", ns_a, sys.executable, "-c",
+             "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5);"
+             "s.sendto(b'ping', ('172.16.0.2', 9999)); print(s.recvfrom(64)[0].decode())"],
+            capture_output=True, text=True, timeout=30)
+        server.wait(20)
+        assert client.stdout.strip() == "PING", client.stderr
+        assert sniff.communicate(timeout=20)[0].strip() == "100"
+    finally:
+        for listener in (sniff, server):
+            if listener.poll() is None:
+                listener.kill()
+            listener.wait()
+
+
+def _ready_within(proc: subprocess.Popen[str], timeout: float) -> bool:
+    """True once the process has printed its "ready" line; False if it exits or stays silent."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    return bool(ready) and proc.stdout.readline().strip() == "ready"
 
 
 @pytest.mark.root

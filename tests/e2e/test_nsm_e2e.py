@@ -13,13 +13,16 @@ endpoint in h3 (and h4), SDK clients in h1 (and h2), kernel interfaces, ping.
 from __future__ import annotations
 
 import asyncio
+import inspect
+import ipaddress
 import os
 import shutil
 
 import pytest
-from nsm_api import registry_pb2, registry_pb2_grpc
 
-from controller.nsm.channels import dial_target
+from controller.nsm.base import clock
+from controller.nsm.base.channels import dial_target
+from nsm_api import registry_pb2, registry_pb2_grpc
 from tests.e2e.nsm_fixtures import (  # noqa: F401
     diamond_lab,
     iface_addresses,
@@ -29,8 +32,11 @@ from tests.e2e.nsm_fixtures import (  # noqa: F401
     nsm_settings,
     nsm_test_settings,
     ping,
+    ping_before,
     switch_entries,
 )
+
+SHORT_TOKEN_S = 6.0
 
 pytestmark = [
     pytest.mark.root,
@@ -44,7 +50,10 @@ async def eventually(check, timeout: float = 5.0, interval: float = 0.1) -> bool
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
-        if await check() if asyncio.iscoroutinefunction(check) else check():
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
             return True
         await asyncio.sleep(interval)
     return False
@@ -56,9 +65,12 @@ async def test_ping_across_kernel_interfaces_and_close_removes_everything(nsm_co
     client = make_client()
     conn = await client.request("icmp", "h1", iface="nsm0", give_up_after=10)
     plan = nsm_controller.fabric.plans[conn.path.path_segments[1].id]
-    assert iface_addresses("h1", "nsm0") == ["10.60.0.2/32"]
-    assert iface_addresses("h3", plan.labels["b_iface"]) == ["10.60.0.1/32"]
-    assert await ping("h1", "10.60.0.1")
+    ip = conn.context.ip_context
+    # a pair of the endpoint's pool (the first, unless a Request outlived its deadline and was retried)
+    assert [ipaddress.ip_interface(a) in ipaddress.ip_network("10.60.0.0/24") for a in (*ip.src_ip_addrs, *ip.dst_ip_addrs)] == [True, True]
+    assert iface_addresses("h1", "nsm0") == list(ip.src_ip_addrs)
+    assert iface_addresses("h3", plan.labels["b_iface"]) == list(ip.dst_ip_addrs)
+    assert await ping("h1", ip.dst_ip_addrs[0].split("/")[0])
     assert await switch_entries(nsm_controller) != before
 
     await client.close()
@@ -69,24 +81,38 @@ async def test_ping_across_kernel_interfaces_and_close_removes_everything(nsm_co
 
 
 async def test_refresh_keeps_the_connection_past_its_expiry(nsm_controller, make_endpoint, make_client) -> None:
+    loop = asyncio.get_running_loop()
     await make_endpoint("icmp", "h3", "10.60.0.0/24")
-    client = make_client(token_lifetime=3.0)  # the server closes at 3 s - 2 s (request deadline) without refresh
+    client = make_client(token_lifetime=3.0)  # the server closes at 3 s - 1 s (request deadline) without refresh
     conn = await client.request("icmp", "h1", iface="nsm0", give_up_after=10)
-    await asyncio.sleep(5)
-    assert client.history.count("refreshed") >= 3
+    first_close = loop.time() + clock.to_seconds(conn.path.path_segments[0].expires) - client.call_timeout - clock.now()
+    # past the point where the first Request's connection would have been closed, three refreshes later
+    assert await eventually(lambda: client.history.count("refreshed") >= 3 and loop.time() > first_close + 1.0, timeout=15)
     assert conn.path.path_segments[1].id in nsm_controller.fabric.plans
-    assert await ping("h1", "10.60.0.1")
+    target = conn.context.ip_context.dst_ip_addrs[0].split("/")[0]
+    assert await eventually(lambda: ping("h1", target), timeout=10)
 
 
 async def test_without_refresh_it_expires_and_its_entries_vanish(nsm_controller, make_endpoint, make_client) -> None:
+    """The server closes an unrefreshed connection at its caller's expiry minus the Request's
+    deadline (§7.2): 4 s after the Request was sent with a 6 s token (the deadline is a third of
+    it). The ping that shows the path works is made before then, to the address the connection
+    was given."""
+    loop = asyncio.get_running_loop()
     before = await switch_entries(nsm_controller)
     await make_endpoint("icmp", "h3", "10.60.0.0/24")
-    client = make_client(token_lifetime=3.0, refresh=False, heal=False)
+    client = make_client(token_lifetime=SHORT_TOKEN_S, refresh=False, heal=False)
     conn = await client.request("icmp", "h1", iface="nsm0", give_up_after=10)
+    closes_at = loop.time() + clock.to_seconds(conn.path.path_segments[0].expires) - client.call_timeout - clock.now()
     own = conn.path.path_segments[1].id
     endpoint_side = nsm_controller.fabric.plans[own].labels["b_iface"]
-    assert await ping("h1", "10.60.0.1")
-    assert await eventually(lambda: own not in nsm_controller.fabric.plans, timeout=5)
+    left = closes_at - loop.time()
+    # the endpoint's address as this connection has it: a Request retried after its deadline
+    # (a loaded machine) may get another pair than the first of the pool
+    peer = conn.context.ip_context.dst_ip_addrs[0].split("/")[0]
+    assert await ping_before("h1", peer, closes_at - 0.1), f"no echo from {peer} in the {left:.2f} s the connection had"
+    assert own in nsm_controller.fabric.plans  # the echo crossed this connection, not a later one
+    assert await eventually(lambda: own not in nsm_controller.fabric.plans, timeout=closes_at - loop.time() + 5)
     assert iface_addresses("h1", "nsm0") is None and iface_addresses("h3", endpoint_side) is None
     assert await switch_entries(nsm_controller) == before
 

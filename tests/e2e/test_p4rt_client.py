@@ -1,5 +1,8 @@
 """The controller's P4Runtime client against a real softswitch process: what happens to writes
-when the switch freezes with them in flight, and that the client works again when it returns."""
+when the switch freezes with them in flight, and that the client works again when it returns.
+
+Softswitch only: its subject is the client's handling of a frozen switch, which the softswitch
+process shows the same way on every run; the BMv2 suites (fabric, heal) freeze BMv2 too."""
 
 from __future__ import annotations
 

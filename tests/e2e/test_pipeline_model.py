@@ -2,6 +2,9 @@
 
 Each test drives `Pipeline.receive` with a frame as a port hands it over and looks at what
 the fake port sockets were given.
+
+Softswitch only: `Pipeline` is the softswitch's own model of the program; BMv2 runs p4c's build
+of the same program in the fabric, heal and NSM suites.
 """
 
 from __future__ import annotations
@@ -10,7 +13,14 @@ import pytest
 from scapy.contrib.mpls import MPLS
 from scapy.layers.l2 import Dot1Q, Ether
 
-from softswitch.model import ActionCall, DataplaneState, Entry, Member, RuntimeProfile, RuntimeTable
+from softswitch.model import (
+    ActionCall,
+    DataplaneState,
+    Entry,
+    Member,
+    RuntimeProfile,
+    RuntimeTable,
+)
 from softswitch.pipeline import Pipeline
 from softswitch.ports import Port, Ports
 

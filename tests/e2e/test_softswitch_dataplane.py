@@ -2,6 +2,9 @@
 programmed over P4Runtime, and scapy sending and capturing inside the host namespaces.
 
 Frames carry a marker of their test so that a capture ignores whatever else crosses a link.
+
+Softswitch only: its subject is the softswitch's data plane; BMv2's is exercised by the fabric,
+heal and NSM suites, which run on both.
 """
 
 from __future__ import annotations
@@ -20,7 +23,16 @@ from scapy.packet import Raw
 
 from tests.e2e.hosts import Host
 from tests.e2e.netns import ip
-from tests.e2e.topology import DST, PAYLOAD_TYPE, SRC, Net, Switch, labelled, padded, tagged
+from tests.e2e.topology import (
+    DST,
+    PAYLOAD_TYPE,
+    SRC,
+    Net,
+    Switch,
+    labelled,
+    padded,
+    tagged,
+)
 
 pytestmark = pytest.mark.root
 
@@ -326,8 +338,8 @@ def test_interface_deleted_while_running_is_reported_and_the_rest_keeps_working(
 
     # An interface of the same name comes back: the port is attached to it again.
     net.lab.veth(h3.netns, "eth0", local_name=ports[3])
-    sw.wait_log(rf"event=port_attached device=31 port=3\b", count=2)
-    sw.wait_log(rf"event=port_up device=31 port=3\b", count=2)
+    sw.wait_log(r"event=port_attached device=31 port=3\b", count=2)
+    sw.wait_log(r"event=port_up device=31 port=3\b", count=2)
     frame = tagged(7, b"del-back")
     found = resend_until_seen(lambda: sw.client.packet_out(frame, egress_port=3), h3, ["eth0"], b"del-back")
     assert list(found) == ["eth0"] and set(found["eth0"]) == {frame}, found

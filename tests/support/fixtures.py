@@ -12,7 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -71,16 +71,20 @@ def softswitch_command(
     ]
 
 
-def wait_for_grpc(address: str, timeout: float, process: subprocess.Popen | None = None) -> None:
-    """Until Capabilities answers (the server is serving, not just listening)."""
+def wait_for_grpc(
+    address: str, timeout: float, process: subprocess.Popen | None = None,
+    channel: Callable[[str], grpc.Channel] = grpc.insecure_channel,
+) -> None:
+    """Until Capabilities answers (the server is serving, not just listening); `channel` makes
+    the channel (a TLS one for a switch serving TLS: tests/support/tls.py)."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"softswitch exited with {process.returncode} before serving on {address}")
-        with grpc.insecure_channel(address) as channel:
+        with channel(address) as opened:
             try:
-                p4r_grpc.P4RuntimeStub(channel).Capabilities(p4r.CapabilitiesRequest(), timeout=0.5)
+                p4r_grpc.P4RuntimeStub(opened).Capabilities(p4r.CapabilitiesRequest(), timeout=0.5)
                 return
             except grpc.RpcError as err:
                 last = err
@@ -97,6 +101,7 @@ def start_softswitch(
     address: str | None = None,
     env: dict[str, str] | None = None,
     command_prefix: Sequence[str] = (),
+    channel: Callable[[str], grpc.Channel] = grpc.insecure_channel,
 ) -> Iterator[SoftSwitchProcess]:
     """Run a softswitch subprocess on a free loopback port until the block ends.
 
@@ -113,7 +118,7 @@ def start_softswitch(
     running = SoftSwitchProcess(process, address, device_id, Path(log_name))
     try:
         try:
-            wait_for_grpc(address, STARTUP_TIMEOUT, process)
+            wait_for_grpc(address, STARTUP_TIMEOUT, process, channel)
         except Exception as err:
             raise RuntimeError(f"{err}\n--- softswitch log ---\n{running.log()}") from err
         yield running

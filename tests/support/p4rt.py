@@ -206,7 +206,7 @@ class P4RTTestClient:
             end = self._peek_end()
             raise TimeoutError(f"no arbitration reply from {self.address}; stream end: {end}") from None
 
-    def _peek_end(self) -> grpc.RpcError | None | str:
+    def _peek_end(self) -> grpc.RpcError | str | None:
         try:
             end = self.stream_end.get_nowait()
         except queue.Empty:

@@ -133,7 +133,7 @@ def test_protection_groups_watch_both_ports():
 
 
 def test_install_order_never_points_at_missing_entities():
-    plan, specs = diamond_plan(ff=True)
+    _plan, specs = diamond_plan(ff=True)
     order = [s for phase in E.phases(E.diff([], specs)) for _, s in phase]
     pos = {s.key: i for i, s in enumerate(order)}
     for s in specs:

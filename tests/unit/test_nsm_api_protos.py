@@ -1,4 +1,4 @@
-"""The generated NSM modules match the wire contract (nsm_api_contract.md §1–§3).
+"""The generated NSM modules match the wire contract (docs/nsm_contract.md §1–§3).
 
 Names, numbers and paths are spelled out here on purpose instead of being read back from the
 protos: the point is to catch a proto edit that silently breaks compatibility with Go peers.

@@ -1,4 +1,4 @@
-"""The NSM layer's pure parts against the contract: timestamps, §5 updatepath, the monitor
+"""The NSM layer's pure parts against the contract (docs/nsm_contract.md): timestamps, §5 updatepath, the monitor
 selector, §8.1 refresh schedule, §10.2 MatchEndpoint, §9.2 registry path, address pairs, netns URLs."""
 
 from __future__ import annotations
@@ -7,16 +7,16 @@ import os
 import uuid
 
 import pytest
-from nsm_api import connection_pb2, registry_pb2
 
-from controller.nsm import clock, kernel
-from controller.nsm.errors import NsmError
-from controller.nsm.monitor import selects
-from controller.nsm.updatepath import update_path
-from controller.registry import path as registry_path
-from controller.registry.matching import is_subset, match_endpoint, render
+from controller.nsm.base import clock, kernel
+from controller.nsm.base.errors import NsmError
+from controller.nsm.elements.monitor import selects
+from controller.nsm.elements.updatepath import update_path
+from controller.nsm.registry import path as registry_path
+from controller.nsm.registry.matching import is_subset, match_endpoint, render
 from controller.sdk.ipam import PairPool
 from controller.sdk.refresh import IMMEDIATELY, refresh_delay
+from nsm_api import connection_pb2, registry_pb2
 
 
 def test_rfc3339_round_trip_keeps_nanoseconds() -> None:

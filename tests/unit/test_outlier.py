@@ -1,4 +1,4 @@
-from controller.heal.outlier import OutlierDetector
+from controller.nsm.elements.select.outlier import OutlierDetector
 
 
 class Clock:

@@ -38,7 +38,7 @@ def test_errors_name_what_is_wrong(schema):
         schema.table_entry("edge_classify", {"vid": 1}, "push_label", {"label": 1})
     with pytest.raises(SchemaError, match="parameter 'port' is missing"):
         schema.action_msg("forward", {})
-    with pytest.raises(SchemaError, match="FabricIngress.pop_to_edge.vlan_id"):
+    with pytest.raises(SchemaError, match=r"FabricIngress\.pop_to_edge\.vlan_id"):
         schema.action_msg("pop_to_edge", {"port": 1, "vlan_id": 5000})
 
 

@@ -1,5 +1,5 @@
 from controller.fabric.model import ConnectionPlan
-from controller.store.sqlite import Store
+from controller.fabric.store import Store
 from tests.unit.test_fabric_paths import plan_on_line
 
 

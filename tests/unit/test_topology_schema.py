@@ -14,10 +14,10 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from topologies.gen_fattree import fattree_yaml
-from topologies.schema import (
+from controller.topology import (
     DEFAULT_CPU_PORT,
     Endpoint,
+    Switch,
     Target,
     Topology,
     TopologyError,
@@ -25,6 +25,7 @@ from topologies.schema import (
     load_topology,
     parse_topology,
 )
+from topologies.gen_fattree import fattree_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 TOPOLOGIES = REPO / "topologies"
@@ -176,3 +177,11 @@ def test_loader_error_is_a_topology_problem() -> None:
     # Callers catch TopologyProblems for both file and in-code topologies.
     with pytest.raises(TopologyProblems):
         load_topology(DATA / "bad_references.yaml")
+
+
+def test_a_tls_server_name_without_a_ca_is_refused() -> None:
+    """Without a CA the client speaks plaintext, where a server name would never be checked."""
+    with pytest.raises(ValidationError, match="tls_server_name is set but tls_ca is not"):
+        Switch(name="s1", device_id=1, grpc_addr="127.0.0.1:9559", ports=[1], tls_server_name="s1.fabric")
+    assert Switch(name="s1", device_id=1, grpc_addr="127.0.0.1:9559", ports=[1], tls_ca=Path("ca.crt"),
+                  tls_server_name="s1.fabric").tls_server_name == "s1.fabric"

@@ -1,0 +1,1 @@
+"""gNMI: port state streamed from the switches (beside p4rt/, the same layer)."""

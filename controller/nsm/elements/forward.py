@@ -1,0 +1,124 @@
+"""forward: the Request goes on to the selected endpoint, which answers with the IP context; the
+endpoint's own KERNEL interface lives in its host's netns. While the connection lives, the
+endpoint is watched (endpoint_watch)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+
+import grpc
+
+from controller.nsm.base import clock, kernel
+from controller.nsm.base.channels import Channels
+from controller.nsm.base.errors import EndpointFailed
+from controller.nsm.base.metadata import Credentials
+from controller.nsm.elements.begin import is_refresh, state_of
+from controller.nsm.elements.chain import CallContext, Connection, Element, Key, Next, Request
+from controller.nsm.elements.endpoint_watch import EndpointWatch
+from controller.nsm.elements.placement import endpoint_host
+from controller.nsm.elements.select.roundrobin import endpoint_of
+from nsm_api import networkservice_pb2, networkservice_pb2_grpc
+
+log = logging.getLogger("p4nsm.nsm")
+
+_ENDPOINT_HOST: Key[str] = Key("forward.endpoint_host")
+_ANSWER: Key[Connection] = Key("forward.answer")  # per call and per connection: the endpoint's answer
+_URL: Key[str] = Key("forward.url")  # per connection: where to send its Close
+
+
+def endpoint_host_of(ctx: CallContext) -> str:
+    """The fabric host the endpoint of this attempt lives on."""
+    return ctx.values[_ENDPOINT_HOST]
+
+
+def set_endpoint_host(ctx: CallContext, host: str) -> None:
+    ctx.values[_ENDPOINT_HOST] = host
+
+
+def answer_of(ctx: CallContext) -> Connection:
+    """The endpoint's answer to this attempt (its side's mechanism is in there)."""
+    return ctx.values[_ANSWER]
+
+
+def set_answer(ctx: CallContext, answer: Connection) -> None:
+    ctx.values[_ANSWER] = answer
+
+
+def _own_credentials(conn: Connection) -> Credentials:
+    seg = conn.path.path_segments[conn.path.index]
+    return Credentials(seg.token, clock.to_seconds(seg.expires) if clock.is_set(seg.expires) else None)
+
+
+class Forward(Element):
+    def __init__(self, channels: Channels, hosts: Collection[str], watch: EndpointWatch, timeout: float) -> None:
+        self.channels = channels
+        self.hosts = hosts
+        self.watch = watch
+        self.timeout = timeout
+
+    def _outgoing(self, req: Request, ctx: CallContext, host: str) -> networkservice_pb2.NetworkServiceRequest:
+        out = networkservice_pb2.NetworkServiceRequest()
+        out.connection.CopyFrom(req.connection)
+        out.connection.ClearField("mechanism")
+        st = state_of(ctx)
+        previous = st.values.get(_ANSWER) if st is not None and is_refresh(ctx) else None
+        if previous is not None:
+            out.connection.mechanism.CopyFrom(previous.mechanism)
+        else:
+            out.mechanism_preferences.append(kernel.mechanism(host, kernel.default_ifname(req.connection.network_service)))
+        return out
+
+    async def request(self, req: Request, ctx: CallContext, nxt: Next) -> Connection:
+        conn = req.connection
+        nse = endpoint_of(ctx)
+        host = endpoint_host(nse, conn.network_service, self.hosts)
+        set_endpoint_host(ctx, host)
+        stub = networkservice_pb2_grpc.NetworkServiceStub(self.channels.get(nse.url))
+        try:
+            answer: Connection = await stub.Request(self._outgoing(req, ctx, host), timeout=self.timeout,
+                                                    metadata=_own_credentials(conn).as_metadata())
+        except grpc.aio.AioRpcError as e:
+            raise EndpointFailed(e.code(), "connection.network_service_endpoint_name",
+                                 f"endpoint {nse.name} at {nse.url}: {e.code().name}: {e.details()}") from None
+        index = conn.path.index
+        if len(answer.path.path_segments) <= index or answer.path.path_segments[index].id != conn.id \
+                or answer.mechanism.type != kernel.KERNEL or not answer.mechanism.parameters.get(kernel.NAME_KEY):
+            raise EndpointFailed(grpc.StatusCode.INTERNAL, "connection.network_service_endpoint_name",
+                                 f"endpoint {nse.name} answered with a foreign path or without a KERNEL interface")
+        conn.path.CopyFrom(answer.path)
+        conn.path.index = index
+        conn.context.CopyFrom(answer.context)
+        set_answer(ctx, answer)
+        try:
+            resp = await nxt.request(req, ctx)
+        except BaseException:
+            if not is_refresh(ctx):
+                await self._close_endpoint(nse.url, answer, conn.id)
+            raise
+        st = state_of(ctx)
+        if st is not None:
+            st.values[_ANSWER] = answer
+            st.values[_URL] = nse.url
+            self.watch.watch(nse.url, conn.id)
+        return resp
+
+    async def close(self, conn: Connection, ctx: CallContext, nxt: Next) -> None:
+        st = state_of(ctx)
+        try:
+            await nxt.close(conn, ctx)
+        finally:
+            if st is not None:
+                answer, url = st.values.pop(_ANSWER, None), st.values.pop(_URL, None)
+                if answer is not None and url is not None:
+                    self.watch.forget(url, conn.id)
+                    await self._close_endpoint(url, answer, conn.id)
+
+    async def _close_endpoint(self, url: str, answer: Connection, conn_id: str) -> None:
+        """Best effort: a dead endpoint cannot be told, and its own expiry frees what it holds."""
+        stub = networkservice_pb2_grpc.NetworkServiceStub(self.channels.get(url))
+        try:
+            await stub.Close(answer, timeout=self.timeout, metadata=_own_credentials(answer).as_metadata())
+        except grpc.aio.AioRpcError as e:
+            log.warning("connection=%s endpoint_url=%s event=endpoint_close_failed code=%s error=%s",
+                        conn_id, url, e.code().name, e.details())

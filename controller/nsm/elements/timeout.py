@@ -1,0 +1,52 @@
+"""timeout (docs/nsm_contract.md §7.2): a connection lives until its caller's segment expires, minus the time
+its Request was allowed to take; every successful Request re-arms the timer, and a connection
+that is not refreshed is closed by the server itself."""
+
+from __future__ import annotations
+
+import asyncio
+
+from controller.nsm.base import clock
+from controller.nsm.base.errors import invalid
+from controller.nsm.base.tasks import Tasks
+from controller.nsm.elements.begin import state_of
+from controller.nsm.elements.chain import CallContext, Connection, Element, Key, Next, Request
+
+_TIMER: Key[asyncio.TimerHandle] = Key("timeout.timer")  # per connection: its expiry
+
+
+class Timeout(Element):
+    def __init__(self, tasks: Tasks) -> None:
+        self.tasks = tasks
+
+    async def request(self, req: Request, ctx: CallContext, nxt: Next) -> Connection:
+        conn = req.connection
+        index = conn.path.index
+        field = f"connection.path.path_segments[{index - 1}].expires" if index > 0 else "connection.path"
+        # Checked before the rest of the chain, not after as in Go: a Request that would fail
+        # here must not have made anything first.
+        if index == 0 or not clock.is_set(conn.path.path_segments[index - 1].expires):
+            raise invalid(field, "expiration for the previous path segment cannot be nil "
+                                 "(send nsm-client-token-expires metadata or set the caller segment's expires)")
+        expires = clock.to_seconds(conn.path.path_segments[index - 1].expires)
+        if expires <= clock.now():
+            raise invalid(field, f"the caller's segment expired at {clock.format_rfc3339(expires)}")
+        allowed = ctx.time_remaining or 0.0
+        resp = await nxt.request(req, ctx)
+        st = state_of(ctx)
+        assert st is not None, "timeout needs begin before it"
+        self.tasks.cancel(st.values.get(_TIMER))
+        handle: asyncio.TimerHandle | None = None
+
+        def due() -> bool:
+            return st.values.get(_TIMER) is handle
+
+        handle = self.tasks.later(expires - allowed - clock.now(), lambda: st.close("expired", due), f"expire:{st.id}")
+        st.values[_TIMER] = handle
+        return resp
+
+    async def close(self, conn: Connection, ctx: CallContext, nxt: Next) -> None:
+        st = state_of(ctx)
+        if st is not None:
+            self.tasks.cancel(st.values.pop(_TIMER, None))
+        await nxt.close(conn, ctx)

@@ -1,0 +1,50 @@
+"""registry.NetworkServiceRegistry in memory (docs/nsm_contract.md §9.3): by name, payload defaults to IP, no
+expiry."""
+
+from __future__ import annotations
+
+import logging
+
+from controller.nsm.base.checks import Limits, check_list, check_map, check_text
+from controller.nsm.base.metadata import Credentials
+from controller.nsm.registry.matching import ns_matches
+from controller.nsm.registry.memory import MemoryRegistry, require_name
+from nsm_api import registry_pb2, registry_pb2_grpc
+
+log = logging.getLogger("p4nsm.registry")
+
+NS = registry_pb2.NetworkService
+Response = registry_pb2.NetworkServiceResponse
+DEFAULT_PAYLOAD = "IP"
+
+
+def check_ns(ns: NS, limits: Limits) -> None:
+    require_name("NetworkService", ns.name)
+    check_text("name", ns.name, limits.name, spaces=False)
+    check_text("payload", ns.payload, limits.name)
+    check_list("matches", ns.matches, limits)
+    for i, match in enumerate(ns.matches):
+        check_map(f"matches[{i}].source_selector", match.source_selector, limits)
+        check_list(f"matches[{i}].routes", match.routes, limits)
+        for j, route in enumerate(match.routes):
+            check_map(f"matches[{i}].routes[{j}].destination_selector", route.destination_selector, limits)
+
+
+class NsRegistry(MemoryRegistry[NS, Response], registry_pb2_grpc.NetworkServiceRegistryServicer):
+    kind = "NetworkService"
+    field = "network_service"
+    response_type = Response
+    matches = staticmethod(ns_matches)
+
+    def check(self, msg: NS) -> None:
+        check_ns(msg, self.limits)
+
+
+    def store(self, msg: NS, creds: Credentials = Credentials(), allowed: float = 0.0) -> NS:
+        stored = NS()
+        stored.CopyFrom(msg)
+        stored.payload = stored.payload or DEFAULT_PAYLOAD
+        self.entries[stored.name] = stored
+        log.info("service=%s event=registered payload=%s matches=%d", stored.name, stored.payload, len(stored.matches))
+        self.watchers.publish(stored.name, self.response(stored))
+        return stored

@@ -1,1 +1,0 @@
-"""Desired state (connections, their paths and labels, pipeline revision) kept across restarts."""
