@@ -25,7 +25,7 @@ from lab import faults
 from tests.e2e.hosts import Host
 from tests.e2e.switch_kinds import SWITCH_KINDS, controller_overrides, on_kind, require
 from tests.e2e.test_fabric_connections import send_and_expect
-from tests.e2e.topology import tagged
+from tests.e2e.topology import crosses, tagged
 from tests.support.settings import settings_for_test
 
 pytestmark = [
@@ -101,17 +101,7 @@ async def probes_caught_up(ctl, switch: str, timeout: float = 5.0) -> None:
 
 
 async def flows_again(hosts, plan, timeout: float = 8.0) -> None:
-    """Send a frame every 100 ms until one crosses (the path may still be moving)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    n = 0
-    while loop.time() < end:
-        n += 1
-        marker = f"heal-{n}-".encode()
-        await asyncio.to_thread(hosts["h1"].send, "h1-eth0", [tagged(plan.a.vlan, marker)])
-        if await asyncio.to_thread(hosts["h4"].take, "h4-eth0", marker, 1, 0.1):
-            return
-    raise AssertionError("traffic did not resume")
+    await crosses(hosts["h1"], "h1-eth0", hosts["h4"], "h4-eth0", plan.a.vlan, "heal", timeout)
 
 
 async def exactly_desired(ctl: Controller) -> None:

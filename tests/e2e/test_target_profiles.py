@@ -29,7 +29,7 @@ from controller.runtime import Controller
 from controller.topology import Topology
 from tests.e2e.hosts import Host
 from tests.e2e.test_heal import exactly_desired, wait_for
-from tests.e2e.topology import Net, tagged
+from tests.e2e.topology import Net, crosses
 from tests.support.fixtures import start_softswitch
 from tests.support.settings import settings_for_test
 from tests.support.tls import Certs, make_certs
@@ -108,17 +108,9 @@ async def controller(fabric: Fabric, store: Path, **overrides):
 
 
 async def flows(fabric: Fabric, plan, timeout: float = 8.0) -> None:
-    """A frame from h1 reaches h4 (resent every 100 ms while the path may still move)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    n = 0
-    while loop.time() < end:
-        n += 1
-        marker = f"{fabric.profile}-{uuid.uuid4().hex[:6]}-{n}".encode()
-        await asyncio.to_thread(fabric.hosts["h1"].send, "eth0", [tagged(plan.a.vlan, marker)])
-        if await asyncio.to_thread(fabric.hosts["h4"].take, "eth0", marker, 1, 0.1):
-            return
-    raise AssertionError("no frame crossed h1 -> h4")
+    """A frame from h1 reaches h4."""
+    await crosses(fabric.hosts["h1"], "eth0", fabric.hosts["h4"], "eth0", plan.a.vlan,
+                  f"{fabric.profile}-{uuid.uuid4().hex[:6]}", timeout)
 
 
 def set_up(ifname: str, up: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import time
@@ -32,6 +33,21 @@ def padded(marker: bytes, header_len: int) -> bytes:
 def tagged(vid: int, marker: bytes, pcp: int = 0, src: str = SRC, dst: str = DST) -> bytes:
     """A host-link frame: Ethernet / 802.1Q(vid) / payload holding the marker."""
     return bytes(Ether(src=src, dst=dst) / Dot1Q(vlan=vid, prio=pcp, type=PAYLOAD_TYPE) / Raw(padded(marker, 18)))
+
+
+async def crosses(src: Host, src_if: str, dst: Host, dst_if: str, vlan: int, tag: str, timeout: float = 8.0) -> None:
+    """A tagged frame from `src` reaches `dst`, resent every 100 ms while the path may still be
+    moving; AssertionError when none has crossed within `timeout`."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    n = 0
+    while loop.time() < end:
+        n += 1
+        marker = f"{tag}-{n}-".encode()
+        await asyncio.to_thread(src.send, src_if, [tagged(vlan, marker)])
+        if await asyncio.to_thread(dst.take, dst_if, marker, 1, 0.1):
+            return
+    raise AssertionError(f"no frame crossed {src_if} -> {dst_if} within {timeout:.0f} s")
 
 
 def labelled(label: int, ttl: int, inner: bytes) -> bytes:
