@@ -157,14 +157,18 @@ class GnmiServer(gnmi_grpc.gNMIServicer):
         peer = context.peer()
         log.info("event=gnmi_subscribe device=%d peer=%s mode=%s leaves=%d", self.ports.device_id, peer,
                  mode.Name(sub.mode), len(leaves))
+        # What the subscriber is told first, taken before anything is yielded: a change made
+        # while the generator waits to resume after the sync would otherwise be read as the
+        # state already sent, and never reported.
+        followed = {name for name, leaf in leaves if leaf == OPER_STATUS}
+        sent = {name: self._value((name, OPER_STATUS)).string_val for name in followed}
+        initial = self.notification(leaves)
         try:
             if not sub.updates_only:
-                yield gnmi.SubscribeResponse(update=self.notification(leaves))
+                yield gnmi.SubscribeResponse(update=initial)
             yield gnmi.SubscribeResponse(sync_response=True)
             if sub.mode == mode.Value("ONCE"):
                 return
-            followed = {name for name, leaf in leaves if leaf == OPER_STATUS}
-            sent = {name: self._value((name, OPER_STATUS)).string_val for name in followed}
             while True:
                 port = await queue.get()
                 if port is None:
