@@ -46,6 +46,10 @@ class CallContext:
     credentials: Credentials = dataclasses.field(default_factory=Credentials)
     time_remaining: float | None = None  # of the incoming call's deadline, when it entered
     peer: str = ""
+    # The caller's SPIFFE id from its mTLS certificate ("" over plaintext) and that certificate
+    # (PEM, b"" over plaintext): what the token and ownership checks bind a caller to.
+    peer_identity: str = ""
+    peer_cert: bytes = b""
     internal: str = ""  # why the server itself runs this call (e.g. "expired"), "" for a client's
     values: dict[Key[Any], Any] = dataclasses.field(default_factory=dict)
 
