@@ -165,6 +165,7 @@ class Controller:
         await self.rerouter.stop()
         await self.fabric.stop()
         self.store.close()
+        log.info("event=stopped")
 
     async def wait_ready(self, timeout: float) -> bool:
         """True once every switch is up and reconciled."""

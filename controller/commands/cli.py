@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Optional
@@ -62,6 +63,7 @@ def run(
     nsm_address: Annotated[Optional[str], typer.Option("--nsm-address", help="Serve the NSM API here (default: the nsm_address setting)")] = None,
 ) -> None:
     """Run the controller for a topology until interrupted."""
+    from controller.fabric.store import StoreVersionError
     from controller.runtime import Controller
 
     setup_logging(log_level)
@@ -70,9 +72,12 @@ def run(
 
     async def main() -> None:
         ctl = Controller(topo, settings, admin_path=ADMIN_SOCKET, nsm_address=nsm_address or settings.nsm_address)
+        # SIGTERM (systemd, kill, a container runtime) stops as Ctrl-C does: the same orderly stop.
+        stopping = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
         await ctl.start()
         try:
-            await asyncio.Event().wait()
+            await stopping.wait()
         finally:
             await ctl.stop()
 
@@ -80,6 +85,9 @@ def run(
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
+    except StoreVersionError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
 
 
 @app.command()

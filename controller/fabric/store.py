@@ -1,4 +1,8 @@
-"""Desired state in SQLite (WAL): written before any switch is touched, read back on restart."""
+"""Desired state in SQLite (WAL): written before any switch is touched, read back on restart.
+
+The schema's version is SQLite's `user_version`. A controller opens a store of an older version
+by migrating it in place, one step at a time, each step in one transaction; it refuses a store
+of a newer version (written by a newer controller) rather than guess at what it holds."""
 
 from __future__ import annotations
 
@@ -8,7 +12,9 @@ from pathlib import Path
 
 from controller.fabric.model import ConnectionPlan
 
-_SCHEMA = """
+# Version 1 is the first versioned schema. Stores written before versions existed have
+# user_version 0 and the same two tables (created below when absent).
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS connections (
     id TEXT PRIMARY KEY,
     state TEXT NOT NULL,
@@ -21,6 +27,14 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 );
 """
+
+# _MIGRATIONS[v] turns a store of version v into one of version v + 1.
+_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+class StoreVersionError(Exception):
+    """The store was written by a newer controller."""
 
 
 class Store:
@@ -37,7 +51,21 @@ class Store:
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        found = self.version()
+        if found > SCHEMA_VERSION:
+            self.db.close()
+            raise StoreVersionError(
+                f"store {self.path} has schema version {found}, newer than this controller's {SCHEMA_VERSION}: "
+                "run the controller version that wrote it, or move the store aside")
+        for version in range(found, SCHEMA_VERSION):
+            # executescript commits first, so each step is its own explicit transaction.
+            self.db.executescript(f"BEGIN; {_MIGRATIONS[version]} PRAGMA user_version = {version + 1}; COMMIT;")
+
+    def version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
 
     def close(self) -> None:
         self.db.close()
