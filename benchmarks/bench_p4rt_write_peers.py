@@ -243,7 +243,7 @@ def measure(args: argparse.Namespace, pipe: Pipeline) -> str:
     """Every variant's runs, interleaved, as the results file's markdown."""
     schema = P4Schema.from_file(pipe.p4info)
     check_count(args.count, schema)
-    where = machine()
+    where, busy = machine(), os.getloadavg()[0] > (os.cpu_count() or 1)
     began = time.strftime("%Y-%m-%d %H:%M")
     switch = switch_description(pipe)
     todo = variants(args.count, args.quick, pipe)
@@ -271,6 +271,9 @@ def measure(args: argparse.Namespace, pipe: Pipeline) -> str:
         "runs interleaved across peers. Clock: from \"connected, primary, pipeline committed\" to \"every entry "
         "acknowledged\"; building the entries with each peer's own API is inside it. Every run was checked by a Read "
         f"returning exactly the {args.count:,} entries. Ratios are to p4nsm's best and to the fastest variant.",
+        *(["", "The machine was busy (load average above its CPU count: other work shared the CPUs), so single runs "
+           "spread widely and absolute rates are low; the ratios, from one sitting with the runs interleaved, are the "
+           "figure to read."] if busy else []),
         "",
         "| peer | how it writes | entries/s (median) | runs (s) | vs p4nsm | vs fastest |",
         "|---|---|---:|---|---:|---:|",
