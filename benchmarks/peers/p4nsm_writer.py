@@ -1,11 +1,13 @@
 """Writer for bench_p4rt_write_peers.py: p4nsm's own client (controller.p4rt.client.SwitchClient).
 
-    .venv/bin/python benchmarks/peers/p4nsm_writer.py ADDRESS --count 10000 [--callers 1]
+    .venv/bin/python benchmarks/peers/p4nsm_writer.py ADDRESS --count 10000 [--callers 1] \
+        [--p4info P4INFO --config CONFIG]
 
 Connects, becomes primary and commits nsm_fabric (the client's own start-up), then starts the
 clock, builds COUNT label_fwd INSERTs by name and awaits their acknowledgement. With --callers N
 the updates are handed over by N concurrent write() calls, as the fabric does when many
-connections are set up at once: the client coalesces them into shared Write RPCs.
+connections are set up at once: the client coalesces them into shared Write RPCs. --p4info and
+--config name the pipeline (default: the softswitch's; for BMv2, p4c's P4Info and JSON).
 Prints one JSON line: {"peer", "mode", "entries", "seconds"}.
 """
 
@@ -30,12 +32,16 @@ from controller.runtime import pipeline_cookie  # noqa: E402
 from controller.settings import Settings  # noqa: E402
 
 
-async def run(address: str, device_id: int, count: int, label_base: int, callers: int) -> dict[str, object]:
+async def run(address: str, device_id: int, count: int, label_base: int, callers: int,
+              p4info_path: Path | None, config_path: Path | None) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings.load({"store_path": str(Path(tmp) / "unused.sqlite")})
+        overrides = {"store_path": str(Path(tmp) / "unused.sqlite")}
+        if p4info_path is not None:
+            overrides["p4info_path"] = str(p4info_path)
+        settings = Settings.load(overrides)
         schema = P4Schema.from_file(settings.p4info_path)
         p4info = schema.p4info.SerializeToString(deterministic=True)
-        config = settings.softswitch_config_path.read_bytes()
+        config = (config_path or settings.softswitch_config_path).read_bytes()
         target = SwitchTarget("bench", address, device_id, p4info, config, pipeline_cookie(p4info, [config]))
         client = SwitchClient(target, schema, settings)
         client.start()
@@ -66,8 +72,11 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=10_000)
     parser.add_argument("--label-base", type=int, default=1024)
     parser.add_argument("--callers", type=int, default=1)
+    parser.add_argument("--p4info", type=Path, help="P4Info to push (default: the p4info_path setting's)")
+    parser.add_argument("--config", type=Path, help="device config to push (default: the softswitch's)")
     args = parser.parse_args()
-    result = asyncio.run(run(args.address, args.device_id, args.count, args.label_base, args.callers))
+    result = asyncio.run(run(args.address, args.device_id, args.count, args.label_base, args.callers,
+                             args.p4info, args.config))
     print(json.dumps(result), flush=True)
 
 

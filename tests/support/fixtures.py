@@ -102,15 +102,19 @@ def start_softswitch(
     env: dict[str, str] | None = None,
     command_prefix: Sequence[str] = (),
     channel: Callable[[str], grpc.Channel] = grpc.insecure_channel,
+    command: Sequence[str] = (),
 ) -> Iterator[SoftSwitchProcess]:
     """Run a softswitch subprocess on a free loopback port until the block ends.
 
     interfaces: "PORT@IFNAME" strings; command_prefix: e.g. ("ip", "netns", "exec", NS) to run
-    it inside a network namespace (the address must then be reachable from here).
+    it inside a network namespace (the address must then be reachable from here). command: another
+    P4Runtime server's whole command line instead (e.g. the lab's simple_switch_grpc one), which
+    must serve on `address`: it gets the same start-up wait, log file and stop.
     """
     address = address or f"127.0.0.1:{free_port()}"
     log_fd, log_name = tempfile.mkstemp(prefix=f"softswitch-{device_id}-", suffix=".log")
-    cmd = [*command_prefix, *softswitch_command(address, device_id, cpu_port, interfaces, extra_args)]
+    own = command or softswitch_command(address, device_id, cpu_port, interfaces, extra_args)
+    cmd = [*command_prefix, *own]
     process = subprocess.Popen(
         cmd, cwd=REPO, stdout=log_fd, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
     )
