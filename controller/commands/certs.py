@@ -6,10 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-console = Console()
 certs_app = typer.Typer(help="Certificates for TLS and mTLS (SPIFFE X.509 SVIDs)", no_args_is_help=True, add_completion=False)
 
 
@@ -32,11 +29,8 @@ def init(
             raise typer.BadParameter(f"--identity {item!r}: expected NAME=PATH")
         extra[name] = path
     lab = init_lab_certs(directory, trust_domain=trust_domain, switches=switch or [], extra=extra, days=days, renew=renew)
-    table = Table(title=f"certificates in {directory} (trust bundle: {lab.ca})")
-    for column in ("name", "spiffe id", "certificate", "key"):
-        table.add_column(column)
+    # plain lines, not a table: paths are copied from here and must not be cut to the terminal's width
+    print(f"trust bundle (tls_ca_file of every process): {lab.ca}")
     for name in lab.names:
-        table.add_row(name, lab.spiffe_id(name), str(lab.cert(name)), str(lab.key(name)))
-    console.print(table)
-    console.print(f"use one: --set tls_cert_file={lab.cert('controller')} --set tls_key_file={lab.key('controller')} "
-                  f"--set tls_ca_file={lab.ca}")
+        print(f"{name}: {lab.spiffe_id(name)} cert={lab.cert(name)} key={lab.key(name)}")
+    print(f"the controller: p4nsm run --certs {directory} ...; the SDK: p4nsm nse|nsc ... --certs {directory}")

@@ -1,7 +1,8 @@
 """gRPC's own TLS with an SVID, and the mTLS caller of a servicer context.
 
-gRPC checks a server's certificate against the bundle and the name dialled (DNS/IP SANs; a unix
-socket dials as `localhost`), and a client's against the bundle; the SPIFFE id is then read
+gRPC checks a server's certificate against the bundle and the name dialled (DNS/IP SANs, or the
+`grpc.ssl_target_name_override` channel option: a unix socket names no host, and the NSM
+channels check `localhost` for one), and a client's against the bundle; the SPIFFE id is then read
 from the certificate gRPC verified, so no identity is taken from anything the caller merely says."""
 
 from __future__ import annotations
