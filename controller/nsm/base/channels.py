@@ -1,7 +1,8 @@
 """gRPC channels to NSM peers by URL (docs/nsm_contract.md §1): `tcp://host:port` dials host:port,
 `unix:///path` dials as is; one channel per URL, reused by every call to that peer. With an SVID
 every channel is mTLS (the peer's certificate must chain to the SVID's bundle and carry the
-name dialled, or `server_name`, or `localhost` for a unix socket); without one, plaintext (the `plaintext` setting)."""
+name dialled, or `server_name`, or `localhost` for a unix socket); without one, plaintext (the
+`plaintext` setting)."""
 
 from __future__ import annotations
 
