@@ -16,7 +16,7 @@ from controller.nsm.base import kernel
 from controller.nsm.base.channels import dial_target
 from controller.nsm.base.metadata import Credentials
 from controller.nsm.base.tasks import Tasks
-from controller.nsm.base.tokens import TokenSource
+from controller.nsm.base.tokens import Signer, TokenSource
 from controller.sdk.heal import own_state
 from controller.sdk.refresh import refresh_delay
 from controller.sdk.retry import retry
@@ -31,12 +31,14 @@ MY_INDEX = 0
 
 class Client:
     def __init__(self, nsm_url: str, settings: Settings, *, name: str = "", refresh: bool = True, heal: bool = True,
-                 liveness: Liveness | None = None, token_lifetime: float | None = None) -> None:
+                 liveness: Liveness | None = None, token_lifetime: float | None = None, signer: Signer | None = None) -> None:
+        """`signer` (the client's SVID) signs its tokens; without one they are unsigned, which only
+        a server without a trust bundle accepts."""
         self.settings = settings
         self.name = name or f"client-{uuid.uuid4()}"
         self.id = str(uuid.uuid4())
         self.refresh, self.heal, self.liveness = refresh, heal, liveness
-        self.tokens = TokenSource(f"spiffe://p4nsm/nsc/{self.name}", token_lifetime or settings.nsm_token_lifetime)
+        self.tokens = TokenSource.of(f"spiffe://p4nsm/nsc/{self.name}", token_lifetime or settings.nsm_token_lifetime, signer)
         # The server closes at token expiry minus the Request's deadline (§7.2): a deadline of a
         # third of the lifetime at most keeps that point well after the next refresh.
         self.call_timeout = min(settings.nsm_endpoint_timeout, self.tokens.lifetime / 3)
@@ -54,7 +56,8 @@ class Client:
         self._closed = False
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
-        return Credentials(*self.tokens.issue()).as_metadata()
+        # the token is for the controller (its aud, which the server's tokens_chained checks)
+        return Credentials(*self.tokens.issue(self.settings.nsm_spiffe_id)).as_metadata()
 
     async def request(self, service: str, netns: str, *, iface: str = "", labels: dict[str, str] | None = None,
                       endpoint: str = "", give_up_after: float | None = None) -> connection_pb2.Connection:

@@ -15,8 +15,8 @@ from controller.nsm.base.channels import dial_target
 from controller.nsm.base.checks import Limits
 from controller.nsm.base.serving import bind, grpc_options, serve_health
 from controller.nsm.base.tasks import Tasks
-from controller.nsm.base.tokens import TokenSource
-from controller.nsm.elements.authorize import Authorize
+from controller.nsm.base.tokens import Signer, TokenSource, Verifier
+from controller.nsm.elements.authorize import Authorize, path_tokens
 from controller.nsm.elements.begin import Begin
 from controller.nsm.elements.chain import Chain
 from controller.nsm.elements.monitor import Monitor, MonitorHub, MonitorServicer
@@ -49,12 +49,15 @@ class EndpointConfig:
 
 
 class Endpoint:
-    def __init__(self, config: EndpointConfig, settings: Settings) -> None:
+    def __init__(self, config: EndpointConfig, settings: Settings, *, signer: Signer | None = None,
+                 verifier: Verifier | None = None) -> None:
+        """`signer` (the endpoint's SVID) signs its tokens; `verifier` (the trust bundle) checks
+        the controller's, as the server does."""
         self.config = config
         self.settings = settings
         self.name = config.name or f"{config.service}-{config.host}-{uuid.uuid4().hex[:6]}"
         self.listen_url = config.listen_url or f"unix://{settings.nsm_run_dir / config.host / self.name}.sock"
-        self.tokens = TokenSource(f"spiffe://p4nsm/nse/{self.name}", settings.nsm_token_lifetime)
+        self.tokens = TokenSource.of(f"spiffe://p4nsm/nse/{self.name}", settings.nsm_token_lifetime, signer)
         self.tasks = Tasks(f"nse:{self.name}")
         self.hub = MonitorHub(self.name)
         self.pool = PairPool(config.cidr)
@@ -63,8 +66,8 @@ class Endpoint:
             Validate(Limits.of(settings)),
             UpdatePath(self.name),
             self.begin,
-            UpdateToken(self.tokens),
-            Authorize(),
+            UpdateToken(self.tokens, settings.nsm_max_token_lifetime),
+            Authorize(path_tokens(verifier or Verifier())),
             Timeout(self.tasks),
             Monitor(self.hub),
             TrimPath(),
