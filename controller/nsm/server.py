@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import grpc
 
 from controller.fabric.connections import Fabric
+from controller.identity import Svid, load_svid
 from controller.nsm.base.channels import Channels
 from controller.nsm.base.checks import Limits
 from controller.nsm.base.serving import bind, grpc_options, serve_health
@@ -61,15 +62,14 @@ class NsmServer:
         *,
         dataplane: Sequence[Element] | None = None,
         policy: Policy | None = None,
-        signer: Signer | None = None,
-        verifier: Verifier | None = None,
+        svid: Svid | None = None,
         ejected: Ejected | None = None,
         report: Report | None = None,
     ) -> None:
         """`dataplane` replaces the fabric and host-side elements (tests that must not touch
         switches); `ejected`/`report` are the outlier-ejection hook of endpoint selection.
-        `signer` (this hop's SVID) signs its tokens; `verifier` (the trust bundle) checks the
-        callers' (authorize.path_tokens unless `policy` replaces it)."""
+        `svid` (default: the one the settings name) signs this hop's tokens, and its trust bundle
+        checks the callers' (authorize.path_tokens unless `policy` replaces it)."""
         self.settings = settings
         # Istio-style outlier ejection of endpoints unless the caller brings its own hook.
         self.outliers = OutlierDetector(settings.outlier_consecutive_failures, settings.outlier_base_ejection_time,
@@ -77,11 +77,12 @@ class NsmServer:
         ejected = ejected or self.outliers.ejected
         report = report or self.outliers.report
         self.tasks = Tasks("nsm")
-        self.tokens = TokenSource.of(settings.nsm_spiffe_id, settings.nsm_token_lifetime, signer)
+        self.svid = svid if svid is not None else load_svid(settings)
+        self.tokens = TokenSource.of(settings.nsm_spiffe_id, settings.nsm_token_lifetime, Signer.of(self.svid))
         if self.tokens.subject != settings.nsm_spiffe_id:
             log.warning("event=spiffe_id_mismatch svid=%s nsm_spiffe_id=%s reason=%s", self.tokens.subject,
                         settings.nsm_spiffe_id, "SDK tokens name nsm_spiffe_id as their aud; the chain check wants the SVID's")
-        policy = policy or path_tokens(verifier or Verifier())
+        policy = policy or path_tokens(Verifier.of(self.svid))
         limits = Limits.of(settings)
         self.services = NsRegistry(self.tokens, limits)
         self.endpoints = NseRegistry(self.tokens, limits, settings.nsm_registry_default_expiration, self.tasks)

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
+from controller.identity import Svid, load_svid
 from controller.nsm.base import kernel
 from controller.nsm.base.channels import dial_target
 from controller.nsm.base.metadata import Credentials
@@ -31,14 +32,16 @@ MY_INDEX = 0
 
 class Client:
     def __init__(self, nsm_url: str, settings: Settings, *, name: str = "", refresh: bool = True, heal: bool = True,
-                 liveness: Liveness | None = None, token_lifetime: float | None = None, signer: Signer | None = None) -> None:
-        """`signer` (the client's SVID) signs its tokens; without one they are unsigned, which only
-        a server without a trust bundle accepts."""
+                 liveness: Liveness | None = None, token_lifetime: float | None = None, svid: Svid | None = None) -> None:
+        """`svid` (default: the one the settings name) signs the client's tokens; without one they
+        are unsigned, which only a server without a trust bundle accepts."""
         self.settings = settings
         self.name = name or f"client-{uuid.uuid4()}"
         self.id = str(uuid.uuid4())
         self.refresh, self.heal, self.liveness = refresh, heal, liveness
-        self.tokens = TokenSource.of(f"spiffe://p4nsm/nsc/{self.name}", token_lifetime or settings.nsm_token_lifetime, signer)
+        self.svid = svid if svid is not None else load_svid(settings)
+        self.tokens = TokenSource.of(f"spiffe://p4nsm/nsc/{self.name}", token_lifetime or settings.nsm_token_lifetime,
+                                     Signer.of(self.svid))
         # The server closes at token expiry minus the Request's deadline (§7.2): a deadline of a
         # third of the lifetime at most keeps that point well after the next refresh.
         self.call_timeout = min(settings.nsm_endpoint_timeout, self.tokens.lifetime / 3)

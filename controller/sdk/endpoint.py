@@ -11,6 +11,7 @@ import uuid
 
 import grpc
 
+from controller.identity import Svid, load_svid
 from controller.nsm.base.channels import dial_target
 from controller.nsm.base.checks import Limits
 from controller.nsm.base.serving import bind, grpc_options, serve_health
@@ -49,15 +50,15 @@ class EndpointConfig:
 
 
 class Endpoint:
-    def __init__(self, config: EndpointConfig, settings: Settings, *, signer: Signer | None = None,
-                 verifier: Verifier | None = None) -> None:
-        """`signer` (the endpoint's SVID) signs its tokens; `verifier` (the trust bundle) checks
-        the controller's, as the server does."""
+    def __init__(self, config: EndpointConfig, settings: Settings, *, svid: Svid | None = None) -> None:
+        """`svid` (default: the one the settings name) signs the endpoint's tokens, and its trust
+        bundle checks the controller's, as the server does."""
         self.config = config
         self.settings = settings
         self.name = config.name or f"{config.service}-{config.host}-{uuid.uuid4().hex[:6]}"
         self.listen_url = config.listen_url or f"unix://{settings.nsm_run_dir / config.host / self.name}.sock"
-        self.tokens = TokenSource.of(f"spiffe://p4nsm/nse/{self.name}", settings.nsm_token_lifetime, signer)
+        self.svid = svid if svid is not None else load_svid(settings)
+        self.tokens = TokenSource.of(f"spiffe://p4nsm/nse/{self.name}", settings.nsm_token_lifetime, Signer.of(self.svid))
         self.tasks = Tasks(f"nse:{self.name}")
         self.hub = MonitorHub(self.name)
         self.pool = PairPool(config.cidr)
@@ -67,7 +68,7 @@ class Endpoint:
             UpdatePath(self.name),
             self.begin,
             UpdateToken(self.tokens, settings.nsm_max_token_lifetime),
-            Authorize(path_tokens(verifier or Verifier())),
+            Authorize(path_tokens(Verifier.of(self.svid))),
             Timeout(self.tasks),
             Monitor(self.hub),
             TrimPath(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -46,13 +47,12 @@ def settings(tmp_path) -> Settings:
 
 
 @pytest.fixture
-async def signed(settings) -> AsyncIterator[Signed]:
-    """The controller's NSM server with an SVID of a trust domain and that domain's bundle."""
+async def signed(settings, tmp_path) -> AsyncIterator[Signed]:
+    """The controller's NSM server with an SVID of a trust domain (and that domain's bundle)."""
     controller = Controller(load_topology(DIAMOND), settings)
-    domain = TrustDomain.make()
+    domain = TrustDomain.make(tmp_path / "ca")
     recorder = Recorder()
-    server = NsmServer(controller.fabric, settings, dataplane=[recorder],
-                       signer=domain.svid(settings.nsm_spiffe_id), verifier=domain.verifier())
+    server = NsmServer(controller.fabric, settings, dataplane=[recorder], svid=domain.svid(settings.nsm_spiffe_id))
     address = await server.start("127.0.0.1:0")
     channel = grpc.aio.insecure_channel(dial_target(address))
     try:
@@ -66,26 +66,27 @@ async def signed(settings) -> AsyncIterator[Signed]:
 @pytest.fixture
 async def endpoint(signed: Signed, settings) -> AsyncIterator[Endpoint]:
     nse = Endpoint(EndpointConfig("icmp", "h3", "10.60.0.0/24", signed.server.address, name="nse-signed"), settings,
-                   signer=signed.domain.svid("spiffe://p4nsm/nse/nse-signed"), verifier=signed.domain.verifier())
+                   svid=signed.domain.svid("spiffe://p4nsm/nse/nse-signed"))
     await nse.start(register_within=10)
     yield nse
     await nse.stop()
 
 
-def _tokens(domain: TrustDomain, audience: str) -> dict[str, tuple[str, float]]:
+def _tokens(domain: TrustDomain, audience: str, elsewhere: Path) -> dict[str, tuple[str, float]]:
     nsc = "spiffe://p4nsm/nsc/test"
     return {
         "unsigned": TokenSource(nsc, 60.0).issue(audience),
-        "forged": TokenSource.of("", 60.0, TrustDomain.make("evil").svid(nsc)).issue(audience),
-        "expired": TokenSource.of("", -5.0, domain.svid(nsc)).issue(audience),
-        "for another hop": TokenSource.of("", 60.0, domain.svid(nsc)).issue("spiffe://p4nsm/other"),
+        "forged": TrustDomain.make(elsewhere).tokens(nsc).issue(audience),
+        "expired": domain.tokens(nsc, -5.0).issue(audience),
+        "for another hop": domain.tokens(nsc).issue("spiffe://p4nsm/other"),
         "not a JWT": ("caller-token", clock.now() + 60),
     }
 
 
 @pytest.mark.parametrize("kind", ["unsigned", "forged", "expired", "for another hop", "not a JWT"])
-async def test_a_token_that_does_not_verify_is_refused_before_anything_is_made(signed: Signed, settings, kind) -> None:
-    token, expires = _tokens(signed.domain, settings.nsm_spiffe_id)[kind]
+async def test_a_token_that_does_not_verify_is_refused_before_anything_is_made(signed: Signed, settings, kind,
+                                                                              tmp_path) -> None:
+    token, expires = _tokens(signed.domain, settings.nsm_spiffe_id, tmp_path / "evil")[kind]
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await signed.stub.Request(nsc_request(), metadata=Credentials(token, max(expires, clock.now() + 60)).as_metadata())
     assert code_of(info.value) == grpc.StatusCode.PERMISSION_DENIED
@@ -94,21 +95,21 @@ async def test_a_token_that_does_not_verify_is_refused_before_anything_is_made(s
 
 
 async def test_a_token_signed_with_an_svid_of_the_trust_domain_is_accepted(signed: Signed, settings, endpoint) -> None:
-    token, expires = TokenSource.of("", 60.0, signed.domain.svid("spiffe://p4nsm/nsc/test")).issue(settings.nsm_spiffe_id)
+    token, expires = signed.domain.tokens("spiffe://p4nsm/nsc/test").issue(settings.nsm_spiffe_id)
     resp = await signed.stub.Request(nsc_request(), metadata=Credentials(token, expires).as_metadata())
     assert signed.recorder.new == [resp.path.path_segments[1].id]
     assert resp.path.path_segments[0].token == token
 
 
 async def test_a_callers_far_expiry_is_cut_to_the_setting(signed: Signed, settings, endpoint) -> None:
-    token, _ = TokenSource.of("", 10**9, signed.domain.svid("spiffe://p4nsm/nsc/test")).issue(settings.nsm_spiffe_id)
+    token, _ = signed.domain.tokens("spiffe://p4nsm/nsc/test", 10**9).issue(settings.nsm_spiffe_id)
     far = clock.parse_rfc3339("9999-12-31T23:59:59Z")
     resp = await signed.stub.Request(nsc_request(), metadata=Credentials(token, far).as_metadata())
     assert clock.to_seconds(resp.path.path_segments[0].expires) <= clock.now() + settings.nsm_max_token_lifetime
 
 
 async def test_the_sdk_signs_and_its_endpoint_checks_the_controllers_token(signed: Signed, settings, endpoint) -> None:
-    client = Client(signed.server.address, settings, signer=signed.domain.svid("spiffe://p4nsm/nsc/sdk"))
+    client = Client(signed.server.address, settings, svid=signed.domain.svid("spiffe://p4nsm/nsc/sdk"))
     try:
         conn = await client.request("icmp", "h1", iface="nsm0", give_up_after=10)
         assert [s.name for s in conn.path.path_segments] == [client.name, settings.nsm_name, endpoint.name]
@@ -127,12 +128,13 @@ async def test_an_unsigned_sdk_client_is_refused_at_once(signed: Signed, setting
     await client.close()
 
 
-async def test_an_endpoint_of_another_trust_domain_refuses_the_controllers_token(signed: Signed, settings) -> None:
-    other = TrustDomain.make("other")
+async def test_an_endpoint_trusting_another_ca_refuses_the_controllers_token(signed: Signed, settings, tmp_path) -> None:
+    other = TrustDomain.make(tmp_path / "other").svid("spiffe://p4nsm/verifier")
+    own = signed.domain.svid("spiffe://p4nsm/nse/nse-other")
     nse = Endpoint(EndpointConfig("icmp", "h3", "10.60.0.0/24", signed.server.address, name="nse-other"), settings,
-                   signer=signed.domain.svid("spiffe://p4nsm/nse/nse-other"), verifier=other.verifier())
+                   svid=dataclasses.replace(own, trust_bundle=other.trust_bundle))
     await nse.start(register_within=10)
-    client = Client(signed.server.address, settings, signer=signed.domain.svid("spiffe://p4nsm/nsc/sdk"))
+    client = Client(signed.server.address, settings, svid=signed.domain.svid("spiffe://p4nsm/nsc/sdk"))
     try:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await client.request("icmp", "h1", iface="nsm0", give_up_after=10)

@@ -1,59 +1,45 @@
-"""X509-SVIDs for token tests (the `cryptography` package): a trust domain's CA and the leaf
-certificates it signs, each with one `spiffe://` URI SAN, as SPIRE issues them."""
+"""X509-SVIDs for token tests: a trust domain made by the lab CA (`controller.identity`, what
+`p4nsm certs init` makes) and SVIDs it issues, as SPIRE would hand them out."""
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
+import re
+from pathlib import Path
 
 import jwt
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
 
+from controller.identity import Svid, init_lab_certs, issue
+from controller.identity.sources import svid_from_files
 from controller.nsm.base import clock
-from controller.nsm.base.tokens import Signer, Verifier
-
-
-def _name(common: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+from controller.nsm.base.tokens import Signer, TokenSource, Verifier
 
 
 @dataclasses.dataclass(frozen=True)
 class TrustDomain:
-    key: ec.EllipticCurvePrivateKey
-    ca: x509.Certificate
+    dir: Path
 
     @classmethod
-    def make(cls, name: str = "p4nsm") -> TrustDomain:
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        ca = (x509.CertificateBuilder().subject_name(_name(f"{name} CA")).issuer_name(_name(f"{name} CA"))
-              .public_key(key.public_key()).serial_number(x509.random_serial_number())
-              .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-              .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-              .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                           data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                           crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-              .sign(key, hashes.SHA256()))
-        return cls(key, ca)
+    def make(cls, directory: Path) -> TrustDomain:
+        init_lab_certs(directory)
+        return cls(directory)
+
+    def svid(self, spiffe_id: str) -> Svid:
+        name = re.sub(r"[^A-Za-z0-9.-]", "_", spiffe_id)
+        cert, key = issue(self.dir, name, spiffe_id)
+        return svid_from_files(cert, key, self.dir / "ca.crt")
+
+    def signer(self, spiffe_id: str) -> Signer:
+        signer = Signer.of(self.svid(spiffe_id))
+        assert signer is not None
+        return signer
+
+    def tokens(self, spiffe_id: str, lifetime: float = 60.0) -> TokenSource:
+        return TokenSource.of("", lifetime, self.signer(spiffe_id))
 
     def verifier(self) -> Verifier:
-        return Verifier([self.ca])
-
-    def svid(self, spiffe_id: str, *, valid_for: float = 86400.0) -> Signer:
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (x509.CertificateBuilder().subject_name(_name(spiffe_id)).issuer_name(self.ca.subject)
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(seconds=valid_for))
-                .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=False)
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                               critical=False)
-                .sign(self.key, hashes.SHA256()))
-        return Signer(key, (cert,))
+        return Verifier.of(self.svid("spiffe://p4nsm/verifier"))
 
 
 def cert_pem(signer: Signer) -> bytes:

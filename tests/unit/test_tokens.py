@@ -27,8 +27,14 @@ NSC, US, NSE = "spiffe://p4nsm/nsc/a", "spiffe://p4nsm/controller", "spiffe://p4
 
 
 @pytest.fixture(scope="module")
-def domain() -> TrustDomain:
-    return TrustDomain.make()
+def domain(tmp_path_factory) -> TrustDomain:
+    return TrustDomain.make(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module")
+def evil(tmp_path_factory) -> TrustDomain:
+    """Another CA, whose SVIDs name the same SPIFFE ids."""
+    return TrustDomain.make(tmp_path_factory.mktemp("evil"))
 
 
 def _path(*tokens: str, index: int) -> Connection:
@@ -58,7 +64,7 @@ def _with_claims(token: str, **changes: object) -> str:
 # --- signing and verifying -----------------------------------------------------------------------
 
 def test_a_signed_token_verifies_with_its_x5c_chain_and_names_sub_aud_exp(domain) -> None:
-    signer = domain.svid(NSC)
+    signer = domain.signer(NSC)
     token, expires = TokenSource.of("ignored", 60.0, signer).issue(US)
     assert jwt.get_unverified_header(token)["alg"] == "ES256"
     found = domain.verifier().verify(token)
@@ -66,28 +72,28 @@ def test_a_signed_token_verifies_with_its_x5c_chain_and_names_sub_aud_exp(domain
 
 
 def test_an_upstream_token_without_x5c_verifies_with_the_peers_certificate(domain) -> None:
-    signer = domain.svid(NSC)
+    signer = domain.signer(NSC)
     token, _ = upstream_token(signer, US)
     assert domain.verifier().verify(token, cert_pem(signer)).sub == NSC
     with pytest.raises(TokenError, match="no peer certificate and no x5c"):
         domain.verifier().verify(token)
 
 
-def test_a_token_of_another_trust_domain_is_refused(domain) -> None:
-    token, _ = TokenSource.of("", 60.0, TrustDomain.make("evil").svid(NSC)).issue(US)
+def test_a_token_of_another_trust_domain_is_refused(domain, evil) -> None:
+    token, _ = evil.tokens(NSC, 60.0).issue(US)
     with pytest.raises(TokenError, match="trust bundle does not vouch"):
         domain.verifier().verify(token)
 
 
 def test_an_edited_token_does_not_verify(domain) -> None:
-    token, _ = TokenSource.of("", 60.0, domain.svid(NSC)).issue(US)
+    token, _ = domain.tokens(NSC, 60.0).issue(US)
     with pytest.raises(TokenError, match="signature does not verify"):
         domain.verifier().verify(_with_claims(token, exp=int(clock.now()) + 10**6))
 
 
 def test_a_sub_other_than_the_signers_spiffe_id_is_refused(domain) -> None:
-    signer = domain.svid(NSC)
-    other = jwt.encode({"sub": NSE, "exp": int(clock.now()) + 60}, signer.key, algorithm="ES256",  # type: ignore[arg-type]
+    signer = domain.signer(NSC)
+    other = jwt.encode({"sub": NSE, "exp": int(clock.now()) + 60}, signer.key, algorithm="ES256",
                        headers={"x5c": signer.x5c})
     with pytest.raises(TokenError, match="has sub 'spiffe://p4nsm/nse/b' but is signed by spiffe://p4nsm/nsc/a"):
         domain.verifier().verify(other)
@@ -98,14 +104,14 @@ def test_unsigned_and_symmetric_tokens_are_refused_when_there_is_a_bundle(domain
     with pytest.raises(TokenError, match="not signed with ES256"):
         domain.verifier().verify(unsigned)
     # HS256 keyed with the (public) certificate: the algorithm-confusion forgery
-    peer = cert_pem(domain.svid(NSC))
+    peer = cert_pem(domain.signer(NSC))
     header, claims = _b64(json.dumps({"alg": "HS256"}).encode()), _b64(json.dumps({"sub": NSC, "exp": 2**40}).encode())
     signed_part = f"{header}.{claims}"
     hs = f"{signed_part}.{_b64(hmac.new(peer, signed_part.encode(), hashlib.sha256).digest())}"
     with pytest.raises(TokenError, match="not signed with ES256"):
         domain.verifier().verify(hs, peer)
     with pytest.raises(TokenError, match="no trust bundle"):
-        Verifier().verify(TokenSource.of("", 60.0, domain.svid(NSC)).issue(US)[0])
+        Verifier().verify(domain.tokens(NSC, 60.0).issue(US)[0])
 
 
 @pytest.mark.parametrize("token, why", [
@@ -121,20 +127,20 @@ def test_what_is_not_a_jwt_with_sub_and_exp_is_refused(token: str, why: str) -> 
 
 # --- the policies through the authorize element ------------------------------------------------
 
-def test_with_a_bundle_a_signed_chained_path_is_allowed_and_each_rule_refuses_its_breach(domain) -> None:
+def test_with_a_bundle_a_signed_chained_path_is_allowed_and_each_rule_refuses_its_breach(domain, evil) -> None:
     authorize = Authorize(path_tokens(domain.verifier()))
-    client, us = TokenSource.of("", 60.0, domain.svid(NSC)), TokenSource.of("", 60.0, domain.svid(US))
+    client, us = domain.tokens(NSC, 60.0), domain.tokens(US, 60.0)
     ours = us.issue()[0]
     authorize.inspect(_path(client.issue(US)[0], ours, index=1), CallContext())
     # tokens_chained: the caller's token was made for another hop
     assert "path_segments[0].token: aud ['spiffe://p4nsm/other'] does not name the next hop" in \
         _refusal(authorize, _path(client.issue("spiffe://p4nsm/other")[0], ours, index=1))
     # tokens_expired
-    expired = TokenSource.of("", -5.0, domain.svid(NSC)).issue(US)[0]
+    expired = domain.tokens(NSC, -5.0).issue(US)[0]
     assert "path_segments[0].token: expired" in _refusal(authorize, _path(expired, ours, index=1))
     # prev_token_signed: unsigned, or forged by someone outside the bundle
     assert "not signed with ES256" in _refusal(authorize, _path(TokenSource(NSC, 60.0).issue(US)[0], ours, index=1))
-    forged = TokenSource.of("", 60.0, TrustDomain.make("evil").svid(NSC)).issue(US)[0]
+    forged = evil.tokens(NSC, 60.0).issue(US)[0]
     assert "trust bundle does not vouch" in _refusal(authorize, _path(forged, ours, index=1))
     # tokens_valid: not a JWT at all
     assert "path_segments[0].token: is not a JWT" in _refusal(authorize, _path("caller-token", ours, index=1))
@@ -142,13 +148,13 @@ def test_with_a_bundle_a_signed_chained_path_is_allowed_and_each_rule_refuses_it
 
 def test_an_upstream_client_token_is_allowed_with_its_mtls_certificate(domain) -> None:
     authorize = Authorize(path_tokens(domain.verifier()))
-    signer = domain.svid(NSC)
+    signer = domain.signer(NSC)
     token, _ = upstream_token(signer, US)
-    ours = TokenSource.of("", 60.0, domain.svid(US)).issue()[0]
+    ours = domain.tokens(US, 60.0).issue()[0]
     authorize.inspect(_path(token, ours, index=1), CallContext(peer_identity=NSC, peer_cert=cert_pem(signer)))
     # the same token from a caller holding another certificate
     assert "signed by spiffe://p4nsm/nsc/x" in _refusal(
-        authorize, _path(token, ours, index=1), CallContext(peer_cert=cert_pem(domain.svid("spiffe://p4nsm/nsc/x"))))
+        authorize, _path(token, ours, index=1), CallContext(peer_cert=cert_pem(domain.signer("spiffe://p4nsm/nsc/x"))))
 
 
 def test_without_a_bundle_a_token_must_still_be_an_unexpired_jwt() -> None:

@@ -25,8 +25,8 @@ import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509 import verification
 
+from controller.identity import IdentityError, Svid, spiffe_id_of, verify_svid
 from controller.nsm.base import clock
 
 SIGNED_ALG = "ES256"
@@ -38,22 +38,6 @@ def _b64(data: bytes) -> str:
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def spiffe_id_of(cert: x509.Certificate) -> str:
-    """The certificate's SPIFFE id: its one `spiffe://` URI SAN ("" when it has none or several,
-    which the X509-SVID spec forbids)."""
-    try:
-        uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value \
-            .get_values_for_type(x509.UniformResourceIdentifier)
-    except x509.ExtensionNotFound:
-        return ""
-    ids = [u for u in uris if u.startswith("spiffe://")]
-    return ids[0] if len(ids) == 1 else ""
-
-
-def certificates_from_pem(pem: bytes) -> tuple[x509.Certificate, ...]:
-    return tuple(x509.load_pem_x509_certificates(pem)) if pem.strip() else ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,11 +54,12 @@ class Signer:
             raise ValueError("the SVID's leaf certificate has no SPIFFE id (one spiffe:// URI SAN)")
 
     @classmethod
-    def from_pem(cls, chain_pem: bytes, key_pem: bytes) -> Signer:
-        key = serialization.load_pem_private_key(key_pem, password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ValueError("an SVID key for ES256 tokens must be an EC P-256 key")
-        return cls(key, certificates_from_pem(chain_pem))
+    def of(cls, svid: Svid | None) -> Signer | None:
+        if svid is None:
+            return None
+        if not isinstance(svid.private_key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"the SVID of {svid.spiffe_id} has no EC P-256 key to sign ES256 tokens with")
+        return cls(svid.private_key, svid.cert_chain)
 
     @property
     def spiffe_id(self) -> str:
@@ -178,29 +163,26 @@ class Verifier:
 
     def __init__(self, bundle: Sequence[x509.Certificate] = ()) -> None:
         self.bundle = tuple(bundle)
-        self._store = verification.Store(list(self.bundle)) if self.bundle else None
+        self._bundle_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.bundle)
+
+    @classmethod
+    def of(cls, svid: Svid | None) -> Verifier:
+        return cls(svid.trust_bundle if svid is not None else ())
 
     @property
     def trusted(self) -> bool:
-        return self._store is not None
+        return bool(self.bundle)
 
     def _chained(self, x5c: tuple[str, ...]) -> x509.Certificate:
-        """The leaf of an `x5c` chain that leads to the bundle. SVIDs are checked as SPIFFE asks
-        (signatures, validity, CA basic constraints), not as web PKI server certificates: the
-        leaf's SPIFFE id is compared with `sub` by the caller, and no DNS name is required."""
-        assert self._store is not None
+        """The leaf of an `x5c` chain that leads to the bundle (checked as the mTLS handshake
+        checks a client certificate)."""
         try:
             certs = [x509.load_der_x509_certificate(base64.b64decode(c, validate=True)) for c in x5c]
         except (ValueError, binascii.Error):
             raise TokenError("has an x5c header that is not a list of base64 DER certificates") from None
-        ca_policy = verification.ExtensionPolicy.permit_all().require_present(
-            x509.BasicConstraints, verification.Criticality.AGNOSTIC, None)
-        verifier = (verification.PolicyBuilder().store(self._store)
-                    .extension_policies(ca_policy=ca_policy, ee_policy=verification.ExtensionPolicy.permit_all())
-                    .build_client_verifier())
         try:
-            verifier.verify(certs[0], certs[1:])
-        except verification.VerificationError as e:
+            verify_svid(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs), self._bundle_pem)
+        except IdentityError as e:
             raise TokenError(f"is signed by a certificate the trust bundle does not vouch for: {e}") from None
         return certs[0]
 
@@ -217,8 +199,8 @@ class Verifier:
             raise TokenError(f"is not signed with {SIGNED_ALG} (alg {alg!r})")
         if peer_cert:
             try:
-                cert = certificates_from_pem(peer_cert)[0]
-            except (ValueError, IndexError):
+                cert = x509.load_pem_x509_certificate(peer_cert)
+            except ValueError:
                 raise TokenError("cannot be verified: the peer's certificate is not PEM") from None
         elif found.x5c:
             cert = self._chained(found.x5c)
