@@ -30,6 +30,7 @@ from controller.identity import IdentityError, Svid, spiffe_id_of, verify_svid
 from controller.nsm.base import clock
 
 SIGNED_ALG = "ES256"
+MAX_KNOWN_CHAINS = 4096
 
 
 def _b64(data: bytes) -> str:
@@ -164,6 +165,10 @@ class Verifier:
     def __init__(self, bundle: Sequence[x509.Certificate] = ()) -> None:
         self.bundle = tuple(bundle)
         self._bundle_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.bundle)
+        # x5c chains already found to lead to the bundle -> (their leaf, until when that holds):
+        # every refresh of a connection brings the same chain, and checking it again costs more
+        # than the signature itself
+        self._chains: dict[tuple[str, ...], tuple[x509.Certificate, float]] = {}
 
     @classmethod
     def of(cls, svid: Svid | None) -> Verifier:
@@ -176,6 +181,9 @@ class Verifier:
     def _chained(self, x5c: tuple[str, ...]) -> x509.Certificate:
         """The leaf of an `x5c` chain that leads to the bundle (checked as the mTLS handshake
         checks a client certificate)."""
+        known = self._chains.get(x5c)
+        if known is not None and clock.now() < known[1]:
+            return known[0]
         try:
             certs = [x509.load_der_x509_certificate(base64.b64decode(c, validate=True)) for c in x5c]
         except (ValueError, binascii.Error):
@@ -184,6 +192,9 @@ class Verifier:
             verify_svid(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs), self._bundle_pem)
         except IdentityError as e:
             raise TokenError(f"is signed by a certificate the trust bundle does not vouch for: {e}") from None
+        if len(self._chains) >= MAX_KNOWN_CHAINS:
+            self._chains.clear()  # a flood of distinct valid chains only costs their checks again
+        self._chains[x5c] = certs[0], min(c.not_valid_after_utc.timestamp() for c in certs)
         return certs[0]
 
     def verify(self, token: str, peer_cert: bytes = b"") -> Claims:
