@@ -18,6 +18,7 @@ from controller.gnmi.port_state import PortStateClient
 from controller.heal.link_monitor import LinkMonitor
 from controller.heal.port_state import PortStateJudge
 from controller.heal.reroute import Rerouter
+from controller.identity import https_context, load_svid
 from controller.nsm.server import NsmServer
 from controller.operators.metrics import ControllerMetrics
 from controller.operators.web import WebView
@@ -102,15 +103,18 @@ class Controller:
         self.admin = AdminServer(admin_path, self._admin_handlers()) if admin_path else None
         self.nsm_address = nsm_address
         self.nsm: NsmServer | None = None
-        # Prometheus metrics at http://<metrics_address>/metrics; an empty address turns them off.
+        # HTTPS for both with the controller's SVID when it has one (the NSM server loads its own)
+        svid = load_svid(settings) if settings.metrics_address or settings.web_address else None
+        https = https_context(svid) if svid is not None else None
+        # Prometheus metrics at http(s)://<metrics_address>/metrics; an empty address turns them off.
         self.metrics: ControllerMetrics | None = None
         if settings.metrics_address:
             self.metrics = ControllerMetrics(settings.metrics_address, fabric=self.fabric, clients=self.clients, links=self.links,
-                                             rerouter=self.rerouter, anti_entropy=self.anti_entropy, store=self.store)
-        # The live web view and its JSON API at http://<web_address>/; an empty address turns it off.
+                                             rerouter=self.rerouter, anti_entropy=self.anti_entropy, store=self.store, tls=https)
+        # The live web view and its JSON API at http(s)://<web_address>/; an empty address turns it off.
         self.web: WebView | None = None
         if settings.web_address:
-            self.web = WebView(topo, self.fabric, self.rerouter, self.links, settings.web_address)
+            self.web = WebView(topo, self.fabric, self.rerouter, self.links, settings.web_address, tls=https)
 
     @property
     def metrics_url(self) -> str | None:

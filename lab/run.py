@@ -17,6 +17,7 @@ from typing import Any
 from controller.runtime import Controller
 from controller.settings import Settings
 from controller.topology import Topology
+from lab.certs import as_role, lab_tls
 
 
 class _LoopThread:
@@ -87,6 +88,8 @@ def run_lab(topo: Topology, settings: Settings, switch_kind: str | None, admin_p
     run_dir = Path(tempfile.mkdtemp(prefix="p4nsm-lab-"))
     if "store_path" not in settings.model_fields_set:
         settings = settings.model_copy(update={"store_path": run_dir / "store.sqlite"})
+    # TLS on by default: the controller's certificate from a lab CA in the run directory
+    settings = as_role(settings, lab_tls(settings, run_dir, topo), "controller")
     lab = Lab(topo, run_dir, switch_kind=switch_kind)
     runner: _LoopThread | None = None
     ctl: Controller | None = None

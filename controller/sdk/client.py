@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from controller.identity import Svid, load_svid
+from controller.identity import require_svid
 from controller.nsm.base import kernel
-from controller.nsm.base.channels import dial_target
+from controller.nsm.base.channels import dial
 from controller.nsm.base.metadata import Credentials
 from controller.nsm.base.tasks import Tasks
 from controller.nsm.base.tokens import Signer, TokenSource
@@ -32,20 +32,21 @@ MY_INDEX = 0
 
 class Client:
     def __init__(self, nsm_url: str, settings: Settings, *, name: str = "", refresh: bool = True, heal: bool = True,
-                 liveness: Liveness | None = None, token_lifetime: float | None = None, svid: Svid | None = None) -> None:
-        """`svid` (default: the one the settings name) signs the client's tokens; without one they
-        are unsigned, which only a server without a trust bundle accepts."""
+                 liveness: Liveness | None = None, token_lifetime: float | None = None) -> None:
         self.settings = settings
         self.name = name or f"client-{uuid.uuid4()}"
         self.id = str(uuid.uuid4())
         self.refresh, self.heal, self.liveness = refresh, heal, liveness
-        self.svid = svid if svid is not None else load_svid(settings)
+        # mTLS with the settings' SVID (its SPIFFE id is who the server takes this client for);
+        # plaintext only with the plaintext setting
+        self.svid = require_svid(settings, "NSM client")
+        # signed with the SVID when there is one; unsigned tokens pass only a plaintext server
         self.tokens = TokenSource.of(f"spiffe://p4nsm/nsc/{self.name}", token_lifetime or settings.nsm_token_lifetime,
                                      Signer.of(self.svid))
         # The server closes at token expiry minus the Request's deadline (§7.2): a deadline of a
         # third of the lifetime at most keeps that point well after the next refresh.
         self.call_timeout = min(settings.nsm_endpoint_timeout, self.tokens.lifetime / 3)
-        self.channel = grpc.aio.insecure_channel(dial_target(nsm_url))
+        self.channel = dial(nsm_url, self.svid, server_name=settings.nsm_tls_server_name)
         self.stub = networkservice_pb2_grpc.NetworkServiceStub(self.channel)
         self.monitor_stub = connection_pb2_grpc.MonitorConnectionStub(self.channel)
         self.tasks = Tasks(f"nsc:{self.name}")

@@ -1,6 +1,8 @@
-"""Path tokens: signing (ES256 with an SVID's key), verification against a trust bundle or the
-mTLS peer's certificate, NSM's token policies through the authorize element, and the cap of a
-caller's expiry in updatetoken. Real keys and certificates (cryptography), real JWTs (pyjwt)."""
+"""Path tokens: signing (ES256 with an SVID's key), verification with the mTLS peer's
+certificate, NSM's token policies through the authorize element, and the cap of a caller's expiry
+in updatetoken. Real keys and lab certificates (controller.identity), real JWTs (pyjwt); the
+peer's certificate is handed over as the servicer context gives it (tests/conformance/
+test_nsm_tokens.py does the same over real mTLS sockets)."""
 
 from __future__ import annotations
 
@@ -63,46 +65,46 @@ def _with_claims(token: str, **changes: object) -> str:
 
 # --- signing and verifying -----------------------------------------------------------------------
 
-def test_a_signed_token_verifies_with_its_x5c_chain_and_names_sub_aud_exp(domain) -> None:
+def test_a_signed_token_is_upstreams_and_verifies_with_the_signers_certificate(domain) -> None:
     signer = domain.signer(NSC)
     token, expires = TokenSource.of("ignored", 60.0, signer).issue(US)
-    assert jwt.get_unverified_header(token)["alg"] == "ES256"
-    found = domain.verifier().verify(token)
+    assert jwt.get_unverified_header(token) == {"alg": "ES256", "typ": "JWT"}
+    found = domain.verifier().verify(token, cert_pem(signer))
     assert (found.sub, found.aud, found.exp) == (NSC, (US,), expires)
+    with pytest.raises(TokenError, match="without a peer certificate"):
+        domain.verifier().verify(token)
 
 
-def test_an_upstream_token_without_x5c_verifies_with_the_peers_certificate(domain) -> None:
+def test_an_upstream_token_verifies_with_the_peers_certificate(domain) -> None:
     signer = domain.signer(NSC)
     token, _ = upstream_token(signer, US)
     assert domain.verifier().verify(token, cert_pem(signer)).sub == NSC
-    with pytest.raises(TokenError, match="no peer certificate and no x5c"):
-        domain.verifier().verify(token)
 
 
-def test_a_token_of_another_trust_domain_is_refused(domain, evil) -> None:
+def test_a_token_signed_by_another_key_for_the_same_id_is_refused(domain, evil) -> None:
     token, _ = evil.tokens(NSC, 60.0).issue(US)
-    with pytest.raises(TokenError, match="trust bundle does not vouch"):
-        domain.verifier().verify(token)
+    with pytest.raises(TokenError, match="signature does not verify"):
+        domain.verifier().verify(token, cert_pem(domain.signer(NSC)))
 
 
 def test_an_edited_token_does_not_verify(domain) -> None:
-    token, _ = domain.tokens(NSC, 60.0).issue(US)
+    signer = domain.signer(NSC)
+    token, _ = TokenSource.of("", 60.0, signer).issue(US)
     with pytest.raises(TokenError, match="signature does not verify"):
-        domain.verifier().verify(_with_claims(token, exp=int(clock.now()) + 10**6))
+        domain.verifier().verify(_with_claims(token, exp=int(clock.now()) + 10**6), cert_pem(signer))
 
 
 def test_a_sub_other_than_the_signers_spiffe_id_is_refused(domain) -> None:
     signer = domain.signer(NSC)
-    other = jwt.encode({"sub": NSE, "exp": int(clock.now()) + 60}, signer.key, algorithm="ES256",
-                       headers={"x5c": signer.x5c})
+    other = jwt.encode({"sub": NSE, "exp": int(clock.now()) + 60}, signer.key, algorithm="ES256")
     with pytest.raises(TokenError, match="has sub 'spiffe://p4nsm/nse/b' but is signed by spiffe://p4nsm/nsc/a"):
-        domain.verifier().verify(other)
+        domain.verifier().verify(other, cert_pem(signer))
 
 
 def test_unsigned_and_symmetric_tokens_are_refused_when_there_is_a_bundle(domain) -> None:
     unsigned, _ = TokenSource(NSC, 60.0).issue(US)
     with pytest.raises(TokenError, match="not signed with ES256"):
-        domain.verifier().verify(unsigned)
+        domain.verifier().verify(unsigned, cert_pem(domain.signer(NSC)))
     # HS256 keyed with the (public) certificate: the algorithm-confusion forgery
     peer = cert_pem(domain.signer(NSC))
     header, claims = _b64(json.dumps({"alg": "HS256"}).encode()), _b64(json.dumps({"sub": NSC, "exp": 2**40}).encode())
@@ -111,7 +113,7 @@ def test_unsigned_and_symmetric_tokens_are_refused_when_there_is_a_bundle(domain
     with pytest.raises(TokenError, match="not signed with ES256"):
         domain.verifier().verify(hs, peer)
     with pytest.raises(TokenError, match="no trust bundle"):
-        Verifier().verify(domain.tokens(NSC, 60.0).issue(US)[0])
+        Verifier().verify(domain.tokens(NSC, 60.0).issue(US)[0], cert_pem(domain.signer(NSC)))
 
 
 @pytest.mark.parametrize("token, why", [
@@ -129,21 +131,23 @@ def test_what_is_not_a_jwt_with_sub_and_exp_is_refused(token: str, why: str) -> 
 
 def test_with_a_bundle_a_signed_chained_path_is_allowed_and_each_rule_refuses_its_breach(domain, evil) -> None:
     authorize = Authorize(path_tokens(domain.verifier()))
-    client, us = domain.tokens(NSC, 60.0), domain.tokens(US, 60.0)
-    ours = us.issue()[0]
-    authorize.inspect(_path(client.issue(US)[0], ours, index=1), CallContext())
+    signer = domain.signer(NSC)
+    client, ctx = TokenSource.of("", 60.0, signer), CallContext(peer_identity=NSC, peer_cert=cert_pem(signer))
+    ours = domain.tokens(US, 60.0).issue()[0]
+    authorize.inspect(_path(client.issue(US)[0], ours, index=1), ctx)
     # tokens_chained: the caller's token was made for another hop
     assert "path_segments[0].token: aud ['spiffe://p4nsm/other'] does not name the next hop" in \
-        _refusal(authorize, _path(client.issue("spiffe://p4nsm/other")[0], ours, index=1))
+        _refusal(authorize, _path(client.issue("spiffe://p4nsm/other")[0], ours, index=1), ctx)
     # tokens_expired
-    expired = domain.tokens(NSC, -5.0).issue(US)[0]
-    assert "path_segments[0].token: expired" in _refusal(authorize, _path(expired, ours, index=1))
-    # prev_token_signed: unsigned, or forged by someone outside the bundle
-    assert "not signed with ES256" in _refusal(authorize, _path(TokenSource(NSC, 60.0).issue(US)[0], ours, index=1))
+    expired = TokenSource.of("", -5.0, signer).issue(US)[0]
+    assert "path_segments[0].token: expired" in _refusal(authorize, _path(expired, ours, index=1), ctx)
+    # prev_token_signed: unsigned, signed by another key, or over a call without a certificate
+    assert "not signed with ES256" in _refusal(authorize, _path(TokenSource(NSC, 60.0).issue(US)[0], ours, index=1), ctx)
     forged = evil.tokens(NSC, 60.0).issue(US)[0]
-    assert "trust bundle does not vouch" in _refusal(authorize, _path(forged, ours, index=1))
+    assert "signature does not verify" in _refusal(authorize, _path(forged, ours, index=1), ctx)
+    assert "without a peer certificate" in _refusal(authorize, _path(client.issue(US)[0], ours, index=1))
     # tokens_valid: not a JWT at all
-    assert "path_segments[0].token: is not a JWT" in _refusal(authorize, _path("caller-token", ours, index=1))
+    assert "path_segments[0].token: is not a JWT" in _refusal(authorize, _path("caller-token", ours, index=1), ctx)
 
 
 def test_an_upstream_client_token_is_allowed_with_its_mtls_certificate(domain) -> None:

@@ -2,10 +2,9 @@
 those a caller sends.
 
 With an SVID a token is what upstream NSM's spiffejwt makes: an ES256 JWT signed with the SVID's
-key, `sub` the SVID's SPIFFE id, `aud` the hop it is sent to, `exp`. It also carries the SVID's
-certificate chain in the `x5c` header (RFC 7515 §4.1.6), so that a hop can verify it against the
-trust bundle when the mTLS connection did not give it the signer's certificate; upstream tokens
-have no `x5c` and are verified with the peer's certificate instead.
+key, `sub` the SVID's SPIFFE id, `aud` the hop it is sent to, `exp`. The hop it is sent to
+verifies it with the certificate the caller presented in the mTLS handshake (which the handshake
+checked against the trust bundle), as upstream's prev_token_signed policy does.
 
 Without an SVID (plaintext, no trust bundle) tokens are unsigned JWTs (alg "none"): they carry
 the `sub` and `exp` Go code reads unverified (the registry derives path_ids from `sub`, §9.2),
@@ -23,14 +22,12 @@ from typing import Any
 
 import jwt
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from controller.identity import IdentityError, Svid, spiffe_id_of, verify_svid
+from controller.identity import Svid, spiffe_id_of
 from controller.nsm.base import clock
 
 SIGNED_ALG = "ES256"
-MAX_KNOWN_CHAINS = 4096
 
 
 def _b64(data: bytes) -> str:
@@ -66,10 +63,6 @@ class Signer:
     def spiffe_id(self) -> str:
         return spiffe_id_of(self.chain[0])
 
-    @property
-    def x5c(self) -> list[str]:
-        return [base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode() for c in self.chain]
-
 
 @dataclasses.dataclass(frozen=True)
 class TokenSource:
@@ -94,7 +87,7 @@ class TokenSource:
             claims["aud"] = [audience]
         if self.signer is not None:
             key: Any = self.signer.key  # pyjwt before 2.8 types its keys as str; it takes key objects
-            token = jwt.encode(claims, key, algorithm=SIGNED_ALG, headers={"x5c": self.signer.x5c})
+            token = jwt.encode(claims, key, algorithm=SIGNED_ALG)
             return token, float(int(expires))
         header = _b64(json.dumps({"alg": "none", "typ": "JWT"}, separators=(",", ":")).encode())
         body = _b64(json.dumps(claims, separators=(",", ":")).encode())
@@ -127,7 +120,6 @@ class Claims:
     sub: str
     aud: tuple[str, ...]
     exp: float
-    x5c: tuple[str, ...]  # the `x5c` header, base64 DER, leaf first; () without one
 
 
 def decode(token: str) -> Claims:
@@ -143,7 +135,7 @@ def decode(token: str) -> Claims:
     body = claims(token)
     if body is None or not isinstance(header.get("alg"), str):
         raise TokenError("is not a JWT")
-    sub, exp, aud, x5c = body.get("sub"), body.get("exp"), body.get("aud", []), header.get("x5c", [])
+    sub, exp, aud = body.get("sub"), body.get("exp"), body.get("aud", [])
     if not isinstance(sub, str) or not sub:
         raise TokenError("has no sub")
     if not isinstance(exp, (int, float)) or isinstance(exp, bool):
@@ -152,9 +144,7 @@ def decode(token: str) -> Claims:
         aud = [aud]
     if not isinstance(aud, list) or not all(isinstance(a, str) for a in aud):
         raise TokenError("has an aud that is neither a string nor a list of strings")
-    if not isinstance(x5c, list) or not all(isinstance(c, str) for c in x5c):
-        raise TokenError("has an x5c header that is not a list of certificates")
-    return Claims(sub, tuple(aud), float(exp), tuple(x5c))
+    return Claims(sub, tuple(aud), float(exp))
 
 
 class Verifier:
@@ -164,11 +154,6 @@ class Verifier:
 
     def __init__(self, bundle: Sequence[x509.Certificate] = ()) -> None:
         self.bundle = tuple(bundle)
-        self._bundle_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.bundle)
-        # x5c chains already found to lead to the bundle -> (their leaf, until when that holds):
-        # every refresh of a connection brings the same chain, and checking it again costs more
-        # than the signature itself
-        self._chains: dict[tuple[str, ...], tuple[x509.Certificate, float]] = {}
 
     @classmethod
     def of(cls, svid: Svid | None) -> Verifier:
@@ -178,45 +163,22 @@ class Verifier:
     def trusted(self) -> bool:
         return bool(self.bundle)
 
-    def _chained(self, x5c: tuple[str, ...]) -> x509.Certificate:
-        """The leaf of an `x5c` chain that leads to the bundle (checked as the mTLS handshake
-        checks a client certificate)."""
-        known = self._chains.get(x5c)
-        if known is not None and clock.now() < known[1]:
-            return known[0]
-        try:
-            certs = [x509.load_der_x509_certificate(base64.b64decode(c, validate=True)) for c in x5c]
-        except (ValueError, binascii.Error):
-            raise TokenError("has an x5c header that is not a list of base64 DER certificates") from None
-        try:
-            verify_svid(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs), self._bundle_pem)
-        except IdentityError as e:
-            raise TokenError(f"is signed by a certificate the trust bundle does not vouch for: {e}") from None
-        if len(self._chains) >= MAX_KNOWN_CHAINS:
-            self._chains.clear()  # a flood of distinct valid chains only costs their checks again
-        self._chains[x5c] = certs[0], min(c.not_valid_after_utc.timestamp() for c in certs)
-        return certs[0]
-
     def verify(self, token: str, peer_cert: bytes = b"") -> Claims:
-        """The claims of a token signed (ES256) by the SPIFFE id in its `sub`: with the key of
-        `peer_cert` (the mTLS peer's certificate, PEM, which its handshake already checked) when
-        given, as upstream NSM's prev_token_signed policy does, else with the leaf of its `x5c`
-        chain once that chains to the trust bundle."""
+        """The claims of a token signed (ES256) by the SPIFFE id in its `sub`, with the key of
+        `peer_cert` (the mTLS peer's certificate, PEM, leaf first, which its handshake checked
+        against the bundle)."""
         found = decode(token)
         if not self.trusted:
             raise TokenError("cannot be verified: no trust bundle is configured")
         alg = jwt.get_unverified_header(token).get("alg")
         if alg != SIGNED_ALG:
             raise TokenError(f"is not signed with {SIGNED_ALG} (alg {alg!r})")
-        if peer_cert:
-            try:
-                cert = x509.load_pem_x509_certificate(peer_cert)
-            except ValueError:
-                raise TokenError("cannot be verified: the peer's certificate is not PEM") from None
-        elif found.x5c:
-            cert = self._chained(found.x5c)
-        else:
-            raise TokenError("cannot be verified: no peer certificate and no x5c header")
+        if not peer_cert:
+            raise TokenError("cannot be verified: the call came without a peer certificate (mTLS)")
+        try:
+            cert = x509.load_pem_x509_certificate(peer_cert)
+        except ValueError:
+            raise TokenError("cannot be verified: the peer's certificate is not PEM") from None
         if spiffe_id_of(cert) != found.sub:
             raise TokenError(f"has sub {found.sub!r} but is signed by {spiffe_id_of(cert) or 'a certificate without a SPIFFE id'}")
         if not isinstance(cert.public_key(), ec.EllipticCurvePublicKey):
