@@ -97,7 +97,7 @@ def test_an_edited_token_does_not_verify(domain) -> None:
 def test_a_sub_other_than_the_signers_spiffe_id_is_refused(domain) -> None:
     signer = domain.signer(NSC)
     other = jwt.encode({"sub": NSE, "exp": int(clock.now()) + 60}, signer.key, algorithm="ES256")
-    with pytest.raises(TokenError, match="has sub 'spiffe://p4nsm/nse/b' but is signed by spiffe://p4nsm/nsc/a"):
+    with pytest.raises(TokenError, match="has sub 'spiffe://p4nsm/nse/b' but the caller is spiffe://p4nsm/nsc/a"):
         domain.verifier().verify(other, cert_pem(signer))
 
 
@@ -157,7 +157,7 @@ def test_an_upstream_client_token_is_allowed_with_its_mtls_certificate(domain) -
     ours = domain.tokens(US, 60.0).issue()[0]
     authorize.inspect(_path(token, ours, index=1), CallContext(peer_identity=NSC, peer_cert=cert_pem(signer)))
     # the same token from a caller holding another certificate
-    assert "signed by spiffe://p4nsm/nsc/x" in _refusal(
+    assert "but the caller is spiffe://p4nsm/nsc/x" in _refusal(
         authorize, _path(token, ours, index=1), CallContext(peer_cert=cert_pem(domain.signer("spiffe://p4nsm/nsc/x"))))
 
 

@@ -148,9 +148,10 @@ def decode(token: str) -> Claims:
 
 
 class Verifier:
-    """Checks tokens against a trust bundle (the CA certificates of the trust domain). Without a
-    bundle nothing can be verified: `trusted` is False and `verify` refuses every token, so the
-    policies that need a signature are only used when there is one."""
+    """Checks the signature of a caller's token with the caller's certificate, which the mTLS
+    handshake checked against this hop's trust bundle. Without a bundle (plaintext) there is no
+    such certificate: `trusted` is False and `verify` refuses every token, so the policies that
+    need a signature are only used when there is one."""
 
     def __init__(self, bundle: Sequence[x509.Certificate] = ()) -> None:
         self.bundle = tuple(bundle)
@@ -180,7 +181,7 @@ class Verifier:
         except ValueError:
             raise TokenError("cannot be verified: the peer's certificate is not PEM") from None
         if spiffe_id_of(cert) != found.sub:
-            raise TokenError(f"has sub {found.sub!r} but is signed by {spiffe_id_of(cert) or 'a certificate without a SPIFFE id'}")
+            raise TokenError(f"has sub {found.sub!r} but the caller is {spiffe_id_of(cert) or 'a certificate without a SPIFFE id'}")
         if not isinstance(cert.public_key(), ec.EllipticCurvePublicKey):
             raise TokenError("is signed by a certificate whose key is not EC")
         key: Any = cert.public_key()
