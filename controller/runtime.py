@@ -18,7 +18,7 @@ from controller.gnmi.port_state import PortStateClient
 from controller.heal.link_monitor import LinkMonitor
 from controller.heal.port_state import PortStateJudge
 from controller.heal.reroute import Rerouter
-from controller.identity import https_context, load_svid
+from controller.identity import https_context, load_svid, require_svid
 from controller.nsm.server import NsmServer
 from controller.operators.metrics import ControllerMetrics
 from controller.operators.web import WebView
@@ -54,6 +54,9 @@ class Controller:
                  nsm_address: str | None = None) -> None:
         self.topo = topo
         self.settings = settings
+        # One SVID for the NSM server and the operators' HTTPS; with the NSM API served and neither
+        # certificates nor plaintext configured, refused here, before anything is made.
+        self.svid = require_svid(settings, "NSM server") if nsm_address is not None else load_svid(settings)
         self.schema = P4Schema.from_file(settings.p4info_path)
         p4info = self.schema.p4info.SerializeToString(deterministic=True)
         profiles = {s.name: profile(s.target) for s in topo.switches}
@@ -103,9 +106,7 @@ class Controller:
         self.admin = AdminServer(admin_path, self._admin_handlers()) if admin_path else None
         self.nsm_address = nsm_address
         self.nsm: NsmServer | None = None
-        # HTTPS for both with the controller's SVID when it has one (the NSM server loads its own)
-        svid = load_svid(settings) if settings.metrics_address or settings.web_address else None
-        https = https_context(svid) if svid is not None else None
+        https = https_context(self.svid) if self.svid is not None and (settings.metrics_address or settings.web_address) else None
         # Prometheus metrics at http(s)://<metrics_address>/metrics; an empty address turns them off.
         self.metrics: ControllerMetrics | None = None
         if settings.metrics_address:
@@ -140,7 +141,7 @@ class Controller:
         if self.admin:
             await self.admin.start()
         if self.nsm_address is not None:
-            self.nsm = NsmServer(self.fabric, self.settings)
+            self.nsm = NsmServer(self.fabric, self.settings, svid=self.svid)
             await self.nsm.start(self.nsm_address)
         if self.metrics is not None:
             if self.nsm is not None:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import grpc
 
 from controller.fabric.connections import Fabric
-from controller.identity import require_svid
+from controller.identity import Svid, require_svid
 from controller.nsm.base.channels import Channels
 from controller.nsm.base.checks import Limits
 from controller.nsm.base.serving import bind, grpc_options, serve_health
@@ -64,15 +64,17 @@ class NsmServer:
         policy: Policy | None = None,
         ejected: Ejected | None = None,
         report: Report | None = None,
+        svid: Svid | None = None,
     ) -> None:
         """`dataplane` replaces the fabric and host-side elements (tests that must not touch
         switches); `ejected`/`report` are the outlier-ejection hook of endpoint selection.
         The settings' SVID also signs this hop's tokens, and its trust bundle checks the callers'
         (authorize.path_tokens unless `policy` replaces it)."""
         self.settings = settings
-        # mTLS with this SVID on the server and on every channel it dials; None only when the
-        # settings say plaintext (IdentityError otherwise: no silent fallback to plaintext).
-        self.svid = require_svid(settings, "NSM server")
+        # mTLS with this SVID (`svid`, else the settings') on the server and on every channel it
+        # dials; None only when the settings say plaintext (IdentityError otherwise: no silent
+        # fallback to plaintext).
+        self.svid = svid or require_svid(settings, "NSM server")
         # Istio-style outlier ejection of endpoints unless the caller brings its own hook.
         self.outliers = OutlierDetector(settings.outlier_consecutive_failures, settings.outlier_base_ejection_time,
                                         settings.outlier_max_ejection_percent)

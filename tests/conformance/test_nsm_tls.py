@@ -97,7 +97,7 @@ async def test_sdk_client_controller_and_endpoint_over_mtls(served, endpoint: En
     assert recorder.callers == [("spiffe://p4nsm/nsc/alice", alice.cert_chain_pem())]
 
 
-async def test_plaintext_client_refused(served, endpoint: Endpoint) -> None:
+async def test_plaintext_client_refused(served) -> None:
     server, recorder = served
     async with grpc.aio.insecure_channel(dial_target(server.address)) as channel:
         err = await refused(networkservice_pb2_grpc.NetworkServiceStub(channel).Request(nsc_request(), timeout=5))
@@ -106,11 +106,15 @@ async def test_plaintext_client_refused(served, endpoint: Endpoint) -> None:
             registry_pb2.NetworkServiceEndpoint(name="intruder", network_service_names=["icmp"], url="tcp://127.0.0.1:1"),
             timeout=5))
         assert err.code() == grpc.StatusCode.UNAVAILABLE
-    # the endpoint too serves mTLS only: nobody but a holder of a certificate of the CA reaches it
+    assert recorder.new == [] and server.endpoints.get("intruder") is None
+
+
+async def test_endpoint_refuses_plaintext(endpoint: Endpoint) -> None:
+    """The endpoint serves mTLS only: nobody without a certificate of the CA reaches it."""
+    assert endpoint.svid is not None and endpoint.svid.spiffe_id == "spiffe://p4nsm/nse"
     async with grpc.aio.insecure_channel(dial_target(endpoint.url)) as channel:
         err = await refused(networkservice_pb2_grpc.NetworkServiceStub(channel).Request(nsc_request(), timeout=5))
-        assert err.code() == grpc.StatusCode.UNAVAILABLE
-    assert recorder.new == [] and server.endpoints.get("intruder") is None
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
 
 
 async def test_client_of_another_ca_refused(served, tmp_path: Path, lab: LabCerts) -> None:
@@ -135,6 +139,8 @@ async def test_without_certificates_or_plaintext_nothing_starts(controller: Cont
     bare = nsm_settings(tmp_path, plaintext=False)
     with pytest.raises(IdentityError, match=r"NSM server: no certificate configured.*plaintext=true"):
         NsmServer(controller.fabric, bare)
+    with pytest.raises(IdentityError, match="NSM server"):  # `p4nsm run`: before any switch is dialled
+        Controller(load_topology(DIAMOND), bare, nsm_address="127.0.0.1:0")
     with pytest.raises(IdentityError, match="NSM client"):
         Client("unix:///nowhere.sock", bare)
     with pytest.raises(IdentityError, match="NSM endpoint"):
