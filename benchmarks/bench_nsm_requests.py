@@ -49,7 +49,7 @@ from controller.identity import init_lab_certs, lab_settings, load_svid  # noqa:
 from controller.nsm.base import kernel  # noqa: E402
 from controller.nsm.base.channels import dial  # noqa: E402
 from controller.nsm.base.metadata import Credentials  # noqa: E402
-from controller.nsm.base.tokens import TokenSource  # noqa: E402
+from controller.nsm.base.tokens import Signer, TokenSource  # noqa: E402
 from nsm_api import connection_pb2, networkservice_pb2, networkservice_pb2_grpc  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "nsm_requests.md"
@@ -86,9 +86,12 @@ def _request(i: int) -> networkservice_pb2.NetworkServiceRequest:
 async def _load(address: str, requests: int, clients: int, certs: str | None) -> None:
     from controller.settings import Settings
 
-    tokens = TokenSource("spiffe://p4nsm/bench", 600.0)
     # each client its own channel, so with --tls each makes its own mTLS handshake
-    svid = load_svid(Settings.load(lab_settings(Path(certs), "nsc"))) if certs else None
+    settings = Settings.load(lab_settings(Path(certs), "nsc")) if certs else Settings.load()
+    svid = load_svid(settings) if certs else None
+    # with --tls signed by the nsc SVID (the server verifies it against the handshake's certificate)
+    tokens = TokenSource.of("spiffe://p4nsm/bench", 600.0, Signer.of(svid))
+    audience = settings.nsm_spiffe_id
     channels = [dial(address, svid) for _ in range(clients)]
     stubs = [networkservice_pb2_grpc.NetworkServiceStub(c) for c in channels]
     todo = iter(range(requests))
@@ -101,7 +104,7 @@ async def _load(address: str, requests: int, clients: int, certs: str | None) ->
             req = _request(i)
             t0 = time.perf_counter()
             try:
-                resp = await stub.Request(req, timeout=30, metadata=Credentials(*tokens.issue()).as_metadata())
+                resp = await stub.Request(req, timeout=30, metadata=Credentials(*tokens.issue(audience)).as_metadata())
             except grpc.aio.AioRpcError as e:
                 errors[f"{e.code().name}: {e.details()[:200]}"] += 1
                 continue
@@ -122,7 +125,7 @@ async def _load(address: str, requests: int, clients: int, certs: str | None) ->
     async def closer(stub: networkservice_pb2_grpc.NetworkServiceStub) -> None:
         for _, conn in closing:
             try:
-                await stub.Close(conn, timeout=30, metadata=Credentials(*tokens.issue()).as_metadata())
+                await stub.Close(conn, timeout=30, metadata=Credentials(*tokens.issue(audience)).as_metadata())
             except grpc.aio.AioRpcError as e:
                 close_errors[e.code().name] += 1
 

@@ -17,9 +17,9 @@ from controller.nsm.base.channels import Channels
 from controller.nsm.base.checks import Limits
 from controller.nsm.base.serving import bind, grpc_options, serve_health
 from controller.nsm.base.tasks import Tasks
-from controller.nsm.base.tokens import TokenSource
+from controller.nsm.base.tokens import Signer, TokenSource, Verifier
 from controller.nsm.elements.admission import Admission
-from controller.nsm.elements.authorize import Authorize, Policy, allow_any
+from controller.nsm.elements.authorize import Authorize, Policy, path_tokens
 from controller.nsm.elements.begin import Begin
 from controller.nsm.elements.chain import Chain, Element
 from controller.nsm.elements.client_mechanism import ClientMechanism
@@ -61,13 +61,15 @@ class NsmServer:
         settings: Settings,
         *,
         dataplane: Sequence[Element] | None = None,
-        policy: Policy = allow_any,
+        policy: Policy | None = None,
         ejected: Ejected | None = None,
         report: Report | None = None,
         svid: Svid | None = None,
     ) -> None:
         """`dataplane` replaces the fabric and host-side elements (tests that must not touch
-        switches); `ejected`/`report` are the outlier-ejection hook of endpoint selection."""
+        switches); `ejected`/`report` are the outlier-ejection hook of endpoint selection.
+        The settings' SVID also signs this hop's tokens, and its trust bundle checks the callers'
+        (authorize.path_tokens unless `policy` replaces it)."""
         self.settings = settings
         # mTLS with this SVID (`svid`, else the settings') on the server and on every channel it
         # dials; None only when the settings say plaintext (IdentityError otherwise: no silent
@@ -79,7 +81,11 @@ class NsmServer:
         ejected = ejected or self.outliers.ejected
         report = report or self.outliers.report
         self.tasks = Tasks("nsm")
-        self.tokens = TokenSource(settings.nsm_spiffe_id, settings.nsm_token_lifetime)
+        self.tokens = TokenSource.of(settings.nsm_spiffe_id, settings.nsm_token_lifetime, Signer.of(self.svid))
+        if self.tokens.subject != settings.nsm_spiffe_id:
+            log.warning("event=spiffe_id_mismatch svid=%s nsm_spiffe_id=%s reason=%s", self.tokens.subject,
+                        settings.nsm_spiffe_id, "SDK tokens name nsm_spiffe_id as their aud; the chain check wants the SVID's")
+        policy = policy or path_tokens(Verifier.of(self.svid))
         limits = Limits.of(settings)
         self.services = NsRegistry(self.tokens, limits)
         self.endpoints = NseRegistry(self.tokens, limits, settings.nsm_registry_default_expiration, self.tasks)
@@ -100,7 +106,7 @@ class NsmServer:
             Validate(limits),
             UpdatePath(settings.nsm_name),
             self.begin,
-            UpdateToken(self.tokens),
+            UpdateToken(self.tokens, settings.nsm_max_token_lifetime),
             Authorize(policy),
             Timeout(self.tasks),
             Monitor(self.hub),
@@ -108,7 +114,7 @@ class NsmServer:
             Discover(self.services, self.endpoints),
             RoundRobin(ejected, report),
             Forward(self.channels, hosts, EndpointWatch(settings.nsm_name, self.channels, self.tokens, self.hub, self.tasks),
-                    settings.nsm_endpoint_timeout),
+                    settings.nsm_endpoint_timeout, self.tokens),
             *dataplane,
         ])
         self.network_service = NetworkServiceServicer(self.chain)

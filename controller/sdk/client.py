@@ -17,7 +17,7 @@ from controller.nsm.base import kernel
 from controller.nsm.base.channels import dial
 from controller.nsm.base.metadata import Credentials
 from controller.nsm.base.tasks import Tasks
-from controller.nsm.base.tokens import TokenSource
+from controller.nsm.base.tokens import Signer, TokenSource
 from controller.sdk.heal import own_state
 from controller.sdk.refresh import refresh_delay
 from controller.sdk.retry import retry
@@ -37,13 +37,15 @@ class Client:
         self.name = name or f"client-{uuid.uuid4()}"
         self.id = str(uuid.uuid4())
         self.refresh, self.heal, self.liveness = refresh, heal, liveness
-        self.tokens = TokenSource(f"spiffe://p4nsm/nsc/{self.name}", token_lifetime or settings.nsm_token_lifetime)
-        # The server closes at token expiry minus the Request's deadline (§7.2): a deadline of a
-        # third of the lifetime at most keeps that point well after the next refresh.
-        self.call_timeout = min(settings.nsm_endpoint_timeout, self.tokens.lifetime / 3)
         # mTLS with the settings' SVID (its SPIFFE id is who the server takes this client for);
         # plaintext only with the plaintext setting
         self.svid = require_svid(settings, "NSM client")
+        # signed with the SVID when there is one; unsigned tokens pass only a plaintext server
+        self.tokens = TokenSource.of(f"spiffe://p4nsm/nsc/{self.name}", token_lifetime or settings.nsm_token_lifetime,
+                                     Signer.of(self.svid))
+        # The server closes at token expiry minus the Request's deadline (§7.2): a deadline of a
+        # third of the lifetime at most keeps that point well after the next refresh.
+        self.call_timeout = min(settings.nsm_endpoint_timeout, self.tokens.lifetime / 3)
         self.channel = dial(nsm_url, self.svid, server_name=settings.nsm_tls_server_name)
         self.stub = networkservice_pb2_grpc.NetworkServiceStub(self.channel)
         self.monitor_stub = connection_pb2_grpc.MonitorConnectionStub(self.channel)
@@ -58,7 +60,8 @@ class Client:
         self._closed = False
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
-        return Credentials(*self.tokens.issue()).as_metadata()
+        # the token is for the controller (its aud, which the server's tokens_chained checks)
+        return Credentials(*self.tokens.issue(self.settings.nsm_spiffe_id)).as_metadata()
 
     async def request(self, service: str, netns: str, *, iface: str = "", labels: dict[str, str] | None = None,
                       endpoint: str = "", give_up_after: float | None = None) -> connection_pb2.Connection:

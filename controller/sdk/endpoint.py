@@ -16,8 +16,8 @@ from controller.nsm.base.channels import dial
 from controller.nsm.base.checks import Limits
 from controller.nsm.base.serving import bind, grpc_options, serve_health
 from controller.nsm.base.tasks import Tasks
-from controller.nsm.base.tokens import TokenSource
-from controller.nsm.elements.authorize import Authorize
+from controller.nsm.base.tokens import Signer, TokenSource, Verifier
+from controller.nsm.elements.authorize import Authorize, path_tokens
 from controller.nsm.elements.begin import Begin
 from controller.nsm.elements.chain import Chain
 from controller.nsm.elements.monitor import Monitor, MonitorHub, MonitorServicer
@@ -55,9 +55,10 @@ class Endpoint:
         self.settings = settings
         self.name = config.name or f"{config.service}-{config.host}-{uuid.uuid4().hex[:6]}"
         self.listen_url = config.listen_url or f"unix://{settings.nsm_run_dir / config.host / self.name}.sock"
-        self.tokens = TokenSource(f"spiffe://p4nsm/nse/{self.name}", settings.nsm_token_lifetime)
-        # one SVID for both sides: the server the controller dials (mTLS) and the registry client
+        # one SVID for both sides: the server the controller dials (mTLS) and the registry client;
+        # it signs the endpoint's tokens and its trust bundle checks the controller's
         self.svid = require_svid(settings, "NSM endpoint")
+        self.tokens = TokenSource.of(f"spiffe://p4nsm/nse/{self.name}", settings.nsm_token_lifetime, Signer.of(self.svid))
         self.tasks = Tasks(f"nse:{self.name}")
         self.hub = MonitorHub(self.name)
         self.pool = PairPool(config.cidr)
@@ -66,8 +67,8 @@ class Endpoint:
             Validate(Limits.of(settings)),
             UpdatePath(self.name),
             self.begin,
-            UpdateToken(self.tokens),
-            Authorize(),
+            UpdateToken(self.tokens, settings.nsm_max_token_lifetime),
+            Authorize(path_tokens(Verifier.of(self.svid))),
             Timeout(self.tasks),
             Monitor(self.hub),
             TrimPath(),

@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 
 from controller.nsm.base import clock
+from controller.nsm.base.tokens import TokenSource
 from controller.nsm.elements.begin import is_refresh
 from controller.nsm.elements.chain import CallContext, Connection, Element, Next, Request
 from controller.settings import REPO_ROOT, Settings
@@ -28,7 +29,10 @@ def nsm_settings(tmp: Path, **overrides: object) -> Settings:
 
 
 def segment(name: str, seg_id: str, expires_in: float | None = 60.0) -> connection_pb2.PathSegment:
-    seg = connection_pb2.PathSegment(name=name, id=seg_id)
+    """A caller's segment with the unsigned token a plaintext server accepts (a JWT whose `exp`
+    is an hour ahead, whatever the segment's own `expires` says)."""
+    token, _ = TokenSource(f"spiffe://p4nsm/{name}", 3600.0).issue()
+    seg = connection_pb2.PathSegment(name=name, id=seg_id, token=token)
     if expires_in is not None:
         seg.expires.CopyFrom(clock.timestamp(clock.now() + expires_in))
     return seg

@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from controller.nsm.base import clock
 from controller.nsm.base.channels import dial_target
 from controller.nsm.base.metadata import Credentials
+from controller.nsm.base.tokens import TokenSource
 from controller.nsm.server import SERVICE_NAMES, NsmServer
 from controller.runtime import Controller
 from controller.sdk.endpoint import Endpoint
@@ -174,11 +175,10 @@ async def test_refresh_with_the_same_path_keeps_every_id_and_changes_nothing(loo
 
 async def test_metadata_token_and_expiry_go_into_the_callers_segment(looped: Served, endpoints) -> None:
     await endpoints(looped)
-    expires = clock.now() + 30
-    resp = await looped.ns.Request(nsc_request(expires_in=None),
-                                   metadata=Credentials("caller-token", expires).as_metadata())
+    token, expires = TokenSource("spiffe://p4nsm/nsc/metadata", 30.0).issue()
+    resp = await looped.ns.Request(nsc_request(expires_in=None), metadata=Credentials(token, expires).as_metadata())
     caller = resp.path.path_segments[0]
-    assert caller.token == "caller-token"
+    assert caller.token == token
     assert abs(clock.to_seconds(caller.expires) - expires) < 1e-6
 
 

@@ -124,9 +124,10 @@ async def parts() -> AsyncIterator[tuple[Channels, Tasks, MonitorHub, OutlierDet
 def _chain(url: str, parts: tuple[Channels, Tasks, MonitorHub, OutlierDetector], fabric: FailingFabric) -> Chain:
     channels, tasks, hub, outliers = parts
     nse = registry_pb2.NetworkServiceEndpoint(name="nse-1", url=url, network_service_names=["icmp"])
-    watch = EndpointWatch("p4nsm", channels, TokenSource("spiffe://p4nsm/test", 60), hub, tasks)
+    tokens = TokenSource("spiffe://p4nsm/test", 60)
+    watch = EndpointWatch("p4nsm", channels, tokens, hub, tasks)
     return Chain([Begin(), Seed(nse), RoundRobin(outliers.ejected, outliers.report),
-                  Forward(channels, HOSTS, watch, timeout=5.0), FabricConnect(fabric, hub)])  # type: ignore[arg-type]
+                  Forward(channels, HOSTS, watch, 5.0, tokens), FabricConnect(fabric, hub)])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("failure", [no_path, switch_down])

@@ -1,6 +1,11 @@
 """forward: the Request goes on to the selected endpoint, which answers with the IP context; the
 endpoint's own KERNEL interface lives in its host's netns. While the connection lives, the
-endpoint is watched (endpoint_watch)."""
+endpoint is watched (endpoint_watch).
+
+The Request carries a token of this hop made for the endpoint: its `aud` is the endpoint's
+SPIFFE id as the registry recorded it (the registration's first path id, the `sub` of the token
+it registered with), so that an endpoint checking the chain of tokens (NSM's tokens_chained)
+finds its own id there."""
 
 from __future__ import annotations
 
@@ -9,10 +14,11 @@ from collections.abc import Collection
 
 import grpc
 
-from controller.nsm.base import clock, kernel
+from controller.nsm.base import kernel
 from controller.nsm.base.channels import Channels
 from controller.nsm.base.errors import EndpointFailed
 from controller.nsm.base.metadata import Credentials
+from controller.nsm.base.tokens import TokenSource
 from controller.nsm.elements.begin import is_refresh, state_of
 from controller.nsm.elements.chain import CallContext, Connection, Element, Key, Next, Request
 from controller.nsm.elements.endpoint_watch import EndpointWatch
@@ -25,6 +31,7 @@ log = logging.getLogger("p4nsm.nsm")
 _ENDPOINT_HOST: Key[str] = Key("forward.endpoint_host")
 _ANSWER: Key[Connection] = Key("forward.answer")  # per call and per connection: the endpoint's answer
 _URL: Key[str] = Key("forward.url")  # per connection: where to send its Close
+_AUDIENCE: Key[str] = Key("forward.audience")  # per connection: the endpoint's SPIFFE id
 
 
 def endpoint_host_of(ctx: CallContext) -> str:
@@ -45,14 +52,11 @@ def set_answer(ctx: CallContext, answer: Connection) -> None:
     ctx.values[_ANSWER] = answer
 
 
-def _own_credentials(conn: Connection) -> Credentials:
-    seg = conn.path.path_segments[conn.path.index]
-    return Credentials(seg.token, clock.to_seconds(seg.expires) if clock.is_set(seg.expires) else None)
-
-
 class Forward(Element):
-    def __init__(self, channels: Channels, hosts: Collection[str], watch: EndpointWatch, timeout: float) -> None:
+    def __init__(self, channels: Channels, hosts: Collection[str], watch: EndpointWatch, timeout: float,
+                 tokens: TokenSource) -> None:
         self.channels = channels
+        self.tokens = tokens
         self.hosts = hosts
         self.watch = watch
         self.timeout = timeout
@@ -75,9 +79,10 @@ class Forward(Element):
         host = endpoint_host(nse, conn.network_service, self.hosts)
         set_endpoint_host(ctx, host)
         stub = networkservice_pb2_grpc.NetworkServiceStub(self.channels.get(nse.url))
+        audience = nse.path_ids[0] if nse.path_ids else ""
         try:
             answer: Connection = await stub.Request(self._outgoing(req, ctx, host), timeout=self.timeout,
-                                                    metadata=_own_credentials(conn).as_metadata())
+                                                    metadata=Credentials(*self.tokens.issue(audience)).as_metadata())
         except grpc.aio.AioRpcError as e:
             raise EndpointFailed(e.code(), "connection.network_service_endpoint_name",
                                  f"endpoint {nse.name} at {nse.url}: {e.code().name}: {e.details()}") from None
@@ -94,12 +99,13 @@ class Forward(Element):
             resp = await nxt.request(req, ctx)
         except BaseException:
             if not is_refresh(ctx):
-                await self._close_endpoint(nse.url, answer, conn.id)
+                await self._close_endpoint(nse.url, audience, answer, conn.id)
             raise
         st = state_of(ctx)
         if st is not None:
             st.values[_ANSWER] = answer
             st.values[_URL] = nse.url
+            st.values[_AUDIENCE] = audience
             self.watch.watch(nse.url, conn.id)
         return resp
 
@@ -110,15 +116,16 @@ class Forward(Element):
         finally:
             if st is not None:
                 answer, url = st.values.pop(_ANSWER, None), st.values.pop(_URL, None)
+                audience = st.values.pop(_AUDIENCE, "")
                 if answer is not None and url is not None:
                     self.watch.forget(url, conn.id)
-                    await self._close_endpoint(url, answer, conn.id)
+                    await self._close_endpoint(url, audience, answer, conn.id)
 
-    async def _close_endpoint(self, url: str, answer: Connection, conn_id: str) -> None:
+    async def _close_endpoint(self, url: str, audience: str, answer: Connection, conn_id: str) -> None:
         """Best effort: a dead endpoint cannot be told, and its own expiry frees what it holds."""
         stub = networkservice_pb2_grpc.NetworkServiceStub(self.channels.get(url))
         try:
-            await stub.Close(answer, timeout=self.timeout, metadata=_own_credentials(answer).as_metadata())
+            await stub.Close(answer, timeout=self.timeout, metadata=Credentials(*self.tokens.issue(audience)).as_metadata())
         except grpc.aio.AioRpcError as e:
             log.warning("connection=%s endpoint_url=%s event=endpoint_close_failed code=%s error=%s",
                         conn_id, url, e.code().name, e.details())
