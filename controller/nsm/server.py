@@ -6,12 +6,14 @@ next refresh re-adopts its connection by id (Fabric.connect is idempotent per id
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 
 import grpc
 
 from controller.fabric.connections import Fabric
+from controller.nsm.base.access import Access
 from controller.nsm.base.channels import Channels
 from controller.nsm.base.checks import Limits
 from controller.nsm.base.serving import bind, grpc_options, serve_health
@@ -23,12 +25,13 @@ from controller.nsm.elements.begin import Begin
 from controller.nsm.elements.chain import Chain, Element
 from controller.nsm.elements.client_mechanism import ClientMechanism
 from controller.nsm.elements.endpoint_watch import EndpointWatch
-from controller.nsm.elements.fabric_connect import FabricConnect
+from controller.nsm.elements.fabric_connect import FabricConnect, stored_owner
 from controller.nsm.elements.forward import Forward
 from controller.nsm.elements.host_pool import HostPool
 from controller.nsm.elements.hostside import HostSide
 from controller.nsm.elements.monitor import Monitor, MonitorHub, MonitorServicer
 from controller.nsm.elements.outcome import CallObserver, Outcome
+from controller.nsm.elements.ownership import Ownership
 from controller.nsm.elements.select.discover import Discover
 from controller.nsm.elements.select.outlier import OutlierDetector
 from controller.nsm.elements.select.roundrobin import Ejected, Report, RoundRobin
@@ -37,6 +40,7 @@ from controller.nsm.elements.updatepath import UpdatePath
 from controller.nsm.elements.updatetoken import UpdateToken
 from controller.nsm.elements.validate import Validate
 from controller.nsm.orphans import OrphanReaper
+from controller.nsm.registry.memory import Bounds
 from controller.nsm.registry.ns_registry import NsRegistry
 from controller.nsm.registry.nse_registry import NseRegistry
 from controller.nsm.service import NetworkServiceServicer
@@ -75,8 +79,12 @@ class NsmServer:
         self.tasks = Tasks("nsm")
         self.tokens = TokenSource(settings.nsm_spiffe_id, settings.nsm_token_lifetime)
         limits = Limits.of(settings)
-        self.services = NsRegistry(self.tokens, limits)
-        self.endpoints = NseRegistry(self.tokens, limits, settings.nsm_registry_default_expiration, self.tasks)
+        self.access = Access.of(settings)
+        bounds = Bounds(settings.nsm_registry_default_expiration, settings.nsm_registry_max_entries,
+                        settings.nsm_registry_max_bytes)
+        self.services = NsRegistry(self.tokens, limits, self.tasks, bounds, self.access,
+                                   in_use=lambda name: bool(self.endpoints.offering(name)))
+        self.endpoints = NseRegistry(self.tokens, limits, self.tasks, bounds, self.access)
         self.hub = MonitorHub(settings.nsm_name)
         self.channels = Channels(grpc_options(settings))
         self.begin = Begin()
@@ -96,6 +104,7 @@ class NsmServer:
             self.begin,
             UpdateToken(self.tokens),
             Authorize(policy),
+            Ownership(self.access, functools.partial(stored_owner, fabric)),
             Timeout(self.tasks),
             Monitor(self.hub),
             ClientMechanism(hosts),
@@ -117,7 +126,7 @@ class NsmServer:
         """Serve on `address` (default: the nsm_address setting); returns the bound address."""
         server = grpc.aio.server(options=grpc_options(self.settings))
         networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(self.network_service, server)
-        connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorServicer(self.hub), server)
+        connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorServicer(self.hub, self.access), server)
         registry_pb2_grpc.add_NetworkServiceRegistryServicer_to_server(self.services, server)
         registry_pb2_grpc.add_NetworkServiceEndpointRegistryServicer_to_server(self.endpoints, server)
         await serve_health(server, SERVICE_NAMES)
