@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -69,7 +70,7 @@ class Settings(BaseModel):
     # NSM timers (the SDK's also)
     nsm_token_lifetime: float = Field(600.0, description="Lifetime of the tokens this hop and the SDK issue (s); the server closes a connection its client has not refreshed by then")
     nsm_max_token_lifetime: float = Field(3600.0, description="Latest a caller's expiry may be, from now (s): a later `nsm-client-token-expires` or token `exp` is cut to it, so an unrefreshed connection is closed by then")
-    nsm_registry_default_expiration: float = Field(60.0, description="Longest life of an endpoint registration without re-Register (s)")
+    nsm_registry_default_expiration: float = Field(60.0, description="Longest life of an endpoint or service registration without re-Register (s); a service lives on while an endpoint offers it")
     nsm_endpoint_timeout: float = Field(15.0, description="Deadline of a Request or Close forwarded to an endpoint, and of one SDK Request try (s)")
     nsm_retry_interval: float = Field(0.2, description="SDK: wait between failed Request, refresh or Register tries (s)")
     # NSM limits: beyond them a Request is refused (INVALID_ARGUMENT, or RESOURCE_EXHAUSTED when too many are in progress)
@@ -78,6 +79,10 @@ class Settings(BaseModel):
     nsm_max_value_length: int = Field(4096, description="Longest label or parameter value or token accepted")
     nsm_max_map_entries: int = Field(64, description="Most labels, parameters or metrics in one map")
     nsm_max_list_entries: int = Field(64, description="Most path segments, mechanisms, addresses or routes in one list")
+    nsm_ownership_policy: Literal["owner", "any"] = Field("owner", description="Who may Close, refresh or reselect a connection, see it in MonitorConnections, and Register over or Unregister a registry name: `owner` (the identity that made it, and operators) or `any` (everyone, the NSM SDK's Any())")
+    nsm_operator_ids: str = Field("", description="SPIFFE ids (comma-separated) that may see and act on every connection and registration")
+    nsm_registry_max_entries: int = Field(1024, ge=1, description="Most registrations each registry (services, endpoints) holds; more are refused with RESOURCE_EXHAUSTED")
+    nsm_registry_max_bytes: int = Field(16 * 1024, ge=1, description="Largest registration (serialized bytes) either registry accepts")
     # --- TLS and identity (controller/identity/): with a certificate, TLS is required ---
     tls_cert_file: Path | None = Field(None, description="This process's certificate chain (PEM, leaf first; its URI SAN is its SPIFFE id): with it the NSM server and the SDK speak mTLS only, and the metrics and web view HTTPS")
     tls_key_file: Path | None = Field(None, description="Private key of tls_cert_file (PEM)")

@@ -6,6 +6,7 @@ next refresh re-adopts its connection by id (Fabric.connect is idempotent per id
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -13,6 +14,7 @@ import grpc
 
 from controller.fabric.connections import Fabric
 from controller.identity import Svid, require_svid
+from controller.nsm.base.access import Access
 from controller.nsm.base.channels import Channels
 from controller.nsm.base.checks import Limits
 from controller.nsm.base.serving import bind, grpc_options, serve_health
@@ -24,12 +26,13 @@ from controller.nsm.elements.begin import Begin
 from controller.nsm.elements.chain import Chain, Element
 from controller.nsm.elements.client_mechanism import ClientMechanism
 from controller.nsm.elements.endpoint_watch import EndpointWatch
-from controller.nsm.elements.fabric_connect import FabricConnect
+from controller.nsm.elements.fabric_connect import FabricConnect, stored_owner
 from controller.nsm.elements.forward import Forward
 from controller.nsm.elements.host_pool import HostPool
 from controller.nsm.elements.hostside import HostSide
 from controller.nsm.elements.monitor import Monitor, MonitorHub, MonitorServicer
 from controller.nsm.elements.outcome import CallObserver, Outcome
+from controller.nsm.elements.ownership import Ownership
 from controller.nsm.elements.select.discover import Discover
 from controller.nsm.elements.select.outlier import OutlierDetector
 from controller.nsm.elements.select.roundrobin import Ejected, Report, RoundRobin
@@ -38,6 +41,7 @@ from controller.nsm.elements.updatepath import UpdatePath
 from controller.nsm.elements.updatetoken import UpdateToken
 from controller.nsm.elements.validate import Validate
 from controller.nsm.orphans import OrphanReaper
+from controller.nsm.registry.memory import Bounds
 from controller.nsm.registry.ns_registry import NsRegistry
 from controller.nsm.registry.nse_registry import NseRegistry
 from controller.nsm.service import NetworkServiceServicer
@@ -87,8 +91,12 @@ class NsmServer:
                         settings.nsm_spiffe_id, "SDK tokens name nsm_spiffe_id as their aud; the chain check wants the SVID's")
         policy = policy or path_tokens(Verifier.of(self.svid))
         limits = Limits.of(settings)
-        self.services = NsRegistry(self.tokens, limits)
-        self.endpoints = NseRegistry(self.tokens, limits, settings.nsm_registry_default_expiration, self.tasks)
+        self.access = Access.of(settings)
+        bounds = Bounds(settings.nsm_registry_default_expiration, settings.nsm_registry_max_entries,
+                        settings.nsm_registry_max_bytes)
+        self.services = NsRegistry(self.tokens, limits, self.tasks, bounds, self.access,
+                                   in_use=lambda name: bool(self.endpoints.offering(name)))
+        self.endpoints = NseRegistry(self.tokens, limits, self.tasks, bounds, self.access)
         self.hub = MonitorHub(settings.nsm_name)
         self.channels = Channels(grpc_options(settings), self.svid, settings.nsm_tls_server_name)
         self.begin = Begin()
@@ -108,6 +116,7 @@ class NsmServer:
             self.begin,
             UpdateToken(self.tokens, settings.nsm_max_token_lifetime),
             Authorize(policy),
+            Ownership(self.access, functools.partial(stored_owner, fabric)),
             Timeout(self.tasks),
             Monitor(self.hub),
             ClientMechanism(hosts),
@@ -129,7 +138,7 @@ class NsmServer:
         """Serve on `address` (default: the nsm_address setting); returns the bound address."""
         server = grpc.aio.server(options=grpc_options(self.settings))
         networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(self.network_service, server)
-        connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorServicer(self.hub), server)
+        connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorServicer(self.hub, self.access), server)
         registry_pb2_grpc.add_NetworkServiceRegistryServicer_to_server(self.services, server)
         registry_pb2_grpc.add_NetworkServiceEndpointRegistryServicer_to_server(self.endpoints, server)
         await serve_health(server, SERVICE_NAMES)

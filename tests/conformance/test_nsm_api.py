@@ -415,11 +415,12 @@ async def test_an_endpoint_that_keeps_failing_is_ejected(looped: Served, endpoin
 
 
 async def test_matches_select_endpoints_by_labels(looped: Served, endpoints) -> None:
-    gold = await endpoints(looped, labels={"tier": "gold"})
-    await endpoints(looped, host="h4", cidr="10.62.0.0/24", labels={"tier": "silver"})
+    # The service first: an endpoint registers it only when absent, and then it is the endpoint's.
     ns = registry_pb2.NetworkService(name="icmp", payload="IP", matches=[registry_pb2.Match(
         source_selector={"want": "gold"}, routes=[registry_pb2.Destination(destination_selector={"tier": "{{.want}}"})])])
     await looped.ns_registry.Register(ns)
+    gold = await endpoints(looped, labels={"tier": "gold"})
+    await endpoints(looped, host="h4", cidr="10.62.0.0/24", labels={"tier": "silver"})
     for _ in range(3):
         resp = await looped.ns.Request(nsc_request(labels={"want": "gold"}))
         assert resp.network_service_endpoint_name == gold.name

@@ -9,11 +9,14 @@ under a Key of its own, what it needs between the calls of one connection (Go: `
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
 
-from controller.nsm.base.errors import invalid
+import grpc
+
+from controller.nsm.base.errors import NsmError, invalid
 from controller.nsm.elements.chain import CallContext, Connection, Element, Key, Next, Request
 from nsm_api import connection_pb2
 
@@ -60,6 +63,11 @@ def _enter(ctx: CallContext, st: ConnState, *, refresh: bool = False) -> CallCon
     return ctx
 
 
+def _refused(e: BaseException) -> bool:
+    """A later element refused the call as not the caller's to make (authorize, ownership)."""
+    return isinstance(e, NsmError) and e.code == grpc.StatusCode.PERMISSION_DENIED
+
+
 def _copy(msg: Any) -> Any:
     out = type(msg)()
     out.CopyFrom(msg)
@@ -96,8 +104,11 @@ class Begin(Element):
             if st.established and req.connection.state == connection_pb2.RESELECT_REQUESTED:
                 log.info("connection=%s event=reselect", st.id)
                 try:
-                    await self._close_stored(st, _enter(CallContext(internal="reselect"), st))
+                    # The caller's own Close, checked as one: only who may close it may reselect it.
+                    await self._close_stored(st, _enter(dataclasses.replace(ctx, values={}), st))
                 except Exception as e:  # the old endpoint may be what failed; the new one matters
+                    if _refused(e):
+                        raise
                     log.warning("connection=%s event=reselect_close_failed error=%s", st.id, e)
                 st.values.clear()
                 st.established = False
@@ -126,10 +137,15 @@ class Begin(Element):
                 self._drop(st)
                 return
             _enter(ctx, st)
+            refused = False
             try:
                 await nxt.close(_copy(st.connection), ctx)
+            except Exception as e:
+                refused = _refused(e)  # before anything was closed: the connection stays as it is
+                raise
             finally:
-                self._drop(st)
+                if not refused:
+                    self._drop(st)
         finally:
             st.lock.release()
 

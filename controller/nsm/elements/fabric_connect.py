@@ -20,6 +20,7 @@ from controller.nsm.elements.chain import CallContext, Connection, Element, Key,
 from controller.nsm.elements.client_mechanism import client_host_of
 from controller.nsm.elements.forward import answer_of, endpoint_host_of
 from controller.nsm.elements.monitor import MonitorHub
+from controller.nsm.elements.ownership import owner_of
 from controller.p4rt.errors import SwitchError
 from nsm_api import connection_pb2
 
@@ -27,6 +28,7 @@ log = logging.getLogger("p4nsm.nsm")
 
 _PLAN: Key[ConnectionPlan] = Key("fabric_connect.plan")
 KIND = "nsm"
+OWNER = "owner"  # the label that keeps who made the connection across a restart (ownership)
 _STATES = {"down": connection_pb2.DOWN, "removed": connection_pb2.DOWN, "up": connection_pb2.UP,
            "rerouted": connection_pb2.UP}
 
@@ -38,6 +40,13 @@ def plan_of(ctx: CallContext) -> ConnectionPlan:
 
 def set_plan(ctx: CallContext, plan: ConnectionPlan) -> None:
     ctx.values[_PLAN] = plan
+
+
+def stored_owner(fabric: Fabric, conn_id: str) -> str | None:
+    """Who made a connection the fabric holds; None when it holds none, or one stored before
+    owners were (anyone may then adopt it, as before)."""
+    plan = fabric.plans.get(conn_id)
+    return plan.labels.get(OWNER) if plan is not None and plan.labels.get("kind") == KIND else None
 
 
 def _switch_error(e: SwitchError) -> CandidateFailed:
@@ -65,6 +74,7 @@ class FabricConnect(Element):
             "a_iface": conn.mechanism.parameters[kernel.NAME_KEY],
             "b_iface": answer.mechanism.parameters[kernel.NAME_KEY],
             "a_addr": ",".join(ip.src_ip_addrs), "b_addr": ",".join(ip.dst_ip_addrs),
+            OWNER: owner_of(ctx),
         }
 
     async def _connect(self, conn_id: str, client: str, server: str, labels: dict[str, str]) -> ConnectionPlan:

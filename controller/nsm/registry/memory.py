@@ -1,23 +1,46 @@
 """What both in-memory registries share: entries by name, Register/Unregister with the
-registry path (docs/nsm_contract.md §9.2), and Find with watch (§9.5)."""
+registry path (docs/nsm_contract.md §9.2), Find with watch (§9.5), each registration's expiry
+timer, and their bounds.
+
+A name belongs to the identity that registered it first (`access.servicer_caller`: the mTLS
+peer, else the `sub` of the path's first token, as NSM's `registry_client_allowed` has it):
+Register over it or Unregister it from another identity is PERMISSION_DENIED (`Access`). A
+registry holds at most `entries` names (RESOURCE_EXHAUSTED beyond) of at most `max_bytes` each
+(INVALID_ARGUMENT), so what a caller can make it keep is bounded and expires."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import grpc
 from google.protobuf import empty_pb2
+from google.protobuf.message import Message
 
+from controller.nsm.base import clock
+from controller.nsm.base.access import Access, denied, servicer_caller
 from controller.nsm.base.checks import Limits
 from controller.nsm.base.errors import NsmError, abort, invalid
 from controller.nsm.base.metadata import PATH_KEY, Credentials, credentials, last_value
+from controller.nsm.base.tasks import Tasks
 from controller.nsm.base.tokens import TokenSource
 from controller.nsm.registry import path
 from controller.nsm.registry.watch import Watchers
 
-M = TypeVar("M")  # the registration message
+log = logging.getLogger("p4nsm.registry")
+
+M = TypeVar("M", bound=Message)  # the registration message
 R = TypeVar("R")  # its Find response
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Bounds:
+    expiration: float = 60.0  # longest life of a registration without a new Register (s)
+    entries: int = 1024  # names one registry holds
+    max_bytes: int = 16 * 1024  # serialized size of one registration
 
 
 def require_name(kind: str, name: str) -> None:
@@ -31,11 +54,17 @@ class MemoryRegistry(Generic[M, R]):
     response_type: Callable[..., R]  # the response message class, called with keyword fields
     matches: Callable[[M, M], bool]  # (query, stored)
 
-    def __init__(self, tokens: TokenSource, limits: Limits) -> None:
+    def __init__(self, tokens: TokenSource, limits: Limits, tasks: Tasks, bounds: Bounds = Bounds(),
+                 access: Access = Access()) -> None:
         self.tokens = tokens
         self.limits = limits
+        self.tasks = tasks
+        self.bounds = bounds
+        self.access = access
         self.entries: dict[str, M] = {}
+        self.owners: dict[str, str] = {}  # name -> who registered it
         self.watchers: Watchers[R] = Watchers()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
 
     # --- what each registry defines ---------------------------------------------------------------
 
@@ -46,6 +75,13 @@ class MemoryRegistry(Generic[M, R]):
         """Keep `msg` (already checked); `allowed` is what was left of the caller's deadline."""
         raise NotImplementedError
 
+    async def expired(self, name: str) -> None:
+        """`name`'s time is up (its timer was not re-armed since)."""
+        log.info("%s=%s event=expired", self.log_key, name)
+        self.unregister(name)
+
+    log_key = ""  # how logs name a registration: service or endpoint
+
     # --- shared ----------------------------------------------------------------------------------
 
     def response(self, msg: M, deleted: bool = False) -> R:
@@ -55,33 +91,73 @@ class MemoryRegistry(Generic[M, R]):
         return self.entries.get(name)
 
     def unregister(self, name: str) -> M | None:
+        self.tasks.cancel(self._timers.pop(name, None))
+        self.owners.pop(name, None)
         msg = self.entries.pop(name, None)
         if msg is not None:
             self.watchers.publish(name, self.response(msg, deleted=True))
         return msg
 
-    async def _admitted(self, context: grpc.aio.ServicerContext, msg: Any, check: Any) -> tuple[Credentials, list[str]]:
-        """Check `msg`, update the registry path and echo it in the `path` response header."""
+    def keep(self, name: str, msg: M, expires: float) -> None:
+        """Hold `msg` under `name` until `expires` (epoch seconds) unless kept again."""
+        self.entries[name] = msg
+        self.tasks.cancel(self._timers.pop(name, None))
+
+        async def expire() -> None:
+            if self._timers.get(name) is handle:
+                del self._timers[name]
+                await self.expired(name)
+
+        handle = self.tasks.later(expires - clock.now(), expire, f"expire:{name}")
+        self._timers[name] = handle
+
+    def _bounded(self, msg: Any) -> None:
+        size = msg.ByteSize()
+        if size > self.bounds.max_bytes:
+            raise invalid(self.field, f"is {size} bytes; at most {self.bounds.max_bytes} are accepted")
+        if msg.name not in self.entries and len(self.entries) >= self.bounds.entries:
+            raise NsmError(grpc.StatusCode.RESOURCE_EXHAUSTED, "name",
+                           f"{len(self.entries)} {self.kind}s are registered, the most this registry holds")
+
+    def _admitted(self, context: grpc.aio.ServicerContext, msg: Any) -> tuple[Credentials, list[str], path.RegistryPath]:
+        """Whether the caller may touch `msg.name` (checked with no await before the change, so
+        no other Register falls in between), the caller's credentials, the new path_ids and the
+        path to echo."""
+        metadata = context.invocation_metadata()
+        creds = credentials(metadata)
+        own_token, _ = self.tokens.issue()
+        echoed, ids = path.update(path.parse(last_value(metadata, PATH_KEY)), creds.token, own_token, msg.path_ids)
+        caller = servicer_caller(context, echoed.tokens[0])
+        stored = self.entries.get(msg.name)
+        owner = self.owners.get(msg.name, "")
+        if stored is not None and not self.access.registration(caller, owner, stored):
+            log.warning("%s=%s event=refused caller=%r owner=%r", self.log_key, msg.name, caller, owner)
+            raise denied("name", caller, owner)
+        self.owners.setdefault(msg.name, caller)
+        return creds, ids, echoed
+
+    async def Register(self, request: Any, context: grpc.aio.ServicerContext) -> M:
         try:
-            check()
-            metadata = context.invocation_metadata()
-            creds = credentials(metadata)
-            own_token, _ = self.tokens.issue()
-            echoed, ids = path.update(path.parse(last_value(metadata, PATH_KEY)), creds.token, own_token, msg.path_ids)
+            self.check(request)
+            self._bounded(request)
+            creds, ids, echoed = self._admitted(context, request)
         except NsmError as e:
             await abort(context, e)
             raise  # abort raised already; this satisfies the type checker
-        await context.send_initial_metadata(((PATH_KEY, echoed.to_json()),))
-        return creds, ids
-
-    async def Register(self, request: Any, context: grpc.aio.ServicerContext) -> M:
-        creds, ids = await self._admitted(context, request, lambda: self.check(request))
         request.path_ids[:] = ids
-        return self.store(request, creds, context.time_remaining() or 0.0)
+        stored = self.store(request, creds, context.time_remaining() or 0.0)
+        await context.send_initial_metadata(((PATH_KEY, echoed.to_json()),))
+        return stored
 
     async def Unregister(self, request: Any, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
-        await self._admitted(context, request, lambda: require_name(self.kind, request.name))
+        try:
+            require_name(self.kind, request.name)
+            _, _, echoed = self._admitted(context, request)
+        except NsmError as e:
+            await abort(context, e)
+            raise
         self.unregister(request.name)
+        await context.send_initial_metadata(((PATH_KEY, echoed.to_json()),))
         return empty_pb2.Empty()
 
     async def Find(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[R]:

@@ -1,14 +1,23 @@
-"""registry.NetworkServiceRegistry in memory (docs/nsm_contract.md §9.3): by name, payload defaults to IP, no
-expiry."""
+"""registry.NetworkServiceRegistry in memory (docs/nsm_contract.md §9.3): by name, payload defaults to IP.
+
+Upstream services never expire; here a service lives `Bounds.expiration` after its last
+Register (and no longer than its caller's token), and for as long as an endpoint that offers it
+is registered: the SDK registers a service only when it is absent, so endpoints keep theirs
+alive by existing, and nothing a caller registers outlives both."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
+from controller.nsm.base import clock
+from controller.nsm.base.access import Access
 from controller.nsm.base.checks import Limits, check_list, check_map, check_text
 from controller.nsm.base.metadata import Credentials
+from controller.nsm.base.tasks import Tasks
+from controller.nsm.base.tokens import TokenSource
 from controller.nsm.registry.matching import ns_matches
-from controller.nsm.registry.memory import MemoryRegistry, require_name
+from controller.nsm.registry.memory import Bounds, MemoryRegistry, require_name
 from nsm_api import registry_pb2, registry_pb2_grpc
 
 log = logging.getLogger("p4nsm.registry")
@@ -35,16 +44,31 @@ class NsRegistry(MemoryRegistry[NS, Response], registry_pb2_grpc.NetworkServiceR
     field = "network_service"
     response_type = Response
     matches = staticmethod(ns_matches)
+    log_key = "service"
+
+    def __init__(self, tokens: TokenSource, limits: Limits, tasks: Tasks, bounds: Bounds = Bounds(),
+                 access: Access = Access(), in_use: Callable[[str], bool] = lambda name: False) -> None:
+        """`in_use(name)`: whether a registered endpoint offers the service."""
+        super().__init__(tokens, limits, tasks, bounds, access)
+        self.in_use = in_use
 
     def check(self, msg: NS) -> None:
         check_ns(msg, self.limits)
 
+    async def expired(self, name: str) -> None:
+        if self.in_use(name):
+            self.keep(name, self.entries[name], clock.now() + self.bounds.expiration)
+        else:
+            await super().expired(name)
 
     def store(self, msg: NS, creds: Credentials = Credentials(), allowed: float = 0.0) -> NS:
         stored = NS()
         stored.CopyFrom(msg)
         stored.payload = stored.payload or DEFAULT_PAYLOAD
-        self.entries[stored.name] = stored
+        expires = clock.now() + self.bounds.expiration
+        if creds.expires is not None:
+            expires = min(expires, creds.expires)
+        self.keep(stored.name, stored, expires - allowed)
         log.info("service=%s event=registered payload=%s matches=%d", stored.name, stored.payload, len(stored.matches))
         self.watchers.publish(stored.name, self.response(stored))
         return stored

@@ -3,15 +3,12 @@ and enforced, initial registration time kept across refreshes."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from controller.nsm.base import clock
 from controller.nsm.base.checks import Limits, check_list, check_map, check_text
 from controller.nsm.base.errors import invalid
 from controller.nsm.base.metadata import Credentials
-from controller.nsm.base.tasks import Tasks
-from controller.nsm.base.tokens import TokenSource
 from controller.nsm.registry.matching import nse_matches
 from controller.nsm.registry.memory import MemoryRegistry, require_name
 from nsm_api import registry_pb2, registry_pb2_grpc
@@ -41,16 +38,10 @@ class NseRegistry(MemoryRegistry[NSE, Response], registry_pb2_grpc.NetworkServic
     field = "network_service_endpoint"
     response_type = Response
     matches = staticmethod(nse_matches)
-
-    def __init__(self, tokens: TokenSource, limits: Limits, default_expiration: float, tasks: Tasks) -> None:
-        super().__init__(tokens, limits)
-        self.default_expiration = default_expiration
-        self.tasks = tasks
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+    log_key = "endpoint"
 
     def check(self, msg: NSE) -> None:
         check_nse(msg, self.limits)
-
 
     def offering(self, service: str) -> list[NSE]:
         """Endpoints that offer `service`, in registration order."""
@@ -59,7 +50,7 @@ class NseRegistry(MemoryRegistry[NSE, Response], registry_pb2_grpc.NetworkServic
     def _expiration(self, nse: NSE, creds: Credentials) -> float:
         """The SDK's choice: the earliest of this registry's own token expiry, the caller's token
         expiry and now + the default, unless the caller asked for earlier still."""
-        limits = [clock.now() + self.tokens.lifetime, clock.now() + self.default_expiration]
+        limits = [clock.now() + self.tokens.lifetime, clock.now() + self.bounds.expiration]
         if creds.expires is not None:
             limits.append(creds.expires)
         chosen = min(limits)
@@ -77,27 +68,14 @@ class NseRegistry(MemoryRegistry[NSE, Response], registry_pb2_grpc.NetworkServic
             stored.initial_registration_time.CopyFrom(previous.initial_registration_time)
         else:
             stored.initial_registration_time.CopyFrom(clock.timestamp(clock.now()))
-        self.entries[stored.name] = stored
-        self._arm(stored.name, expires - allowed)
+        self.keep(stored.name, stored, expires - allowed)
         log.info("endpoint=%s event=%s services=%s url=%s expires_in=%.1fs", stored.name,
                  "refreshed" if previous is not None else "registered", ",".join(stored.network_service_names),
                  stored.url, expires - clock.now())
         self.watchers.publish(stored.name, self.response(stored))
         return stored
 
-    def _arm(self, name: str, at: float) -> None:
-        self.tasks.cancel(self._timers.pop(name, None))
-
-        async def expire() -> None:
-            if self._timers.get(name) is handle:
-                log.info("endpoint=%s event=expired", name)
-                self.unregister(name)
-
-        handle = self.tasks.later(at - clock.now(), expire, f"expire:{name}")
-        self._timers[name] = handle
-
     def unregister(self, name: str) -> NSE | None:
-        self.tasks.cancel(self._timers.pop(name, None))
         nse = super().unregister(name)
         if nse is not None:
             log.info("endpoint=%s event=unregistered", name)
