@@ -7,10 +7,11 @@ Each can be overridden by an environment variable `P4NSM_<NAME>` (upper case) or
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, IPvAnyNetwork, field_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,6 +78,16 @@ class Settings(BaseModel):
     nsm_max_value_length: int = Field(4096, description="Longest label or parameter value or token accepted")
     nsm_max_map_entries: int = Field(64, description="Most labels, parameters or metrics in one map")
     nsm_max_list_entries: int = Field(64, description="Most path segments, mechanisms, addresses or routes in one list")
+    # NSM host side: what an endpoint's answer may install in the hosts' namespaces
+    nsm_service_prefixes: dict[str, list[IPvAnyNetwork]] = Field(
+        {"*": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8"]}, validate_default=True,
+        description="Per network service (\"*\": any other), the prefixes an endpoint's IP context (addresses, routes, next hops) must lie inside; JSON in the environment",
+    )
+
+    @field_validator("nsm_service_prefixes", mode="before")
+    @classmethod
+    def _json_prefixes(cls, value: object) -> object:
+        return json.loads(value) if isinstance(value, str) else value
 
     @classmethod
     def load(cls, overrides: dict[str, str] | None = None) -> Settings:

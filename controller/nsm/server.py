@@ -27,6 +27,7 @@ from controller.nsm.elements.fabric_connect import FabricConnect
 from controller.nsm.elements.forward import Forward
 from controller.nsm.elements.host_pool import HostPool
 from controller.nsm.elements.hostside import HostSide
+from controller.nsm.elements.ipcontext import IpContextCheck
 from controller.nsm.elements.monitor import Monitor, MonitorHub, MonitorServicer
 from controller.nsm.elements.outcome import CallObserver, Outcome
 from controller.nsm.elements.select.discover import Discover
@@ -103,6 +104,7 @@ class NsmServer:
             RoundRobin(ejected, report),
             Forward(self.channels, hosts, EndpointWatch(settings.nsm_name, self.channels, self.tokens, self.hub, self.tasks),
                     settings.nsm_endpoint_timeout),
+            IpContextCheck(settings.nsm_service_prefixes),
             *dataplane,
         ])
         self.network_service = NetworkServiceServicer(self.chain)
