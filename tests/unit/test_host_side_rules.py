@@ -139,7 +139,8 @@ async def test_an_answer_outside_the_service_is_refused_before_the_data_plane(an
     set_endpoint(ctx, _nse())
     with pytest.raises(EndpointFailed) as caught:
         await Chain([IpContextCheck(DEFAULTS), reached]).request(answer, ctx)
-    assert str(caught.value).startswith(f"connection.context.ip_context.{field}: ") and says in str(caught.value)
+    assert caught.value.field == f"connection.context.ip_context.{field}" and says in caught.value.detail
+    assert caught.value.detail.startswith(f"{field}: ")  # endpoint selection shows the detail alone
     assert caught.value.code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INTERNAL)
     assert reached.calls == 0
 
@@ -148,7 +149,7 @@ async def test_the_setting_per_service_and_the_endpoints_label_narrow_it() -> No
     narrow = {"icmp": [ipaddress.ip_network("10.60.0.0/16")], "*": [ipaddress.ip_network("10.0.0.0/8")]}
     inside_default_only = _answer(["10.70.0.2/32"], ["10.70.0.1/32"], [("10.70.0.1/32", "")])
     for prefixes, nse in ((narrow, _nse()), (DEFAULTS, _nse("10.60.0.0/24"))):
-        with pytest.raises(EndpointFailed, match=r"^connection.context.ip_context.src_ip_addrs\[0\]: .*outside"):
+        with pytest.raises(EndpointFailed, match=r"^connection.context.ip_context.src_ip_addrs\[0\]: src_ip_addrs\[0\]: .*outside"):
             await _check(inside_default_only, nse, prefixes)
     assert (await _check(_answer(*SDK_PAIR), _nse(), narrow)).calls == 1
     # a label cannot widen what the service allows

@@ -151,8 +151,8 @@ class HostSide(Element):
             # The endpoint answered the addresses; another endpoint's may fit this host.
             kind = "routes" if e.field.startswith("routes") else "ip_addrs"
             field = f"connection.context.ip_context.{'src' if side == 'client' else 'dst'}_{kind}{e.field[e.field.index('['):]}"
-            raise CandidateFailed(grpc.StatusCode.FAILED_PRECONDITION, field,
-                                  f"{side} side in netns {iface.netns}: {e.detail}") from None
+            raise CandidateFailed(grpc.StatusCode.FAILED_PRECONDITION, field,  # selection shows the message only
+                                  f"{side} side in netns {iface.netns}: {field.rsplit('.', 1)[1]} {e.detail}") from None
         except (HostIfaceError, ValueError) as e:
             message = f"{side} interface {iface.name} in netns {iface.netns}: {e}"
             if side == "endpoint":

@@ -30,7 +30,8 @@ _FIELD = "connection.context.ip_context"
 
 
 def _refuse(field: str, message: str) -> EndpointFailed:
-    return EndpointFailed(grpc.StatusCode.PERMISSION_DENIED, f"{_FIELD}.{field}", message)
+    # The message names the field too: endpoint selection reports each candidate's message only.
+    return EndpointFailed(grpc.StatusCode.PERMISSION_DENIED, f"{_FIELD}.{field}", f"{field}: {message}")
 
 
 def _parse(field: str, nse: registry_pb2.NetworkServiceEndpoint, text: str, *, address: bool = False) -> IPNetwork:
@@ -42,7 +43,7 @@ def _parse(field: str, nse: registry_pb2.NetworkServiceEndpoint, text: str, *, a
         return ipaddress.ip_network(text, strict=False)
     except ValueError as e:
         raise EndpointFailed(grpc.StatusCode.INTERNAL, f"{_FIELD}.{field}",
-                             f"endpoint {nse.name} answered {text!r}, which is not an address or prefix: {e}") from None
+                             f"{field}: endpoint {nse.name} answered {text!r}, which is not an address or prefix: {e}") from None
 
 
 def _inside(net: IPNetwork, allowed: Sequence[IPNetwork]) -> bool:
