@@ -7,11 +7,12 @@ Each can be overridden by an environment variable `P4NSM_<NAME>` (upper case) or
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, IPvAnyNetwork, field_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,6 +91,16 @@ class Settings(BaseModel):
     spiffe_endpoint_socket: str = Field("", description="A SPIRE agent's Workload API socket (unix:///path or a path): the SVID and bundle come from it instead of the tls_*_file settings")
     plaintext: bool = Field(False, description="Run the NSM server and SDK without TLS when no certificate is configured (an explicit opt-out: without it and without certificates they refuse to start)")
     nsm_tls_server_name: str = Field("", description="Name an NSM TLS client checks in the server's certificate (DNS SAN) instead of the dialled host; unix sockets dial as `localhost`")
+    # NSM host side: what an endpoint's answer may install in the hosts' namespaces
+    nsm_service_prefixes: dict[str, list[IPvAnyNetwork]] = Field(
+        {"*": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8"]}, validate_default=True,
+        description="Per network service (\"*\": any other), the prefixes an endpoint's IP context (addresses, routes, next hops) must lie inside; JSON in the environment",
+    )
+
+    @field_validator("nsm_service_prefixes", mode="before")
+    @classmethod
+    def _json_prefixes(cls, value: object) -> object:
+        return json.loads(value) if isinstance(value, str) else value
 
     @classmethod
     def load(cls, overrides: dict[str, str] | None = None) -> Settings:

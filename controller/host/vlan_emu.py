@@ -19,6 +19,7 @@ import errno
 import os
 import re
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -52,34 +53,64 @@ _HELPER_VLAN_PUSH, _HELPER_VLAN_POP, _HELPER_REDIRECT = 18, 19, 23
 _ETH_P_8021Q_BE = 0x0081  # htons(0x8100) on a little-endian host, as bpf_skb_vlan_push wants
 
 
+_INNER_RE = re.compile(r"nsv[0-9a-f]{8}")
+
+
 def inner_name(name: str) -> str:
     """The veth end that carries the subinterface's traffic to and from the programs."""
     return f"nsv{zlib.crc32(name.encode()):08x}"
 
 
-def alias(parent: str, vlan_id: int) -> str:
-    return f"{ALIAS_PREFIX} parent={parent} vid={vlan_id}"
+def is_inner_name(name: str) -> bool:
+    return _INNER_RE.fullmatch(name) is not None
+
+
+def alias(parent: str, vlan_id: int, mark: str) -> str:
+    """The subinterface's alias: what remove() needs to find its filter, then its owner's mark."""
+    return f"{ALIAS_PREFIX} parent={parent} vid={vlan_id} {mark}"
+
+
+def _inner_alias(name: str) -> str:
+    return f"{ALIAS_PREFIX}-inner of={name}"
 
 
 def is_emulation_link(link: Any) -> bool:
     return (link.get("ifalias") or "").startswith(ALIAS_PREFIX)
 
 
-def create(ipr: IPRoute, name: str, parent: str, parent_index: int, vlan_id: int) -> int:
-    """Create the subinterface `name` (down, no addresses) and its programs; returns its index."""
+def mark_in(alias_text: str) -> str | None:
+    """The owner's mark in an emulated subinterface's alias; None for any other alias."""
+    match = _ALIAS_RE.fullmatch(alias_text)
+    return match.group(3) if match is not None else None
+
+
+def create(ipr: IPRoute, name: str, parent: str, parent_index: int, vlan_id: int, mark: str,
+           step: Callable[[str], None] = lambda _: None) -> int:
+    """Create the subinterface `name` (down, no addresses), marked `mark`, and its programs;
+    returns its index. A failure part-way removes what was made."""
     inner = inner_name(name)
     _drop_stale_parent_filter(ipr, parent_index, vlan_id, name)
     ipr.link("add", ifname=name, kind="veth", peer=inner)
-    index = ipr.link_lookup(ifname=name)[0]
-    inner_index = ipr.link_lookup(ifname=inner)[0]
-    quiet_ipv6(ipr, index)
-    quiet_ipv6(ipr, inner_index)
-    ipr.link("set", index=index, ifalias=alias(parent, vlan_id))
-    ipr.link("set", index=inner_index, ifalias=f"{ALIAS_PREFIX}-inner of={name}", state="up")
-    ensure_clsact(ipr, parent_index)
-    ensure_clsact(ipr, inner_index)
-    attach_filter(ipr, inner_index, INNER_PRIO, name, _push_program(vlan_id, parent_index))
-    attach_filter(ipr, parent_index, vlan_id, name, _pop_program(vlan_id, inner_index))
+    try:
+        index = ipr.link_lookup(ifname=name)[0]
+        inner_index = ipr.link_lookup(ifname=inner)[0]
+        step("mark")
+        ipr.link("set", index=index, ifalias=alias(parent, vlan_id, mark))
+        ipr.link("set", index=inner_index, ifalias=_inner_alias(name))
+        quiet_ipv6(ipr, index)
+        quiet_ipv6(ipr, inner_index)
+        ipr.link("set", index=inner_index, state="up")
+        ensure_clsact(ipr, parent_index)
+        ensure_clsact(ipr, inner_index)
+        step("filters")
+        attach_filter(ipr, inner_index, INNER_PRIO, name, _push_program(vlan_id, parent_index))
+        attach_filter(ipr, parent_index, vlan_id, name, _pop_program(vlan_id, inner_index))
+    except BaseException:
+        if _filter_name_at(ipr, parent_index, vlan_id) == FILTER_PREFIX + name:
+            delete_filter(ipr, parent_index, vlan_id)
+        for ifname in (name, inner):
+            _delete_link(ipr, ifname)
+        raise
     return index
 
 
@@ -96,12 +127,13 @@ def quiet_ipv6(ipr: IPRoute, index: int) -> None:
 
 
 def matches(ipr: IPRoute, link: Any, parent: str, parent_index: int, vlan_id: int) -> bool:
-    if link.get("ifalias") != alias(parent, vlan_id):
+    found = _ALIAS_RE.fullmatch(link.get("ifalias") or "")
+    if found is None or (found.group(1), int(found.group(2))) != (parent, vlan_id):
         return False
     return _filter_name_at(ipr, parent_index, vlan_id) == FILTER_PREFIX + link.get("ifname")
 
 
-_ALIAS_RE = re.compile(re.escape(ALIAS_PREFIX) + r" parent=(\S+) vid=(\d+)")
+_ALIAS_RE = re.compile(re.escape(ALIAS_PREFIX) + r" parent=(\S+) vid=(\d+)(?: (.*))?", re.DOTALL)
 
 
 def remove(ipr: IPRoute, name: str) -> bool:
@@ -124,8 +156,12 @@ def remove(ipr: IPRoute, name: str) -> bool:
         if parent_index and _filter_name_at(ipr, parent_index[0], vlan_id) == FILTER_PREFIX + name:
             delete_filter(ipr, parent_index[0], vlan_id)
             found = True
-    for ifname in (name, inner_name(name)):
-        found = _delete_link(ipr, ifname) or found
+    found = _delete_link(ipr, name) or found
+    # The inner end only when it is this subinterface's: a link of that name and another alias
+    # is someone else's.
+    inner = ipr.link_lookup(ifname=inner_name(name))
+    if inner and (ipr.link("get", index=inner[0])[0].get("ifalias") or "") == _inner_alias(name):
+        found = _delete_link(ipr, inner_name(name)) or found
     return found
 
 
@@ -133,6 +169,8 @@ def _drop_stale_parent_filter(ipr: IPRoute, parent_index: int, vlan_id: int, nam
     owner = _filter_name_at(ipr, parent_index, vlan_id)
     if owner is None:
         return
+    if not owner.startswith(FILTER_PREFIX):
+        raise FileExistsError(f"vlan {vlan_id} on this parent has a filter p4nsm did not attach ({owner!r})")
     owner_iface = owner.removeprefix(FILTER_PREFIX)
     if owner_iface != name and ipr.link_lookup(ifname=owner_iface):
         raise FileExistsError(f"vlan {vlan_id} on this parent is already used by {owner_iface}")

@@ -42,7 +42,7 @@ class OrphanReaper:
         for host, key in ((plan.a.host, "a_iface"), (plan.b.host, "b_iface")):
             if plan.labels.get(key):
                 try:
-                    await self.pool.call(remove_iface, host, plan.labels[key])
+                    await self.pool.call(functools.partial(remove_iface, owner=conn_id), host, plan.labels[key])
                 except (HostIfaceError, ValueError) as e:
                     log.error("connection=%s netns=%s iface=%s event=remove_failed error=%s", conn_id, host, plan.labels[key], e)
         await self.fabric.disconnect(conn_id)

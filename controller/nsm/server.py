@@ -30,6 +30,7 @@ from controller.nsm.elements.fabric_connect import FabricConnect, stored_owner
 from controller.nsm.elements.forward import Forward
 from controller.nsm.elements.host_pool import HostPool
 from controller.nsm.elements.hostside import HostSide
+from controller.nsm.elements.ipcontext import IpContextCheck
 from controller.nsm.elements.monitor import Monitor, MonitorHub, MonitorServicer
 from controller.nsm.elements.outcome import CallObserver, Outcome
 from controller.nsm.elements.ownership import Ownership
@@ -124,6 +125,7 @@ class NsmServer:
             RoundRobin(ejected, report),
             Forward(self.channels, hosts, EndpointWatch(settings.nsm_name, self.channels, self.tokens, self.hub, self.tasks),
                     settings.nsm_endpoint_timeout, self.tokens),
+            IpContextCheck(settings.nsm_service_prefixes),
             *dataplane,
         ])
         self.network_service = NetworkServiceServicer(self.chain)

@@ -239,7 +239,7 @@ def _vlan_of(netns_name: str, ifname: str) -> tuple[str, int]:
         if link.get(("linkinfo", "kind")) == "vlan":
             parent = ipr.link("get", index=link.get("link"))[0].get("ifname")
             return parent, link.get(("linkinfo", "data", "vlan_id"))
-        match = re.fullmatch(r"p4nsm-vlan parent=(\S+) vid=(\d+)", link.get("ifalias") or "")
+        match = re.fullmatch(r"p4nsm-vlan parent=(\S+) vid=(\d+) p4nsm:.*", link.get("ifalias") or "")
         assert match, f"{ifname} is neither a VLAN nor an emulated one"
         parent, vid = match.group(1), int(match.group(2))
         filters = _ingress_filter_names(ipr, ipr.link_lookup(ifname=parent)[0])

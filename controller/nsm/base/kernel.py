@@ -58,7 +58,7 @@ def check_parameters(field: str, params: dict[str, str]) -> None:
 
 def default_ifname(service: str) -> str:
     """`<service[:10]>-<random>`, 15 characters, as the SDK names kernel interfaces."""
-    prefix = "".join(c if c.isalnum() or c in "-_." else "-" for c in service[:10]) or "nsm"
+    prefix = "".join(c if c.isalnum() or c in "-_." else "-" for c in service[:10]).lstrip("-.") or "nsm"
     suffix = "".join(secrets.choice(_NAME_ALPHABET) for _ in range(IFNAME_MAX - len(prefix) - 1))
     return f"{prefix}-{suffix}"
 

@@ -1,13 +1,20 @@
 """hostside: the KERNEL interfaces of both ends: a VLAN subinterface (the fabric's VLAN on that
 host link) in the client's netns with the source addresses and routes, and one in the endpoint's
-netns with the destination ones. A refresh that changes nothing touches nothing. Either side
-failing is the controller's failure, not the endpoint's: the endpoint's side fails as
-CandidateFailed (another endpoint may be on a host where it works), the client's as NsmError."""
+netns with the destination ones. A refresh that changes nothing touches nothing.
+
+Each interface is marked as this connection's (kernel_iface.mark): a name that exists and is not
+the connection's own is refused with ALREADY_EXISTS and left alone, and so is (FAILED_PRECONDITION)
+an address or route overlapping another interface's in that netns. When one side fails, the
+other is undone too: a new connection leaves nothing in either netns, a refresh puts back what
+it had. Either side failing is the controller's failure, not the endpoint's (the endpoint's side
+fails as CandidateFailed: another endpoint may be on a host where it works, the client's as
+NsmError), except a name the endpoint answered that is taken on its host (EndpointFailed)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import ipaddress
 import logging
 from collections.abc import Sequence
@@ -15,9 +22,16 @@ from typing import Any
 
 import grpc
 
-from controller.host.kernel_iface import HostIfaceError, ensure_vlan_iface, host_parent_iface, remove_iface
+from controller.host.kernel_iface import (
+    AddressConflict,
+    HostIfaceError,
+    IfaceExists,
+    ensure_vlan_iface,
+    host_parent_iface,
+    remove_iface,
+)
 from controller.nsm.base import kernel
-from controller.nsm.base.errors import CandidateFailed, NsmError
+from controller.nsm.base.errors import CandidateFailed, EndpointFailed, NsmError
 from controller.nsm.elements.begin import state_of
 from controller.nsm.elements.chain import CallContext, Connection, Element, Key, Next, Request
 from controller.nsm.elements.fabric_connect import plan_of
@@ -32,6 +46,7 @@ _APPLIED: Key[tuple[Iface, ...]] = Key("hostside.applied")  # per connection: th
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Iface:
+    owner: str  # the connection id its mark names
     netns: str
     name: str
     vlan: int
@@ -64,15 +79,18 @@ class HostSide(Element):
         if parent is None:
             parent = self._parents[iface.netns] = await self.pool.call(host_parent_iface, iface.netns)
         try:
-            await self.pool.call(ensure_vlan_iface, iface.netns, parent, iface.vlan, iface.name,
+            await self.pool.call(functools.partial(ensure_vlan_iface, owner=iface.owner, exclusive=True),
+                                 iface.netns, parent, iface.vlan, iface.name,
                                  list(iface.addresses), list(iface.routes), iface.mtu)
+        except (IfaceExists, AddressConflict):
+            raise
         except HostIfaceError:
             self._parents.pop(iface.netns, None)
             raise
 
     async def _remove(self, iface: Iface, conn_id: str) -> None:
         try:
-            await self.pool.call(remove_iface, iface.netns, iface.name)
+            await self.pool.call(functools.partial(remove_iface, owner=iface.owner), iface.netns, iface.name)
         except (HostIfaceError, ValueError) as e:
             log.error("connection=%s netns=%s iface=%s event=remove_failed error=%s", conn_id, iface.netns, iface.name, e)
 
@@ -82,9 +100,9 @@ class HostSide(Element):
         ip = conn.context.ip_context
         mtu = conn.context.MTU or None
         return (
-            Iface(plan.a.host, conn.mechanism.parameters[kernel.NAME_KEY], plan.a.vlan, tuple(ip.src_ip_addrs),
+            Iface(conn.id, plan.a.host, conn.mechanism.parameters[kernel.NAME_KEY], plan.a.vlan, tuple(ip.src_ip_addrs),
                   routes(ip.src_routes, ip.dst_ip_addrs), mtu),
-            Iface(plan.b.host, answer.mechanism.parameters[kernel.NAME_KEY], plan.b.vlan, tuple(ip.dst_ip_addrs),
+            Iface(conn.id, plan.b.host, answer.mechanism.parameters[kernel.NAME_KEY], plan.b.vlan, tuple(ip.dst_ip_addrs),
                   routes(ip.dst_routes, ip.src_ip_addrs), mtu),
         )
 
@@ -100,8 +118,13 @@ class HostSide(Element):
                                            return_exceptions=True)
             failures = [r for r in results if isinstance(r, BaseException)]
             if failures:
-                if not have:  # a failed refresh keeps what the connection had
-                    await self._undo([i for i, r in zip(want, results) if r is None], conn.id, st.values)
+                # The side that failed has undone itself; the one that worked is undone here: a
+                # new connection leaves nothing, a refresh gets back what it had.
+                done = [i for i, r in zip(want, results) if r is None]
+                if have:
+                    await self._restore(done, have, conn.id)
+                else:
+                    await self._undo(done, conn.id, st.values)
                 raise failures[0]
             for stale in {i for i in have if (i.netns, i.name) not in {(w.netns, w.name) for w in want}}:
                 await self._remove(stale, conn.id)
@@ -118,11 +141,36 @@ class HostSide(Element):
     async def _ensure_side(self, side: str, iface: Iface) -> None:
         try:
             await self._ensure(iface)
+        except IfaceExists as e:
+            message = f"{side} side: {e}"
+            if side == "endpoint":
+                raise EndpointFailed(grpc.StatusCode.ALREADY_EXISTS, f"mechanism.parameters[{kernel.NAME_KEY!r}]",
+                                     f"the endpoint's answer names an interface that is not this connection's: {message}") from None
+            raise NsmError(grpc.StatusCode.ALREADY_EXISTS, f"connection.mechanism.parameters[{kernel.NAME_KEY!r}]", message) from None
+        except AddressConflict as e:
+            # The endpoint answered the addresses; another endpoint's may fit this host.
+            kind = "routes" if e.field.startswith("routes") else "ip_addrs"
+            field = f"connection.context.ip_context.{'src' if side == 'client' else 'dst'}_{kind}{e.field[e.field.index('['):]}"
+            raise CandidateFailed(grpc.StatusCode.FAILED_PRECONDITION, field,  # selection shows the message only
+                                  f"{side} side in netns {iface.netns}: {field.rsplit('.', 1)[1]} {e.detail}") from None
         except (HostIfaceError, ValueError) as e:
             message = f"{side} interface {iface.name} in netns {iface.netns}: {e}"
             if side == "endpoint":
                 raise CandidateFailed(grpc.StatusCode.FAILED_PRECONDITION, "connection.context.ip_context", message) from None
             raise NsmError(grpc.StatusCode.FAILED_PRECONDITION, f"connection.mechanism.parameters[{kernel.NAME_KEY!r}]", message) from None
+
+    async def _restore(self, done: Sequence[Iface], have: Sequence[Iface], conn_id: str) -> None:
+        """After a failed refresh: each side that changed goes back to what the connection had."""
+        before = {(i.netns, i.name): i for i in have}
+        for iface in done:
+            old = before.get((iface.netns, iface.name))
+            try:
+                if old is None:
+                    await self._remove(iface, conn_id)
+                else:
+                    await self._ensure(old)
+            except (HostIfaceError, ValueError) as e:
+                log.error("connection=%s netns=%s iface=%s event=restore_failed error=%s", conn_id, iface.netns, iface.name, e)
 
     async def _undo(self, ifaces: Sequence[Iface], conn_id: str, values: dict[Key[Any], Any]) -> None:
         await asyncio.gather(*(self._remove(iface, conn_id) for iface in ifaces))
