@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 
 from controller.nsm.base import clock
+from controller.nsm.base.metadata import Credentials
 from controller.nsm.base.tokens import TokenSource
 from controller.nsm.elements.begin import is_refresh
 from controller.nsm.elements.chain import CallContext, Connection, Element, Next, Request
@@ -26,6 +27,50 @@ def nsm_settings(tmp: Path, **overrides: object) -> Settings:
                                  "nsm_endpoint_timeout": 2.0, "nsm_retry_interval": 0.05}
     values.update(overrides)
     return settings_for_test({k: str(v) for k, v in values.items()})
+
+
+NSC = "spiffe://p4nsm/nsc"  # the identity of segment("nsc", ...)'s token
+
+
+def creds(identity: str, expires_in: float = 60.0) -> tuple[tuple[str, str], ...]:
+    """The per-RPC token and expiry an NSM client of `identity` sends (docs/nsm_contract.md §6.1)."""
+    token, expires = TokenSource(identity, expires_in).issue()
+    return Credentials(token, expires).as_metadata()
+
+
+class _AsClient:
+    """Sends an NSC's credentials on its Close and MonitorConnections calls when they name none,
+    as the SDK client does, so that they come from the identity of its Requests' segment token.
+    Requests are left alone: their credentials would override the expiry their segments carry."""
+
+    METHODS = ("/networkservice.NetworkService/Close", "/connection.MonitorConnection/MonitorConnections")
+
+    def __init__(self, identity: str) -> None:
+        self.identity = identity
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        if details.metadata or method not in self.METHODS:
+            return details
+        return grpc.aio.ClientCallDetails(details.method, details.timeout, grpc.aio.Metadata(*creds(self.identity)),
+                                          details.credentials, details.wait_for_ready)
+
+
+# grpc.aio files each interceptor under the first kind it is an instance of: one class per kind.
+class _AsClientUnary(_AsClient, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(details), request)
+
+
+class _AsClientStream(_AsClient, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(details), request)
+
+
+def nsc_channel(target: str, identity: str = NSC) -> grpc.aio.Channel:
+    """A plaintext channel whose Close and Monitor calls come from `identity` unless they send
+    credentials of their own."""
+    return grpc.aio.insecure_channel(target, interceptors=[_AsClientUnary(identity), _AsClientStream(identity)])
 
 
 def segment(name: str, seg_id: str, expires_in: float | None = 60.0) -> connection_pb2.PathSegment:

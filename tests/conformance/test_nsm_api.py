@@ -30,7 +30,18 @@ from controller.sdk.endpoint import Endpoint
 from controller.settings import Settings
 from controller.topology import load_topology
 from nsm_api import connection_pb2, connection_pb2_grpc, networkservice_pb2_grpc, registry_pb2, registry_pb2_grpc
-from tests.conformance.nsm_support import DIAMOND, Recorder, code_of, nsc_request, nsm_settings, refresh_of, segment
+from tests.conformance.nsm_support import (
+    DIAMOND,
+    NSC,
+    Recorder,
+    code_of,
+    creds,
+    nsc_channel,
+    nsc_request,
+    nsm_settings,
+    refresh_of,
+    segment,
+)
 from tests.e2e.nsm_fixtures import Endpoints
 
 pytestmark = pytest.mark.timeout(120)
@@ -88,7 +99,7 @@ def fabric_calls(controller, monkeypatch) -> list[tuple[str, str]]:
 async def _serve(controller: Controller, settings: Settings, recorder: Recorder | None) -> AsyncIterator[Served]:
     server = NsmServer(controller.fabric, settings, dataplane=[recorder] if recorder else None)
     address = await server.start("127.0.0.1:0")
-    channel = grpc.aio.insecure_channel(dial_target(address))
+    channel = nsc_channel(dial_target(address))
     try:
         yield Served(server, recorder, channel)
     finally:
@@ -333,7 +344,7 @@ async def test_monitor_initial_state_then_updates_and_deletes_filtered_by_select
 async def test_fabric_down_and_reroute_reach_monitors_as_updates(real: Served) -> None:
     conn = nsc_request().connection
     conn.id = "c1"
-    real.server.hub.update(conn)
+    real.server.hub.update(conn, owner=NSC)  # as the ownership element records its maker
     stream = real.monitor.MonitorConnections(connection_pb2.MonitorScopeSelector())
     await next_event(stream)
     plan = type("Plan", (), {"id": "c1", "labels": {"kind": "nsm"}})()
@@ -377,7 +388,9 @@ async def test_reselect_closes_the_old_endpoint_side_and_selects_again(looped: S
     req.connection.network_service_endpoint_name = ""
     req.connection.ClearField("mechanism")
     req.mechanism_preferences.extend(nsc_request().mechanism_preferences)
-    second = await looped.ns.Request(req)
+    # With its per-RPC token, as NSM clients send it: begin's close of the old connection is the
+    # caller's own Close, and a Close proves its caller by that token.
+    second = await looped.ns.Request(req, metadata=creds(NSC))
     assert second.network_service_endpoint_name != first.network_service_endpoint_name
     assert second.id == first.id and second.state == connection_pb2.UP
     assert len(a.pool) + len(b.pool) == 1

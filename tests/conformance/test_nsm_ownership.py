@@ -20,7 +20,6 @@ import pytest
 from controller.fabric.connections import Fabric
 from controller.identity import Svid, channel_credentials, init_lab_certs, load_svid, server_credentials
 from controller.nsm.base.channels import dial_target
-from controller.nsm.base.metadata import Credentials
 from controller.nsm.base.tokens import TokenSource
 from controller.nsm.elements.fabric_connect import OWNER, FabricConnect
 from controller.nsm.elements.monitor import MonitorHub, MonitorServicer
@@ -36,7 +35,7 @@ from nsm_api import (
     registry_pb2,
     registry_pb2_grpc,
 )
-from tests.conformance.nsm_support import DIAMOND, Recorder, nsc_request, nsm_settings, refresh_of
+from tests.conformance.nsm_support import DIAMOND, Recorder, creds, nsc_request, nsm_settings, refresh_of
 from tests.e2e.nsm_fixtures import Endpoints
 from tests.support.settings import settings_for_test
 from tests.unit.fabric_rig import Rig
@@ -47,12 +46,6 @@ VICTIM = "spiffe://test/victim"
 ATTACKER = "spiffe://test/attacker"
 OPERATOR = "spiffe://test/operator"
 QUIET = 1.0  # how long a stream must stay silent to show nothing was sent to it (s)
-
-
-def creds(identity: str, expires_in: float = 60.0) -> tuple[tuple[str, str], ...]:
-    """The per-RPC token and expiry an NSM client of `identity` sends (docs/nsm_contract.md §6.1)."""
-    token, expires = TokenSource(identity, expires_in).issue()
-    return Credentials(token, expires).as_metadata()
 
 
 class Served:

@@ -42,7 +42,7 @@ hosts:
 def _command(tmp_path: Path) -> list[str]:
     return [str(P4NSM), "run", "-t", str(_topology(tmp_path)), "--nsm-address", f"unix://{tmp_path}/nsm.sock",
             "--set", f"store_path={tmp_path}/store.sqlite", "--set", "metrics_address=127.0.0.1:0",
-            "--set", "web_address=127.0.0.1:0"]
+            "--set", "web_address=127.0.0.1:0", "--set", "plaintext=true"]
 
 
 def _wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> list[str]:
