@@ -77,6 +77,13 @@ class Settings(BaseModel):
     nsm_max_value_length: int = Field(4096, description="Longest label or parameter value or token accepted")
     nsm_max_map_entries: int = Field(64, description="Most labels, parameters or metrics in one map")
     nsm_max_list_entries: int = Field(64, description="Most path segments, mechanisms, addresses or routes in one list")
+    # --- TLS and identity (controller/identity/): with a certificate, TLS is required ---
+    tls_cert_file: Path | None = Field(None, description="This process's certificate chain (PEM, leaf first; its URI SAN is its SPIFFE id): with it the NSM server requires mTLS and the SDK dials with TLS")
+    tls_key_file: Path | None = Field(None, description="Private key of tls_cert_file (PEM)")
+    tls_ca_file: Path | None = Field(None, description="Trust bundle (PEM CA certificates) peers' certificates must chain to")
+    spiffe_endpoint_socket: str = Field("", description="A SPIRE agent's Workload API socket (unix:///path or a path): the SVID and bundle come from it instead of the tls_*_file settings")
+    plaintext: bool = Field(False, description="Run the NSM server and SDK without TLS when no certificate is configured (an explicit opt-out: without it and without certificates they refuse to start)")
+    nsm_tls_server_name: str = Field("", description="Name an NSM TLS client checks in the server's certificate (DNS SAN) instead of the dialled host; unix sockets dial as `localhost`")
 
     @classmethod
     def load(cls, overrides: dict[str, str] | None = None) -> Settings:

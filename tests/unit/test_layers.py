@@ -18,7 +18,8 @@ PACKAGES = ("controller", "lab", "softswitch", "nsm_api", "topologies")
 # modules and lower layers only.
 LAYERS: list[tuple[str, ...]] = [
     ("nsm_api", "controller.settings", "controller.aio", "controller.logs"),
-    ("controller.topology", "controller.p4rt", "controller.gnmi", "controller.host", "controller.targets"),
+    ("controller.topology", "controller.p4rt", "controller.gnmi", "controller.host", "controller.targets",
+     "controller.identity"),
     ("controller.fabric",),
     ("controller.heal",),
     ("controller.nsm.base",),
