@@ -198,7 +198,9 @@ def run_demo(topo: Topology, console: Console) -> bool:
         lab.start()
 
         async def main() -> bool:
-            ctl = Controller(topo, settings, nsm_address=f"unix://{run_dir / 'nsm.sock'}")
+            # The lab's switches serve mutual TLS: its topology and certificate reach them.
+            ctl = Controller(lab.topology, settings.model_copy(update=lab.controller_settings()),
+                             nsm_address=f"unix://{run_dir / 'nsm.sock'}")
             try:
                 return await _demo(ctl, topo, console)
             finally:

@@ -92,6 +92,9 @@ def run_lab(topo: Topology, settings: Settings, switch_kind: str | None, admin_p
     ctl: Controller | None = None
     try:
         lab.start()
+        # The lab's switches serve mutual TLS with certificates of its own: its topology names
+        # their CA, its settings give the controller the certificate they allow.
+        topo, settings = lab.topology, settings.model_copy(update=lab.controller_settings())
         runner = _LoopThread()
         ctl = Controller(topo, settings, admin_path=admin_path)
         runner.run(ctl.start())

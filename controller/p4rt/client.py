@@ -26,6 +26,7 @@ from controller.identity import Svid
 from controller.p4rt.errors import SwitchError, UpdateError, per_update_errors
 from controller.p4rt.schema import P4Schema
 from controller.settings import Settings
+from controller.topology import Switch
 
 _T = TypeVar("_T")
 _CUT_OFF = "RPC cut off: the channel to the switch closed"
@@ -65,6 +66,12 @@ def open_channel(address: str, tls: TlsConfig | None, options: Sequence[tuple[st
     )
     named = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
     return grpc.aio.secure_channel(address, credentials, options=[*options, *named])
+
+
+def switch_tls(switch: Switch, client: Svid | None) -> TlsConfig | None:
+    """How a topology switch is reached: TLS when it names its CA (tls_ca, tls_server_name),
+    offering the controller's SVID `client` when the switch asks; None: plaintext."""
+    return TlsConfig(switch.tls_ca, switch.tls_server_name, client) if switch.tls_ca is not None else None
 
 
 @dataclasses.dataclass(frozen=True)
