@@ -341,7 +341,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="p4nsm-bench-nsm-"))
     results: dict[str, dict] = {}
     try:
-        with Lab(topo, work / "lab", lock_timeout=args.lock_timeout):
+        with Lab(topo, work / "lab", lock_timeout=args.lock_timeout, tls=False):  # plaintext switches: the recorded figures predate the lab's TLS
             for mode, overrides in modes.items():
                 run_dir = work / mode
                 run_dir.mkdir()
