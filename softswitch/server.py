@@ -150,7 +150,8 @@ class Arbiter:
             client.close(rpc_code.FAILED_PRECONDITION, f"stream is bound to role {client.role!r}, got {role!r}")
             return
         if update.role.HasField("config"):
-            client.close(rpc_code.INVALID_ARGUMENT, "role config is not supported: every role has full pipeline access")
+            client.close(rpc_code.INVALID_ARGUMENT, "role config is not supported: a role has the whole pipeline, "
+                         "and who may hold it is the switch's allow-list (--grpc-server-allow)")
             return
         if not self.trust.allows(client.identities, role):
             # Before the election id is even looked at: a high id from an untrusted client is no claim.

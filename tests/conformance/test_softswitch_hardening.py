@@ -193,20 +193,22 @@ def test_an_oversize_write_is_refused_before_parsing_while_the_switch_keeps_answ
     attacker = threading.Thread(target=attack)
     attacker.start()
     # The controller's keepalive (a Capabilities RPC) and a re-arbitration, while the attack runs.
-    worst = 0.0
-    rounds = 0
-    while not done.is_set() or rounds < 3:
+    took: list[float] = []
+    while not done.is_set() or len(took) < 3:
         t0 = time.monotonic()
         p4rt.stub.Capabilities(p4r.CapabilitiesRequest(), timeout=2)
         p4rt.arbitrate(10)
-        worst = max(worst, time.monotonic() - t0)
-        rounds += 1
+        took.append(time.monotonic() - t0)
     attacker.join()
     growth_mib = (rss_kib(softswitch.process.pid) - rss_before) / 1024
-    print(f"oversize Write x5 (16 MiB): keepalive+arbitration worst {worst * 1000:.0f} ms over {rounds} rounds, "
-          f"switch RSS growth {growth_mib:.0f} MiB")
+    took.sort()
+    print(f"oversize Write x5 (16 MiB): keepalive+arbitration over {len(took)} rounds p50 {took[len(took) // 2] * 1000:.1f} "
+          f"ms, worst {took[-1] * 1000:.0f} ms; switch RSS growth {growth_mib:.0f} MiB")
     assert codes == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 5, codes
-    assert worst < 0.15, f"the switch stalled {worst * 1000:.0f} ms (the controller's keepalive_timeout is 150 ms)"
+    # Parsed in full, each of those Writes stalled the switch 280-740 ms. On a shared 2-core
+    # machine one round may still be slow for reasons of its own: one, never a stall per Write.
+    slow = [t for t in took if t > 0.15]  # the controller's keepalive_timeout
+    assert len(slow) <= 1 and took[-1] < 0.28, f"rounds over 150 ms: {[round(t * 1000) for t in slow]}"
     assert growth_mib < 64, f"the switch grew {growth_mib:.0f} MiB"
     assert p4rt.is_primary
     assert len(entries(p4rt)) == 1
