@@ -45,8 +45,9 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 
 from benchmarks.bench_controller_setup import link_down_counter  # noqa: E402
+from controller.identity import init_lab_certs, lab_settings, load_svid  # noqa: E402
 from controller.nsm.base import kernel  # noqa: E402
-from controller.nsm.base.channels import dial_target  # noqa: E402
+from controller.nsm.base.channels import dial  # noqa: E402
 from controller.nsm.base.metadata import Credentials  # noqa: E402
 from controller.nsm.base.tokens import TokenSource  # noqa: E402
 from nsm_api import connection_pb2, networkservice_pb2, networkservice_pb2_grpc  # noqa: E402
@@ -82,9 +83,13 @@ def _request(i: int) -> networkservice_pb2.NetworkServiceRequest:
     return networkservice_pb2.NetworkServiceRequest(connection=conn, mechanism_preferences=[kernel.mechanism(netns, f"c{i:05d}")])
 
 
-async def _load(address: str, requests: int, clients: int) -> None:
+async def _load(address: str, requests: int, clients: int, certs: str | None) -> None:
+    from controller.settings import Settings
+
     tokens = TokenSource("spiffe://p4nsm/bench", 600.0)
-    channels = [grpc.aio.insecure_channel(dial_target(address)) for _ in range(clients)]
+    # each client its own channel, so with --tls each makes its own mTLS handshake
+    svid = load_svid(Settings.load(lab_settings(Path(certs), "nsc"))) if certs else None
+    channels = [dial(address, svid) for _ in range(clients)]
     stubs = [networkservice_pb2_grpc.NetworkServiceStub(c) for c in channels]
     todo = iter(range(requests))
     latencies: list[float] = []
@@ -177,7 +182,10 @@ async def orchestrate(topo, work: Path, args: argparse.Namespace, overrides: dic
     from controller.settings import Settings
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, _dump_tasks)
-    settings = Settings.load({"metrics_address": "127.0.0.1:0", "web_address": "127.0.0.1:0", **overrides, "store_path": str(work / "store.sqlite"), "nsm_run_dir": str(work / "nsm")})
+    # --tls: mTLS everywhere with a lab CA's certificates; else plaintext, said explicitly
+    certs = work.parent / "certs"
+    tls = lab_settings(certs, "controller") if args.tls else {"plaintext": "true"}
+    settings = Settings.load({"metrics_address": "127.0.0.1:0", "web_address": "127.0.0.1:0", **tls, **overrides, "store_path": str(work / "store.sqlite"), "nsm_run_dir": str(work / "nsm")})
     address = f"unix://{work / 'nsm.sock'}"
     ctl = Controller(topo, settings, nsm_address=address)
     await ctl.start()
@@ -191,7 +199,8 @@ async def orchestrate(topo, work: Path, args: argparse.Namespace, overrides: dic
             # the child holds its own copy of the descriptor; ours can close at once
             with open(work / f"nse-{host}.log", "w") as nse_log:
                 nses.append(subprocess.Popen([str(REPO / ".venv" / "bin" / "p4nsm"), "nse", "--service", SERVICE, "--netns", host,
-                                              "--cidr", cidr, "--nsm-address", address, "--name", f"{SERVICE}-{host}"],
+                                              "--cidr", cidr, "--nsm-address", address, "--name", f"{SERVICE}-{host}",
+                                              *(["--certs", str(certs)] if args.tls else ["--plaintext"])],
                                              env=env, stdout=subprocess.DEVNULL, stderr=nse_log))
         assert ctl.nsm is not None
         deadline = time.monotonic() + 30
@@ -209,6 +218,7 @@ async def orchestrate(topo, work: Path, args: argparse.Namespace, overrides: dic
         cpu0 = time.process_time()
         load = await asyncio.create_subprocess_exec(
             sys.executable, __file__, "--load", address, "--requests", str(args.requests), "--clients", str(args.clients),
+            *(["--certs", str(certs)] if args.tls else []),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             limit=LOAD_REPORT_LIMIT)  # one JSON line per phase, with every latency and error
         made = await _readline(load)
@@ -320,10 +330,12 @@ def main() -> None:
     parser.add_argument("--lock-timeout", type=float, default=1800.0, help="seconds to wait for another lab on this machine")
     parser.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results alone")
     parser.add_argument("--profile", metavar="FILE", help="cProfile the controller's process into FILE (figures then suffer)")
+    parser.add_argument("--tls", action="store_true", help="mTLS between the load, the controller and the endpoints (lab CA)")
     parser.add_argument("--load", metavar="ADDRESS", help=argparse.SUPPRESS)
+    parser.add_argument("--certs", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:
-        asyncio.run(_load(args.load, args.requests, args.clients))
+        asyncio.run(_load(args.load, args.requests, args.clients, args.certs))
         return
     if os.geteuid() != 0:
         raise SystemExit("needs root: the lab makes network namespaces and veth pairs")
@@ -339,6 +351,8 @@ def main() -> None:
     began, load_before = time.strftime("%Y-%m-%d %H:%M"), os.getloadavg()[0]
     topo = load_topology(REPO / "topologies" / "diamond.yaml")
     work = Path(tempfile.mkdtemp(prefix="p4nsm-bench-nsm-"))
+    if args.tls:
+        init_lab_certs(work / "certs")
     results: dict[str, dict] = {}
     try:
         with Lab(topo, work / "lab", lock_timeout=args.lock_timeout, tls=False):  # plaintext switches: the recorded figures predate the lab's TLS
@@ -354,7 +368,7 @@ def main() -> None:
                 else:
                     results[mode] = asyncio.run(orchestrate(topo, run_dir, args, overrides))
                 r, lat = results[mode], results[mode]["latencies"]
-                print(f"diamond, {mode} liveness: {r['served']}/{r['requests']} served with {r['clients']} clients: "
+                print(f"diamond, {mode} liveness{', mTLS' if args.tls else ''}: {r['served']}/{r['requests']} served with {r['clients']} clients: "
                       f"{r['served'] / r['seconds']:.0f} Requests/s, p50 {pct(lat, 0.5):.1f} ms, p99 {pct(lat, 0.99):.1f} ms, "
                       f"max {pct(lat, 1.0):.1f} ms; Close {r['served'] / r['close_seconds']:.0f}/s; pings {r['pings']}; "
                       f"false link-downs {r['link_downs']}; problems: {r['problems'] or 'none'}", flush=True)

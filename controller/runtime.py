@@ -18,7 +18,7 @@ from controller.gnmi.port_state import PortStateClient
 from controller.heal.link_monitor import LinkMonitor
 from controller.heal.port_state import PortStateJudge
 from controller.heal.reroute import Rerouter
-from controller.identity import load_svid
+from controller.identity import https_context, load_svid, require_svid
 from controller.nsm.server import NsmServer
 from controller.operators.metrics import ControllerMetrics
 from controller.operators.web import WebView
@@ -54,6 +54,9 @@ class Controller:
                  nsm_address: str | None = None) -> None:
         self.topo = topo
         self.settings = settings
+        # One SVID for the NSM server and the operators' HTTPS; with the NSM API served and neither
+        # certificates nor plaintext configured, refused here, before anything is made.
+        self.svid = require_svid(settings, "NSM server") if nsm_address is not None else load_svid(settings)
         self.schema = P4Schema.from_file(settings.p4info_path)
         p4info = self.schema.p4info.SerializeToString(deterministic=True)
         profiles = {s.name: profile(s.target) for s in topo.switches}
@@ -61,10 +64,9 @@ class Controller:
         # outputs missing or of the wrong kind (the device config builders).
         for kind_profile in {p.kind: p for p in profiles.values()}.values():
             kind_profile.check_p4info(self.schema.p4info, str(settings.p4info_path))
-        # The controller's SVID is its client certificate towards every switch that asks for one:
-        # a switch's allow-list names the controller's SPIFFE id, whichever switch it is.
-        svid = load_svid(settings)
-        tls = {s.name: switch_tls(s, svid) for s in topo.switches}
+        # The same SVID is the client certificate towards every switch that asks for one: a
+        # switch's allow-list names the controller's SPIFFE id, whichever switch it is.
+        tls = {s.name: switch_tls(s, self.svid) for s in topo.switches}
         for name in sorted(n for n, p in profiles.items() if p.needs_tls and tls[n] is None):
             log.warning("switch=%s event=no_tls target=%s: its P4Runtime server speaks TLS by default; give the "
                         "switch tls_ca in the topology, or start it insecure (infrap4d --grpc_open_insecure_mode=true)",
@@ -106,15 +108,16 @@ class Controller:
         self.admin = AdminServer(admin_path, self._admin_handlers()) if admin_path else None
         self.nsm_address = nsm_address
         self.nsm: NsmServer | None = None
-        # Prometheus metrics at http://<metrics_address>/metrics; an empty address turns them off.
+        https = https_context(self.svid) if self.svid is not None and (settings.metrics_address or settings.web_address) else None
+        # Prometheus metrics at http(s)://<metrics_address>/metrics; an empty address turns them off.
         self.metrics: ControllerMetrics | None = None
         if settings.metrics_address:
             self.metrics = ControllerMetrics(settings.metrics_address, fabric=self.fabric, clients=self.clients, links=self.links,
-                                             rerouter=self.rerouter, anti_entropy=self.anti_entropy, store=self.store)
-        # The live web view and its JSON API at http://<web_address>/; an empty address turns it off.
+                                             rerouter=self.rerouter, anti_entropy=self.anti_entropy, store=self.store, tls=https)
+        # The live web view and its JSON API at http(s)://<web_address>/; an empty address turns it off.
         self.web: WebView | None = None
         if settings.web_address:
-            self.web = WebView(topo, self.fabric, self.rerouter, self.links, settings.web_address)
+            self.web = WebView(topo, self.fabric, self.rerouter, self.links, settings.web_address, tls=https)
 
     @property
     def metrics_url(self) -> str | None:
@@ -140,7 +143,7 @@ class Controller:
         if self.admin:
             await self.admin.start()
         if self.nsm_address is not None:
-            self.nsm = NsmServer(self.fabric, self.settings)
+            self.nsm = NsmServer(self.fabric, self.settings, svid=self.svid)
             await self.nsm.start(self.nsm_address)
         if self.metrics is not None:
             if self.nsm is not None:

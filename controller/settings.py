@@ -78,7 +78,7 @@ class Settings(BaseModel):
     nsm_max_map_entries: int = Field(64, description="Most labels, parameters or metrics in one map")
     nsm_max_list_entries: int = Field(64, description="Most path segments, mechanisms, addresses or routes in one list")
     # --- TLS and identity (controller/identity/): with a certificate, TLS is required ---
-    tls_cert_file: Path | None = Field(None, description="This process's certificate chain (PEM, leaf first; its URI SAN is its SPIFFE id): with it the NSM server requires mTLS and the SDK dials with TLS")
+    tls_cert_file: Path | None = Field(None, description="This process's certificate chain (PEM, leaf first; its URI SAN is its SPIFFE id): with it the NSM server and the SDK speak mTLS only, and the metrics and web view HTTPS")
     tls_key_file: Path | None = Field(None, description="Private key of tls_cert_file (PEM)")
     tls_ca_file: Path | None = Field(None, description="Trust bundle (PEM CA certificates) peers' certificates must chain to")
     spiffe_endpoint_socket: str = Field("", description="A SPIRE agent's Workload API socket (unix:///path or a path): the SVID and bundle come from it instead of the tls_*_file settings")

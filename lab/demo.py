@@ -17,10 +17,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from controller.identity import LabCerts, load_svid
 from controller.runtime import Controller
 from controller.settings import Settings
 from controller.topology import Topology, switch_ifname
 from lab import faults
+from lab.certs import as_role, lab_tls
 
 log = logging.getLogger("p4nsm.demo")
 
@@ -39,7 +41,7 @@ async def _ping(netns: str, address: str, count: int = 3, interval: float = 0.2)
     return proc.returncode == 0, out.decode(errors="replace")
 
 
-async def _demo(ctl: Controller, topo: Topology, console: Console) -> bool:
+async def _demo(ctl: Controller, topo: Topology, console: Console, settings: Settings, certs: LabCerts | None) -> bool:
     from controller.sdk.client import Client
     from controller.sdk.endpoint import Endpoint, EndpointConfig
 
@@ -49,6 +51,11 @@ async def _demo(ctl: Controller, topo: Topology, console: Console) -> bool:
     await ctl.start()
     console.print(f"[bold]1.[/bold] controller up, NSM API on {ctl.nsm.address if ctl.nsm else '?'}; "
                   f"waiting for {len(ctl.clients)} switches to arbitrate, take the pipeline and reconcile")
+    if certs is not None:
+        console.print(f"   NSM over mTLS: certificates of a lab CA in {certs.dir} (p4nsm certs init); controller "
+                      f"{certs.spiffe_id('controller')}, NSE {certs.spiffe_id('nse')}, NSC {certs.spiffe_id('nsc')}")
+    else:
+        console.print("   NSM TLS as the settings say: " + ("plaintext" if settings.plaintext else "their certificates"))
     if ctl.web_url:
         console.print(f"   web view (while the demo runs): {ctl.web_url}")
     if ctl.metrics_url:
@@ -59,9 +66,10 @@ async def _demo(ctl: Controller, topo: Topology, console: Console) -> bool:
     assert ctl.nsm is not None
     console.print(f"[bold]2.[/bold] NSE on {endpoint_host} registers {service!r} (addresses from 10.60.0.0/24); "
                   f"NSC on {client_host} requests it")
-    nse = Endpoint(EndpointConfig(service=service, host=endpoint_host, cidr="10.60.0.0/24", nsm_url=ctl.nsm.address), ctl.settings)
+    nse = Endpoint(EndpointConfig(service=service, host=endpoint_host, cidr="10.60.0.0/24", nsm_url=ctl.nsm.address),
+                   as_role(settings, certs, "nse"))
     await nse.start()
-    nsc = Client(ctl.nsm.address, ctl.settings)
+    nsc = Client(ctl.nsm.address, as_role(settings, certs, "nsc"))
     ok = False
     labels: set[int] = set()
     try:
@@ -192,17 +200,19 @@ def run_demo(topo: Topology, console: Console) -> bool:
     cleanup_stale()
     run_dir = Path(tempfile.mkdtemp(prefix="p4nsm-demo-"))
     settings = Settings.load({"store_path": str(run_dir / "store.sqlite"), "nsm_run_dir": str(run_dir / "nsm")})
-    lab = Lab(topo, run_dir)
+    certs = lab_tls(settings, run_dir, topo)
+    controller = as_role(settings, certs, "controller")
+    svid = load_svid(controller)  # the switches trust it; None: plaintext, switches too
+    lab = Lab(topo, run_dir, tls=svid is not None, controller=svid)
     console.print(f"[bold]0.[/bold] starting the {topo.name} lab in Mininet ({len(topo.switches)} switches, {len(topo.hosts)} hosts); logs in {run_dir}")
     try:
         lab.start()
 
         async def main() -> bool:
-            # The lab's switches serve mutual TLS: its topology and certificate reach them.
-            ctl = Controller(lab.topology, settings.model_copy(update=lab.controller_settings()),
-                             nsm_address=f"unix://{run_dir / 'nsm.sock'}")
+            # The lab's switches serve mutual TLS to this identity: lab.topology names their CA.
+            ctl = Controller(lab.topology, controller, nsm_address=f"unix://{run_dir / 'nsm.sock'}")
             try:
-                return await _demo(ctl, topo, console)
+                return await _demo(ctl, topo, console, settings, certs)
             finally:
                 await ctl.stop()
 

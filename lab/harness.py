@@ -35,7 +35,7 @@ from pyroute2 import IPRoute, netns
 
 logging.setLoggerClass(logging.Logger)  # undo mininet's process-wide logger class (see lab_switch)
 
-from controller.identity import LabCerts, init_lab_certs  # noqa: E402
+from controller.identity import LabCerts, Svid, init_lab_certs  # noqa: E402
 from controller.topology import (  # noqa: E402
     Link,
     Target,
@@ -96,13 +96,17 @@ class Lab:
         start_timeout: float = SWITCH_START_TIMEOUT_S,
         lock_timeout: float = LAB_LOCK_TIMEOUT_S,
         tls: bool = True,
+        controller: Svid | None = None,
     ) -> None:
         topology = topology if isinstance(topology, Topology) else load_topology(topology)
         self.run_dir = Path(run_dir)
         # Mutual TLS by default: start() makes a CA and certificates in <run_dir>/certs (the
         # controller's, and one per switch), and this topology reaches each switch with that CA
-        # and its name. A controller for the lab takes `lab.topology` and `lab.controller_settings()`.
+        # and its name. The switches trust `controller` (its bundle signs client certificates, its
+        # SPIFFE id is on their allow-list), by default the lab's own controller certificate,
+        # which `lab.controller_settings()` gives; a controller for the lab takes `lab.topology`.
         self.tls = tls
+        self.controller = controller
         self.certs: LabCerts | None = None
         self.topology = topology.with_tls(self.run_dir / CERTS_DIR / "ca.crt") if tls else topology
         self.switch_kind = as_target(switch_kind) if switch_kind else None
@@ -130,6 +134,8 @@ class Lab:
         _require_root_and_tools()
         if self.tls:
             self.certs = init_lab_certs(self.run_dir / CERTS_DIR, switches=[s.name for s in self.topology.switches])
+            if self.controller is not None:
+                self._controller_bundle().write_bytes(self.controller.bundle_pem())
         argvs = self._switch_commands()  # a missing switch binary fails here, before anything exists
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._state = "started"
@@ -192,8 +198,8 @@ class Lab:
     def controller_settings(self) -> dict[str, Path]:
         """Settings that make a controller the lab's: its certificate (the identity every switch
         allows) and the CA; empty without TLS. Valid once the lab has started."""
-        if self.certs is None:
-            return {}
+        if self.certs is None or self.controller is not None:
+            return {}  # plaintext, or the controller brings its own identity
         return {name: Path(value) for name, value in self.certs.settings(CONTROLLER_CERT).items()}
 
     def switch_pid(self, name: str) -> int | None:
@@ -267,7 +273,12 @@ class Lab:
         certs = self.certs
         if certs is None:
             return None
+        if self.controller is not None:
+            return SwitchTls(certs.cert(switch), certs.key(switch), self._controller_bundle(), (self.controller.spiffe_id,))
         return SwitchTls(certs.cert(switch), certs.key(switch), certs.ca, (certs.spiffe_id(CONTROLLER_CERT),))
+
+    def _controller_bundle(self) -> Path:
+        return self.run_dir / CERTS_DIR / "controller-bundle.crt"
 
     def _ifnames(self, switch: str) -> dict[int, str]:
         used = self.topology.fabric_ports(switch) + self.topology.edge_ports(switch)

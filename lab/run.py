@@ -14,9 +14,11 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from controller.identity import load_svid
 from controller.runtime import Controller
 from controller.settings import Settings
 from controller.topology import Topology
+from lab.certs import as_role, lab_tls
 
 
 class _LoopThread:
@@ -87,14 +89,15 @@ def run_lab(topo: Topology, settings: Settings, switch_kind: str | None, admin_p
     run_dir = Path(tempfile.mkdtemp(prefix="p4nsm-lab-"))
     if "store_path" not in settings.model_fields_set:
         settings = settings.model_copy(update={"store_path": run_dir / "store.sqlite"})
-    lab = Lab(topo, run_dir, switch_kind=switch_kind)
+    # TLS on by default: the controller's certificate from a lab CA in the run directory
+    settings = as_role(settings, lab_tls(settings, run_dir, topo), "controller")
+    svid = load_svid(settings)  # the switches trust it; None: plaintext, switches too
+    lab = Lab(topo, run_dir, switch_kind=switch_kind, tls=svid is not None, controller=svid)
     runner: _LoopThread | None = None
     ctl: Controller | None = None
     try:
         lab.start()
-        # The lab's switches serve mutual TLS with certificates of its own: its topology names
-        # their CA, its settings give the controller the certificate they allow.
-        topo, settings = lab.topology, settings.model_copy(update=lab.controller_settings())
+        topo = lab.topology  # names the CA of the switches' own certificates
         runner = _LoopThread()
         ctl = Controller(topo, settings, admin_path=admin_path)
         runner.run(ctl.start())

@@ -24,8 +24,12 @@ TopologyOpt = Annotated[Path, typer.Option("--topology", "-t", help="Topology YA
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: name=value (see `p4nsm settings`)")]
 
 
-def load_settings(sets: list[str] | None) -> Settings:
-    overrides = {}
+def load_settings(sets: list[str] | None, certs: Path | None = None) -> Settings:
+    """The settings with `--set` overrides; `certs` (a lab's directory) names the controller's
+    certificate files, below what `--set` says."""
+    from controller.identity import lab_settings
+
+    overrides = lab_settings(certs, "controller") if certs else {}
     for item in sets or []:
         name, sep, value = item.partition("=")
         if not sep:
@@ -60,13 +64,16 @@ def run(
     set: SetOpt = None,
     log_level: str = "INFO",
     nsm_address: Annotated[Optional[str], typer.Option("--nsm-address", help="Serve the NSM API here (default: the nsm_address setting)")] = None,
+    certs: Annotated[Optional[Path], typer.Option("--certs", help="A `p4nsm certs init` directory: serve with its controller.crt/.key and ca.crt")] = None,
 ) -> None:
-    """Run the controller for a topology until interrupted."""
+    """Run the controller for a topology until interrupted (mTLS with certificates, or
+    `--set plaintext=true`)."""
+    from controller.identity import IdentityError
     from controller.runtime import Controller
 
     setup_logging(log_level)
     topo = load_topo(topology)
-    settings = load_settings(set)
+    settings = load_settings(set, certs)
 
     async def main() -> None:
         ctl = Controller(topo, settings, admin_path=ADMIN_SOCKET, nsm_address=nsm_address or settings.nsm_address)
@@ -80,6 +87,9 @@ def run(
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
+    except IdentityError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -176,8 +186,10 @@ def main() -> None:
     """The `p4nsm` console script: the controller's commands, the NSM SDK's, and those that
     packages above the controller (the Mininet lab) add through the `p4nsm.commands` entry point
     group, so that the controller never imports them."""
+    from controller.commands.certs import certs_app
     from controller.commands.nsm_sdk import nsc_app, nse_app
 
+    app.add_typer(certs_app, name="certs")
     app.add_typer(nse_app, name="nse")
     app.add_typer(nsc_app, name="nsc")
     for ep in entry_points(group=COMMAND_GROUP):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -19,6 +20,22 @@ nsc_app = typer.Typer(help="NSM client (NSC) commands", no_args_is_help=True, ad
 
 NsmAddressOpt = Annotated[Optional[str], typer.Option("--nsm-address", help="Controller's NSM API (default: the nsm_address setting)")]
 LabelOpt = Annotated[Optional[list[str]], typer.Option("--label", help="A label key=value (repeatable)")]
+CertsOpt = Annotated[Optional[Path], typer.Option("--certs", help="A `p4nsm certs init` directory: use its <role>.crt/.key and ca.crt")]
+CertOpt = Annotated[Optional[Path], typer.Option("--tls-cert", help="Certificate chain (PEM): the tls_cert_file setting")]
+KeyOpt = Annotated[Optional[Path], typer.Option("--tls-key", help="Its private key (PEM): the tls_key_file setting")]
+CaOpt = Annotated[Optional[Path], typer.Option("--tls-ca", help="Trust bundle (PEM): the tls_ca_file setting")]
+PlaintextOpt = Annotated[bool, typer.Option("--plaintext", help="No TLS (the plaintext setting); without it, certificates are required")]
+
+
+def _settings(role: str, certs: Path | None, cert: Path | None, key: Path | None, ca: Path | None, plaintext: bool) -> Settings:
+    """The settings (P4NSM_* variables included) with the command's TLS options on top."""
+    from controller.identity import lab_settings
+
+    overrides = lab_settings(certs, role) if certs else {}
+    overrides.update({k: str(v) for k, v in (("tls_cert_file", cert), ("tls_key_file", key), ("tls_ca_file", ca)) if v})
+    if plaintext:
+        overrides["plaintext"] = "true"
+    return Settings.load(overrides)
 
 
 def _labels(items: list[str] | None) -> dict[str, str]:
@@ -32,6 +49,7 @@ def _labels(items: list[str] | None) -> dict[str, str]:
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
+    from controller.identity import IdentityError
     from controller.logs import setup_logging
 
     setup_logging("INFO")
@@ -39,6 +57,9 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
         asyncio.run(main)
     except KeyboardInterrupt:
         pass
+    except IdentityError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
 
 
 @nse_app.callback(invoke_without_command=True)
@@ -50,11 +71,16 @@ def nse(
     name: Annotated[str, typer.Option(help="Endpoint name (default: <service>-<netns>-<random>)")] = "",
     listen: Annotated[str, typer.Option(help="URL to serve on (default: a unix socket under nsm_run_dir)")] = "",
     label: LabelOpt = None,
+    certs: CertsOpt = None,
+    tls_cert: CertOpt = None,
+    tls_key: KeyOpt = None,
+    tls_ca: CaOpt = None,
+    plaintext: PlaintextOpt = False,
 ) -> None:
     """Register an endpoint of SERVICE on host NETNS and answer Requests until Ctrl-C."""
     from controller.sdk.endpoint import Endpoint, EndpointConfig
 
-    settings = Settings.load()
+    settings = _settings("nse", certs, tls_cert, tls_key, tls_ca, plaintext)
     config = EndpointConfig(service=service, host=netns, cidr=cidr, nsm_url=nsm_address or settings.nsm_address,
                             name=name, listen_url=listen, labels=_labels(label))
 
@@ -78,11 +104,16 @@ def request(
     nsm_address: NsmAddressOpt = None,
     label: LabelOpt = None,
     give_up_after: Annotated[float, typer.Option(help="Seconds to keep trying the first Request")] = 30.0,
+    certs: CertsOpt = None,
+    tls_cert: CertOpt = None,
+    tls_key: KeyOpt = None,
+    tls_ca: CaOpt = None,
+    plaintext: PlaintextOpt = False,
 ) -> None:
     """Request SERVICE for NETNS, keep the connection refreshed and healed until Ctrl-C, then Close."""
     from controller.sdk.client import Client
 
-    settings = Settings.load()
+    settings = _settings("nsc", certs, tls_cert, tls_key, tls_ca, plaintext)
 
     async def main() -> None:
         client = Client(nsm_address or settings.nsm_address, settings)

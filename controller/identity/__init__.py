@@ -16,9 +16,11 @@ The API, small on purpose (every other package uses only these names):
 - `server_credentials(svid, require_client_auth)`, `channel_credentials(svid)`: grpc's TLS;
   `peer_spiffe_id(context)`, `peer_certificate_pem(context)`: the mTLS caller of a servicer
   context, "" / b"" over plaintext (`grpc_tls.py`).
+- `https_context(svid)`: an `ssl.SSLContext` that serves HTTPS with the SVID (`https.py`).
 """
 
 from controller.identity.grpc_tls import channel_credentials, peer_certificate_pem, peer_spiffe_id, server_credentials
+from controller.identity.https import https_context
 from controller.identity.lab_ca import LabCerts, init_lab_certs, issue, lab_settings
 from controller.identity.sources import load_svid, require_svid
 from controller.identity.svid import IdentityError, Svid, spiffe_id_of, verify_svid
@@ -28,6 +30,7 @@ __all__ = [
     "LabCerts",
     "Svid",
     "channel_credentials",
+    "https_context",
     "init_lab_certs",
     "issue",
     "lab_settings",

@@ -61,15 +61,19 @@ def lab_settings(directory: Path, name: str) -> dict[str, str]:
 
 
 def init_lab_certs(directory: Path, *, trust_domain: str = TRUST_DOMAIN, switches: Iterable[str] = (),
-                   extra: Mapping[str, str] | None = None, days: float = 30.0) -> LabCerts:
+                   extra: Mapping[str, str] | None = None, days: float = 30.0, renew: bool = False) -> LabCerts:
     """A CA in `directory` (kept when one is there, so certificates it issued stay valid) and a
     certificate for the controller, `nsc`, `nse`, `operator`, each switch (SPIFFE id
-    `switch/<name>`, DNS SAN its name) and each of `extra` (name -> SPIFFE id path)."""
+    `switch/<name>`, DNS SAN its name) and each of `extra` (name -> SPIFFE id path). A
+    certificate already there is kept unless `renew` (a process may be reading it): calling
+    this twice on one directory, from the lab and from the switches' side, is harmless."""
     directory.mkdir(parents=True, exist_ok=True)
     _ca(directory, trust_domain, days)
     switches = tuple(switches)
     paths = {**ROLES, **{s: f"switch/{s}" for s in switches}, **(extra or {})}
     for name, path in paths.items():
+        if not renew and (directory / f"{name}.crt").exists() and (directory / f"{name}.key").exists():
+            continue
         issue(directory, name, f"spiffe://{trust_domain}/{path}", dns=(name,) if name in switches else (), days=days)
     return LabCerts(directory, trust_domain, tuple(paths))
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import grpc
 
 from controller.fabric.connections import Fabric
+from controller.identity import Svid, require_svid
 from controller.nsm.base.channels import Channels
 from controller.nsm.base.checks import Limits
 from controller.nsm.base.serving import bind, grpc_options, serve_health
@@ -63,10 +64,15 @@ class NsmServer:
         policy: Policy = allow_any,
         ejected: Ejected | None = None,
         report: Report | None = None,
+        svid: Svid | None = None,
     ) -> None:
         """`dataplane` replaces the fabric and host-side elements (tests that must not touch
         switches); `ejected`/`report` are the outlier-ejection hook of endpoint selection."""
         self.settings = settings
+        # mTLS with this SVID (`svid`, else the settings') on the server and on every channel it
+        # dials; None only when the settings say plaintext (IdentityError otherwise: no silent
+        # fallback to plaintext).
+        self.svid = svid or require_svid(settings, "NSM server")
         # Istio-style outlier ejection of endpoints unless the caller brings its own hook.
         self.outliers = OutlierDetector(settings.outlier_consecutive_failures, settings.outlier_base_ejection_time,
                                         settings.outlier_max_ejection_percent)
@@ -78,7 +84,7 @@ class NsmServer:
         self.services = NsRegistry(self.tokens, limits)
         self.endpoints = NseRegistry(self.tokens, limits, settings.nsm_registry_default_expiration, self.tasks)
         self.hub = MonitorHub(settings.nsm_name)
-        self.channels = Channels(grpc_options(settings))
+        self.channels = Channels(grpc_options(settings), self.svid, settings.nsm_tls_server_name)
         self.begin = Begin()
         hosts = fabric.hosts.keys()
         self.reaper: OrphanReaper | None = None
@@ -121,13 +127,14 @@ class NsmServer:
         registry_pb2_grpc.add_NetworkServiceRegistryServicer_to_server(self.services, server)
         registry_pb2_grpc.add_NetworkServiceEndpointRegistryServicer_to_server(self.endpoints, server)
         await serve_health(server, SERVICE_NAMES)
-        self.address = bind(server, address or self.settings.nsm_address)
+        self.address = bind(server, address or self.settings.nsm_address, self.svid)
         await server.start()
         self._server = server
         if self.reaper is not None:
             self.reaper.start()
             self.tasks.spawn(self.host_pool.warm(), "host-pool-warm")
-        log.info("event=nsm_listening address=%s name=%s", self.address, self.settings.nsm_name)
+        log.info("event=nsm_listening address=%s name=%s tls=%s identity=%s", self.address, self.settings.nsm_name,
+                 "mtls" if self.svid else "plaintext", self.svid.spiffe_id if self.svid else "")
         return self.address
 
     async def stop(self, grace: float = 1.0) -> None:

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import empty_pb2
 
+from controller.identity import peer_certificate_pem, peer_spiffe_id
 from controller.nsm.base.errors import NsmError, abort
 from controller.nsm.base.metadata import credentials
 from controller.nsm.elements.begin import is_refresh
@@ -70,7 +71,8 @@ class NetworkServiceServicer(networkservice_pb2_grpc.NetworkServiceServicer):
     @staticmethod
     def _context(context: grpc.aio.ServicerContext) -> CallContext:
         return CallContext(credentials=credentials(context.invocation_metadata()),
-                           time_remaining=context.time_remaining(), peer=context.peer())
+                           time_remaining=context.time_remaining(), peer=context.peer(),
+                           peer_identity=peer_spiffe_id(context), peer_cert=peer_certificate_pem(context))
 
     async def Request(self, request: networkservice_pb2.NetworkServiceRequest, context: grpc.aio.ServicerContext) -> connection_pb2.Connection:
         service = request.connection.network_service

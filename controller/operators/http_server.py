@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from collections.abc import Iterable
 from typing import Any
 
@@ -95,8 +96,10 @@ class HttpServer:
 
     def __init__(self, name: str, address: str, routes: Iterable[web.AbstractRouteDef], *,
                  max_body_bytes: int = MAX_BODY_BYTES, max_connections: int = MAX_CONNECTIONS,
-                 max_requests_per_s: float = MAX_REQUESTS_PER_S) -> None:
+                 max_requests_per_s: float = MAX_REQUESTS_PER_S, tls: ssl.SSLContext | None = None) -> None:
+        """With `tls`, HTTPS only: a plaintext request fails its handshake and is answered nothing."""
         self.name = name
+        self.tls = tls
         self.host, self.port = parse_address(address)
         self.app = web.Application(client_max_size=max_body_bytes, middlewares=[
             _refuse_bodies_over(max_body_bytes), _paced(_Pace(max_requests_per_s, REQUEST_BURST))])
@@ -115,7 +118,7 @@ class HttpServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.address}"
+        return f"{'https' if self.tls else 'http'}://{self.address}"
 
     async def start(self) -> None:
         await self._runner.setup()
@@ -164,7 +167,10 @@ class HttpServer:
                     continue
                 conn.setblocking(False)
                 admitting += 1
-                loop.create_task(loop.connect_accepted_socket(server, sock=conn)).add_done_callback(admitted)
+                # the handshake runs in the transport, bounded like an idle connection
+                loop.create_task(loop.connect_accepted_socket(
+                    server, sock=conn, ssl=self.tls, ssl_handshake_timeout=KEEPALIVE_TIMEOUT_S if self.tls else None,
+                )).add_done_callback(admitted)
             if not refused_now:
                 pause = REFUSE_PAUSE_S
             else:

@@ -12,6 +12,7 @@ The exposition is generated in the event loop (generate_latest): scrapes are sma
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections import Counter as Tally
 from collections.abc import Mapping, Sequence
@@ -54,7 +55,7 @@ class ControllerMetrics:
     """Metrics of one controller. `watch_nsm` once its NSM server exists; `start` serves them."""
 
     def __init__(self, address: str, *, fabric: Fabric, clients: Mapping[str, SwitchClient], links: LinkMonitor,
-                 rerouter: Rerouter, anti_entropy: AntiEntropy, store: Store) -> None:
+                 rerouter: Rerouter, anti_entropy: AntiEntropy, store: Store, tls: ssl.SSLContext | None = None) -> None:
         self.registry = CollectorRegistry()
         self.state = StateCollector(fabric, clients, links, anti_entropy, store)
         self.registry.register(self.state)
@@ -96,7 +97,7 @@ class ControllerMetrics:
         for client in clients.values():
             client.write_listeners.append(self._on_write)
             client.state_listeners.append(self._on_switch_state)
-        self.server = HttpServer("metrics", address, [web.get("/metrics", self._serve)])
+        self.server = HttpServer("metrics", address, [web.get("/metrics", self._serve)], tls=tls)
 
     @property
     def url(self) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -45,7 +46,7 @@ _PAGE_HEADERS = {**_NOSNIFF, "Content-Security-Policy": "default-src 'none'; scr
 
 class WebView:
     def __init__(self, topo: Topology, fabric: Fabric, rerouter: Rerouter, links: LinkMonitor | None, address: str,
-                 stream: EventStream | None = None, push_interval: float = PUSH_INTERVAL_S) -> None:
+                 stream: EventStream | None = None, push_interval: float = PUSH_INTERVAL_S, tls: ssl.SSLContext | None = None) -> None:
         self.fabric = fabric
         self._dirty = asyncio.Event()
         self.heal_log = HealLog(fabric, rerouter, links, self.changed)
@@ -59,7 +60,7 @@ class WebView:
             web.get("/", self._page), web.get("/app.js", self._script), web.get("/events", self._events),
             web.get("/topology.svg", self._svg),
             *(web.get(f"/api/{what}", self._api(what)) for what in ("topology", "connections", "events")),
-        ])
+        ], tls=tls)
         self._task: asyncio.Task[None] | None = None
 
     @property

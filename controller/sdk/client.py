@@ -12,8 +12,9 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
+from controller.identity import require_svid
 from controller.nsm.base import kernel
-from controller.nsm.base.channels import dial_target
+from controller.nsm.base.channels import dial
 from controller.nsm.base.metadata import Credentials
 from controller.nsm.base.tasks import Tasks
 from controller.nsm.base.tokens import TokenSource
@@ -40,7 +41,10 @@ class Client:
         # The server closes at token expiry minus the Request's deadline (§7.2): a deadline of a
         # third of the lifetime at most keeps that point well after the next refresh.
         self.call_timeout = min(settings.nsm_endpoint_timeout, self.tokens.lifetime / 3)
-        self.channel = grpc.aio.insecure_channel(dial_target(nsm_url))
+        # mTLS with the settings' SVID (its SPIFFE id is who the server takes this client for);
+        # plaintext only with the plaintext setting
+        self.svid = require_svid(settings, "NSM client")
+        self.channel = dial(nsm_url, self.svid, server_name=settings.nsm_tls_server_name)
         self.stub = networkservice_pb2_grpc.NetworkServiceStub(self.channel)
         self.monitor_stub = connection_pb2_grpc.MonitorConnectionStub(self.channel)
         self.tasks = Tasks(f"nsc:{self.name}")

@@ -11,7 +11,8 @@ import uuid
 
 import grpc
 
-from controller.nsm.base.channels import dial_target
+from controller.identity import require_svid
+from controller.nsm.base.channels import dial
 from controller.nsm.base.checks import Limits
 from controller.nsm.base.serving import bind, grpc_options, serve_health
 from controller.nsm.base.tasks import Tasks
@@ -55,6 +56,8 @@ class Endpoint:
         self.name = config.name or f"{config.service}-{config.host}-{uuid.uuid4().hex[:6]}"
         self.listen_url = config.listen_url or f"unix://{settings.nsm_run_dir / config.host / self.name}.sock"
         self.tokens = TokenSource(f"spiffe://p4nsm/nse/{self.name}", settings.nsm_token_lifetime)
+        # one SVID for both sides: the server the controller dials (mTLS) and the registry client
+        self.svid = require_svid(settings, "NSM endpoint")
         self.tasks = Tasks(f"nse:{self.name}")
         self.hub = MonitorHub(self.name)
         self.pool = PairPool(config.cidr)
@@ -88,12 +91,12 @@ class Endpoint:
         networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(NetworkServiceServicer(self.chain), server)
         connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorServicer(self.hub), server)
         await serve_health(server, ("networkservice.NetworkService", "connection.MonitorConnection"))
-        self.url = bind(server, self.listen_url)
+        self.url = bind(server, self.listen_url, self.svid)
         await server.start()
         self._server = server
-        log.info("endpoint=%s event=listening url=%s service=%s host=%s cidr=%s", self.name, self.url,
-                 self.config.service, self.config.host, self.config.cidr)
-        self._channel = grpc.aio.insecure_channel(dial_target(self.config.nsm_url), options=grpc_options(self.settings))
+        log.info("endpoint=%s event=listening url=%s service=%s host=%s cidr=%s tls=%s", self.name, self.url,
+                 self.config.service, self.config.host, self.config.cidr, "mtls" if self.svid else "plaintext")
+        self._channel = dial(self.config.nsm_url, self.svid, grpc_options(self.settings), self.settings.nsm_tls_server_name)
         self.registration = Registration(self._channel, self.registration_message(), self.config.payload, self.tokens,
                                          self.settings.nsm_retry_interval, self.settings.nsm_endpoint_timeout)
         await self.registration.start(register_within)

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from controller.identity import LabCerts
 from controller.runtime import Controller
 from controller.sdk.client import Client
 from controller.sdk.endpoint import Endpoint, EndpointConfig
 from controller.settings import REPO_ROOT, Settings
 from controller.topology import Topology, load_topology
+from lab.certs import as_role, lab_certs
 from tests.e2e.switch_kinds import SWITCH_KINDS, controller_overrides, on_kind, require
 from tests.support.settings import settings_for_test
 
@@ -66,14 +68,21 @@ def diamond_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     topo = on_kind(load_topology(DIAMOND), kind)
     run_dir = tmp_path_factory.mktemp(f"nsm-lab-{kind}")
     with Lab(topo, run_dir, lock_timeout=LAB_WAIT_S) as lab:
-        # The switches serve mutual TLS: the lab's topology names their CA, its settings the certificate.
-        lab.overrides = {**controller_overrides(kind, run_dir), **lab.controller_settings()}  # type: ignore[attr-defined]
+        lab.overrides = controller_overrides(kind, run_dir)  # type: ignore[attr-defined]
+        # The switches serve mutual TLS to the lab's controller certificate (nsm_settings gives
+        # it); lab.topology names their CA.
         yield lab.topology, lab, run_dir
 
 
 # The subject here is the NSM API, not failure detection: a switch starved for more than the
 # default 150 ms on a loaded machine must not be declared down and take every path with it.
 LAB_KEEPALIVE_TIMEOUT_S = 1.0
+
+
+def nsm_certs(diamond_lab) -> LabCerts:
+    """The lab's CA and certificates (as `p4nsm lab` makes them, once per lab): every case
+    runs over mTLS, the controller, the endpoints and the clients each with its own."""
+    return lab_certs(diamond_lab[2], diamond_lab[0])
 
 
 @pytest.fixture
@@ -83,7 +92,7 @@ def nsm_settings(diamond_lab) -> Settings:
     # here, so keepalives prove a switch's ends as long as they prove the switch itself.
     return nsm_test_settings(diamond_lab[2], keepalive_timeout=LAB_KEEPALIVE_TIMEOUT_S,
                              probe_keepalive_proof_delay=LAB_KEEPALIVE_TIMEOUT_S,
-                             **getattr(diamond_lab[1], "overrides", {}))
+                             **nsm_certs(diamond_lab).settings("controller"), **getattr(diamond_lab[1], "overrides", {}))
 
 
 @pytest.fixture
@@ -105,8 +114,8 @@ MakeClient = Callable[..., Client]
 
 
 @pytest.fixture
-async def make_endpoint(nsm_controller: Controller, nsm_settings: Settings) -> AsyncIterator[MakeEndpoint]:
-    endpoints = Endpoints(nsm_settings)
+async def make_endpoint(diamond_lab, nsm_controller: Controller, nsm_settings: Settings) -> AsyncIterator[MakeEndpoint]:
+    endpoints = Endpoints(as_role(nsm_settings, nsm_certs(diamond_lab), "nse"))
     assert nsm_controller.nsm is not None
     address = nsm_controller.nsm.address
 
@@ -118,12 +127,14 @@ async def make_endpoint(nsm_controller: Controller, nsm_settings: Settings) -> A
 
 
 @pytest.fixture
-async def make_client(nsm_controller: Controller, nsm_settings: Settings) -> AsyncIterator[MakeClient]:
+async def make_client(diamond_lab, nsm_controller: Controller, nsm_settings: Settings) -> AsyncIterator[MakeClient]:
     made: list[Client] = []
+    client_settings = as_role(nsm_settings, nsm_certs(diamond_lab), "nsc")
 
     def make(**kw: object) -> Client:
         assert nsm_controller.nsm is not None
-        client = Client(nsm_controller.nsm.address, kw.pop("settings", nsm_settings), **kw)  # type: ignore[arg-type]
+        settings = kw.pop("settings", client_settings)
+        client = Client(nsm_controller.nsm.address, settings, **kw)  # type: ignore[arg-type]
         made.append(client)
         return client
 

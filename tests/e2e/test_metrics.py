@@ -40,21 +40,21 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Topology, Path, dict[str, Path]]]:
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Topology, Path]]:
     from lab.harness import Lab
     from tests.e2e.lab_fixtures import softswitch_or_skip
 
     softswitch_or_skip()
     topo = load_topology(REPO_ROOT / "topologies" / "diamond.yaml")
     run_dir = tmp_path_factory.mktemp("metrics-lab")
-    with Lab(topo, run_dir, lock_timeout=LAB_WAIT_S) as lab:
-        yield lab.topology, run_dir, lab.controller_settings()
+    with Lab(topo, run_dir, lock_timeout=LAB_WAIT_S, tls=False):  # about HTTP: a controller with an SVID serves HTTPS
+        yield topo, run_dir
 
 
 @pytest.fixture
-async def ctl(lab: tuple[Topology, Path, dict[str, Path]]) -> AsyncIterator[Controller]:
-    topo, run_dir, tls = lab
-    ctl = Controller(topo, settings_for_test(tls, store_path=run_dir / f"{uuid.uuid4().hex[:6]}.sqlite"))
+async def ctl(lab: tuple[Topology, Path]) -> AsyncIterator[Controller]:
+    topo, run_dir = lab
+    ctl = Controller(topo, settings_for_test(store_path=run_dir / f"{uuid.uuid4().hex[:6]}.sqlite"))
     await ctl.start()
     try:
         assert await ctl.wait_ready(30), "switches did not come up"

@@ -21,8 +21,8 @@ import shutil
 import pytest
 
 from controller.nsm.base import clock
-from controller.nsm.base.channels import dial_target
-from nsm_api import registry_pb2, registry_pb2_grpc
+from controller.nsm.base.channels import dial, dial_target
+from nsm_api import networkservice_pb2, networkservice_pb2_grpc, registry_pb2, registry_pb2_grpc
 from tests.e2e.nsm_fixtures import (  # noqa: F401
     diamond_lab,
     iface_addresses,
@@ -80,6 +80,24 @@ async def test_ping_across_kernel_interfaces_and_close_removes_everything(nsm_co
     assert await switch_entries(nsm_controller) == before
 
 
+async def test_over_mtls_by_default_and_a_plaintext_client_is_refused(nsm_controller, make_endpoint, make_client) -> None:
+    import grpc
+
+    nsm = nsm_controller.nsm
+    assert nsm.svid is not None and nsm.svid.spiffe_id == "spiffe://p4nsm/controller"
+    await make_endpoint("icmp", "h3", "10.60.0.0/24")  # registers over mTLS, is dialled over mTLS
+    async with grpc.aio.insecure_channel(dial_target(nsm.address)) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await networkservice_pb2_grpc.NetworkServiceStub(channel).Request(networkservice_pb2.NetworkServiceRequest(), timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    client = make_client()
+    assert client.svid is not None and client.svid.spiffe_id == "spiffe://p4nsm/nsc"
+    conn = await client.request("icmp", "h1", iface="nsm0", give_up_after=10)
+    assert await ping("h1", conn.context.ip_context.dst_ip_addrs[0].split("/")[0])
+    await client.close()
+    assert nsm_controller.fabric.plans == {}
+
+
 async def test_refresh_keeps_the_connection_past_its_expiry(nsm_controller, make_endpoint, make_client) -> None:
     loop = asyncio.get_running_loop()
     await make_endpoint("icmp", "h3", "10.60.0.0/24")
@@ -118,9 +136,8 @@ async def test_without_refresh_it_expires_and_its_entries_vanish(nsm_controller,
 
 
 async def test_find_watch_sees_registrations_come_and_go(nsm_controller, make_endpoint) -> None:
-    import grpc
 
-    channel = grpc.aio.insecure_channel(dial_target(nsm_controller.nsm.address))
+    channel = dial(nsm_controller.nsm.address, nsm_controller.nsm.svid)
     stub = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(channel)
     watch = stub.Find(registry_pb2.NetworkServiceEndpointQuery(
         network_service_endpoint=registry_pb2.NetworkServiceEndpoint(network_service_names=["watched"]), watch=True))

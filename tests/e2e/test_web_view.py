@@ -43,10 +43,10 @@ def lab(tmp_path_factory):
     softswitch_or_skip()
     topo = load_topology(REPO_ROOT / "topologies" / "diamond.yaml")
     run_dir = tmp_path_factory.mktemp("web-view")
-    lab = Lab(topo, run_dir)
+    lab = Lab(topo, run_dir, tls=False)  # about HTTP: a controller with an SVID serves HTTPS
     lab.start()
     try:
-        yield lab.topology, run_dir, lab.controller_settings()  # mutual TLS towards the switches
+        yield topo, run_dir
     finally:
         lab.stop()
 
@@ -90,8 +90,8 @@ def wait(driver, what, timeout: float):  # type: ignore[no-untyped-def]
 
 
 async def test_a_silent_cut_shows_on_the_open_page(lab, browser, tmp_path) -> None:
-    topo, run_dir, tls = lab
-    ctl = Controller(topo, settings_for_test({**tls, "store_path": str(run_dir / f"{uuid.uuid4().hex[:6]}.sqlite")}))
+    topo, run_dir = lab
+    ctl = Controller(topo, settings_for_test({"store_path": str(run_dir / f"{uuid.uuid4().hex[:6]}.sqlite")}))
     await ctl.start()
     cut: list[str] = []
     try:

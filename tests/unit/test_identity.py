@@ -5,11 +5,14 @@ certificate; the Workload API source reads an SVID from a real gRPC Workload API
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -135,7 +138,7 @@ def test_settings_select_the_source(lab: Path) -> None:
     with pytest.raises(IdentityError, match="missing: tls_key_file"):
         load_svid(settings_for_test({"tls_cert_file": str(lab / "nsc.crt"), "tls_ca_file": str(lab / "ca.crt")}, env=False))
     with pytest.raises(IdentityError, match="plaintext=true"):
-        require_svid(settings_for_test(env=False), "nsm server")
+        require_svid(settings_for_test(plaintext=False, env=False), "nsm server")
     assert require_svid(settings_for_test({"plaintext": True}, env=False), "nsm server") is None
     with pytest.raises(IdentityError, match="does not match"):
         load_svid(settings_for_test({**lab_settings_of(lab, "nsc"), "tls_key_file": str(lab / "nse.key")}, env=False))
@@ -186,3 +189,29 @@ async def test_workload_api_source(lab: Path, tmp_path: Path) -> None:
 def test_workload_api_without_agent(tmp_path: Path) -> None:
     with pytest.raises(IdentityError, match="spiffe_endpoint_socket"):
         load_svid(settings_for_test({"spiffe_endpoint_socket": str(tmp_path / "none.sock")}, env=False))
+
+
+async def test_certs_init_command_output_loads_and_works(tmp_path: Path) -> None:
+    directory = tmp_path / "certs"
+    command = [sys.executable, "-m", "controller.commands.cli", "certs", "init", str(directory),
+               "--switch", "s1", "--identity", "alice=nsc/alice"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    ca = (directory / "ca.crt").read_bytes()
+    assert svid_of(directory, "alice").spiffe_id == "spiffe://p4nsm/nsc/alice"
+    s1 = x509.load_pem_x509_certificate((directory / "s1.crt").read_bytes())
+    assert "s1" in s1.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    # run again: the CA stays, so what it issued before stays trusted
+    assert subprocess.run(command, capture_output=True, timeout=60).returncode == 0
+    assert (directory / "ca.crt").read_bytes() == ca
+    server = grpc.aio.server()
+    health = Recording()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    port = server.add_secure_port("127.0.0.1:0", server_credentials(svid_of(directory, "controller")))
+    await server.start()
+    try:
+        async with grpc.aio.secure_channel(f"localhost:{port}", channel_credentials(svid_of(directory, "alice"))) as channel:
+            await check(channel)
+    finally:
+        await server.stop(0)
+    assert [peer for peer, _ in health.peers] == ["spiffe://p4nsm/nsc/alice"]

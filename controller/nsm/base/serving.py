@@ -9,6 +9,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from controller.identity import Svid, server_credentials
 from controller.nsm.base.channels import dial_target
 from controller.settings import Settings
 
@@ -25,14 +26,19 @@ async def serve_health(server: grpc.aio.Server, names: Sequence[str]) -> HealthS
     return health
 
 
-def bind(server: grpc.aio.Server, url: str) -> str:
-    """Listen on an NSM URL (tcp://host:port, host:port or unix:///path); the URL peers dial."""
+def bind(server: grpc.aio.Server, url: str, svid: Svid | None) -> str:
+    """Listen on an NSM URL (tcp://host:port, host:port or unix:///path); the URL peers dial.
+    With an SVID only mTLS is served: a plaintext client or one without a certificate of the
+    bundle fails its handshake (UNAVAILABLE) before any call; without one, plaintext only."""
     target = dial_target(url)
     if target.startswith("unix:"):
         path = Path(target.removeprefix("unix://") if target.startswith("unix://") else target.removeprefix("unix:"))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)  # a socket left by an earlier run
-    port = server.add_insecure_port(target)
+    if svid is None:
+        port = server.add_insecure_port(target)
+    else:
+        port = server.add_secure_port(target, server_credentials(svid, require_client_auth=True))
     if port == 0:
         raise OSError(f"cannot listen on {url}")
     if target.startswith("unix:"):
