@@ -470,7 +470,7 @@ async def run_topology(case: str, n: int, concurrency: list[int], overrides: dic
     run_dir = work / case.replace("@", "-")
     settings = Settings.load({"metrics_address": "127.0.0.1:0", "web_address": "127.0.0.1:0", **overrides, **PRESETS.get(preset, {}), "store_path": str(run_dir / "store.sqlite")})
     began = time.perf_counter()
-    lab = Lab(topo, run_dir / "lab", lock_timeout=lock_timeout)
+    lab = Lab(topo, run_dir / "lab", lock_timeout=lock_timeout, tls=False)  # plaintext switches: the recorded figures predate the lab's TLS
     # In a thread: pyroute2, under the lab, runs an event loop of its own, which cannot nest.
     await asyncio.to_thread(lab.start)
     try:

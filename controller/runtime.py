@@ -22,7 +22,7 @@ from controller.identity import https_context, load_svid, require_svid
 from controller.nsm.server import NsmServer
 from controller.operators.metrics import ControllerMetrics
 from controller.operators.web import WebView
-from controller.p4rt.client import SwitchClient, SwitchTarget, TlsConfig
+from controller.p4rt.client import SwitchClient, SwitchTarget, switch_tls
 from controller.p4rt.schema import P4Schema
 from controller.settings import Settings
 from controller.targets import profile
@@ -64,7 +64,9 @@ class Controller:
         # outputs missing or of the wrong kind (the device config builders).
         for kind_profile in {p.kind: p for p in profiles.values()}.values():
             kind_profile.check_p4info(self.schema.p4info, str(settings.p4info_path))
-        tls = {s.name: TlsConfig(s.tls_ca, s.tls_server_name) if s.tls_ca is not None else None for s in topo.switches}
+        # The same SVID is the client certificate towards every switch that asks for one: a
+        # switch's allow-list names the controller's SPIFFE id, whichever switch it is.
+        tls = {s.name: switch_tls(s, self.svid) for s in topo.switches}
         for name in sorted(n for n, p in profiles.items() if p.needs_tls and tls[n] is None):
             log.warning("switch=%s event=no_tls target=%s: its P4Runtime server speaks TLS by default; give the "
                         "switch tls_ca in the topology, or start it insecure (infrap4d --grpc_open_insecure_mode=true)",

@@ -229,6 +229,12 @@ class Topology(_Model):
         self._macs = _effective_macs(self.hosts)
         return self
 
+    def with_tls(self, ca: Path) -> Topology:
+        """This topology with every switch reached over TLS with `ca`, its certificate checked
+        for the switch's name: how a lab's switches, whose certificates the lab made, are reached."""
+        switches = [s.model_copy(update={"tls_ca": ca, "tls_server_name": s.name}).model_dump() for s in self.switches]
+        return Topology.model_validate({**self.model_dump(), "switches": switches})
+
     def switch(self, name: str) -> Switch:
         try:
             return self._switches[name]

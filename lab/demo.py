@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from controller.identity import LabCerts
+from controller.identity import LabCerts, load_svid
 from controller.runtime import Controller
 from controller.settings import Settings
 from controller.topology import Topology, switch_ifname
@@ -201,13 +201,16 @@ def run_demo(topo: Topology, console: Console) -> bool:
     run_dir = Path(tempfile.mkdtemp(prefix="p4nsm-demo-"))
     settings = Settings.load({"store_path": str(run_dir / "store.sqlite"), "nsm_run_dir": str(run_dir / "nsm")})
     certs = lab_tls(settings, run_dir, topo)
-    lab = Lab(topo, run_dir)
+    controller = as_role(settings, certs, "controller")
+    svid = load_svid(controller)  # the switches trust it; None: plaintext, switches too
+    lab = Lab(topo, run_dir, tls=svid is not None, controller=svid)
     console.print(f"[bold]0.[/bold] starting the {topo.name} lab in Mininet ({len(topo.switches)} switches, {len(topo.hosts)} hosts); logs in {run_dir}")
     try:
         lab.start()
 
         async def main() -> bool:
-            ctl = Controller(topo, as_role(settings, certs, "controller"), nsm_address=f"unix://{run_dir / 'nsm.sock'}")
+            # The lab's switches serve mutual TLS to this identity: lab.topology names their CA.
+            ctl = Controller(lab.topology, controller, nsm_address=f"unix://{run_dir / 'nsm.sock'}")
             try:
                 return await _demo(ctl, topo, console, settings, certs)
             finally:

@@ -35,6 +35,7 @@ from pyroute2 import IPRoute, netns
 
 logging.setLoggerClass(logging.Logger)  # undo mininet's process-wide logger class (see lab_switch)
 
+from controller.identity import LabCerts, Svid, init_lab_certs  # noqa: E402
 from controller.topology import (  # noqa: E402
     Link,
     Target,
@@ -48,6 +49,7 @@ from lab.state import LabLock, Manifest, ProcessRecord, cleanup_stale, release  
 from lab.switches import (  # noqa: E402
     FabricSwitch,
     LabError,
+    SwitchTls,
     accepts_connections,
     as_target,
     bmv2_offers_thrift,
@@ -61,6 +63,8 @@ log = logging.getLogger("p4nsm.lab")
 SWITCH_START_TIMEOUT_S = 60.0  # until every switch's gRPC port accepts connections
 LAB_LOCK_TIMEOUT_S = 300.0  # how long a start waits for another lab on this machine to stop
 LISTEN_POLL_S = 0.05
+CERTS_DIR = "certs"  # under the run directory
+CONTROLLER_CERT = "controller"  # init_lab_certs' name for the controller's certificate
 
 # In each host's netns, before its interface exists, so the interface inherits them: no IPv6
 # link-local address, duplicate detection or router solicitation on our links. Hosts then send
@@ -91,9 +95,20 @@ class Lab:
         *,
         start_timeout: float = SWITCH_START_TIMEOUT_S,
         lock_timeout: float = LAB_LOCK_TIMEOUT_S,
+        tls: bool = True,
+        controller: Svid | None = None,
     ) -> None:
-        self.topology = topology if isinstance(topology, Topology) else load_topology(topology)
+        topology = topology if isinstance(topology, Topology) else load_topology(topology)
         self.run_dir = Path(run_dir)
+        # Mutual TLS by default: start() makes a CA and certificates in <run_dir>/certs (the
+        # controller's, and one per switch), and this topology reaches each switch with that CA
+        # and its name. The switches trust `controller` (its bundle signs client certificates, its
+        # SPIFFE id is on their allow-list), by default the lab's own controller certificate,
+        # which `lab.controller_settings()` gives; a controller for the lab takes `lab.topology`.
+        self.tls = tls
+        self.controller = controller
+        self.certs: LabCerts | None = None
+        self.topology = topology.with_tls(self.run_dir / CERTS_DIR / "ca.crt") if tls else topology
         self.switch_kind = as_target(switch_kind) if switch_kind else None
         self.start_timeout = start_timeout
         self.lock_timeout = lock_timeout
@@ -117,6 +132,10 @@ class Lab:
         if self._state != "new":
             raise LabError("a Lab starts once; make a new one")
         _require_root_and_tools()
+        if self.tls:
+            self.certs = init_lab_certs(self.run_dir / CERTS_DIR, switches=[s.name for s in self.topology.switches])
+            if self.controller is not None:
+                self._controller_bundle().write_bytes(self.controller.bundle_pem())
         argvs = self._switch_commands()  # a missing switch binary fails here, before anything exists
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._state = "started"
@@ -175,6 +194,13 @@ class Lab:
         if self._net is None or self._state != "started":
             raise LabError("the lab is not running")
         return self._net
+
+    def controller_settings(self) -> dict[str, Path]:
+        """Settings that make a controller the lab's: its certificate (the identity every switch
+        allows) and the CA; empty without TLS. Valid once the lab has started."""
+        if self.certs is None or self.controller is not None:
+            return {}  # plaintext, or the controller brings its own identity
+        return {name: Path(value) for name, value in self.certs.settings(CONTROLLER_CERT).items()}
 
     def switch_pid(self, name: str) -> int | None:
         """The switch process's pid, None while it is not running."""
@@ -240,8 +266,19 @@ class Lab:
         return self.switch_kind or as_target(spec.target)
 
     def _switch_commands(self) -> dict[str, list[str]]:
-        return {s.name: switch_argv(s, self.kind_of(s.name), self._ifnames(s.name), i)
+        return {s.name: switch_argv(s, self.kind_of(s.name), self._ifnames(s.name), i, self._switch_tls(s.name))
                 for i, s in enumerate(self.topology.switches)}
+
+    def _switch_tls(self, switch: str) -> SwitchTls | None:
+        certs = self.certs
+        if certs is None:
+            return None
+        if self.controller is not None:
+            return SwitchTls(certs.cert(switch), certs.key(switch), self._controller_bundle(), (self.controller.spiffe_id,))
+        return SwitchTls(certs.cert(switch), certs.key(switch), certs.ca, (certs.spiffe_id(CONTROLLER_CERT),))
+
+    def _controller_bundle(self) -> Path:
+        return self.run_dir / CERTS_DIR / "controller-bundle.crt"
 
     def _ifnames(self, switch: str) -> dict[int, str]:
         used = self.topology.fabric_ports(switch) + self.topology.edge_ports(switch)
@@ -432,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, help="switch logs (default: a new dir under /tmp)")
     parser.add_argument("--switch-kind", choices=[Target.SOFTSWITCH.value, Target.BMV2.value])
     parser.add_argument("--cleanup", action="store_true", help="only remove what crashed labs left, then exit")
+    parser.add_argument("--plaintext", action="store_true", help="switches without TLS (default: mutual TLS)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.cleanup:
@@ -439,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # so that stop() runs
     run_dir = args.run_dir or Path(f"/tmp/p4nsm-lab-{args.topology.stem}-{os.getpid()}")
-    with Lab(args.topology, run_dir, args.switch_kind) as lab:
+    with Lab(args.topology, run_dir, args.switch_kind, tls=not args.plaintext) as lab:
         lab.cli()
     return 0
 

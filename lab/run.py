@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from controller.identity import load_svid
 from controller.runtime import Controller
 from controller.settings import Settings
 from controller.topology import Topology
@@ -90,11 +91,13 @@ def run_lab(topo: Topology, settings: Settings, switch_kind: str | None, admin_p
         settings = settings.model_copy(update={"store_path": run_dir / "store.sqlite"})
     # TLS on by default: the controller's certificate from a lab CA in the run directory
     settings = as_role(settings, lab_tls(settings, run_dir, topo), "controller")
-    lab = Lab(topo, run_dir, switch_kind=switch_kind)
+    svid = load_svid(settings)  # the switches trust it; None: plaintext, switches too
+    lab = Lab(topo, run_dir, switch_kind=switch_kind, tls=svid is not None, controller=svid)
     runner: _LoopThread | None = None
     ctl: Controller | None = None
     try:
         lab.start()
+        topo = lab.topology  # names the CA of the switches' own certificates
         runner = _LoopThread()
         ctl = Controller(topo, settings, admin_path=admin_path)
         runner.run(ctl.start())

@@ -4,6 +4,7 @@ reaches its gRPC address on 127.0.0.1."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -64,18 +65,41 @@ def find_command(kind: Target | str) -> str:
     raise LabError(f"target {kind} cannot run in the lab (it is hardware); use switch_kind='softswitch' or 'bmv2'")
 
 
-def switch_argv(spec: Switch, kind: Target | str, ifnames: dict[int, str], index: int) -> list[str]:
-    """The command line that starts switch `spec` on the given port interfaces."""
+@dataclasses.dataclass(frozen=True)
+class SwitchTls:
+    """A lab switch's mutual TLS: its certificate and key, the CA its clients' certificates must
+    chain to, and the client identities it lets arbitrate and write (softswitch only: BMv2 trusts
+    every certificate the CA signed)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    allow: tuple[str, ...]
+
+    def options(self, kind: Target) -> list[str]:
+        """simple_switch_grpc's TLS options, which the softswitch shares, and its allow-list."""
+        out = ["--grpc-server-ssl", "--grpc-server-cert", str(self.cert), "--grpc-server-key", str(self.key),
+               "--grpc-server-with-client-auth", "--grpc-server-cacert", str(self.ca)]
+        if kind is Target.SOFTSWITCH:
+            out += [arg for identity in self.allow for arg in ("--grpc-server-allow", identity)]
+        return out
+
+
+def switch_argv(spec: Switch, kind: Target | str, ifnames: dict[int, str], index: int,
+                tls: SwitchTls | None = None) -> list[str]:
+    """The command line that starts switch `spec` on the given port interfaces; with `tls`, it
+    serves mutual TLS only."""
     kind = as_target(kind)
     command = find_command(kind)
     ports = [arg for port in sorted(ifnames) for arg in ("-i", f"{port}@{ifnames[port]}")]
+    secure = tls.options(kind) if tls is not None else []
     if kind is Target.SOFTSWITCH:
         return [command, *ports, "--device-id", str(spec.device_id), "--grpc-server-addr", spec.grpc_addr,
-                "--cpu-port", str(spec.cpu_port)]
+                "--cpu-port", str(spec.cpu_port), *secure]
     # A BMv2 built without Thrift refuses --thrift-port; one built with it needs a port per switch.
     thrift = ["--thrift-port", str(bmv2_thrift_port(index))] if bmv2_offers_thrift(command) else []
     return [command, "--no-p4", *ports, "--device-id", str(spec.device_id), *thrift,
-            *bmv2_log_options(), "--", "--grpc-server-addr", spec.grpc_addr, "--cpu-port", str(spec.cpu_port)]
+            *bmv2_log_options(), "--", "--grpc-server-addr", spec.grpc_addr, "--cpu-port", str(spec.cpu_port), *secure]
 
 
 @functools.cache

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Iterable
 import grpc
 from finsy.proto import gnmi, gnmi_grpc
 
+from softswitch.decoding import MalformedRequest, add_servicer
 from softswitch.ports import Port, Ports
 from softswitch.server import _abort
 
@@ -77,7 +78,7 @@ class GnmiServer(gnmi_grpc.gNMIServicer):
         ports.carrier_listeners.append(self._on_carrier)
 
     def add_to(self, server: grpc.aio.Server) -> None:
-        gnmi_grpc.add_gNMIServicer_to_server(self, server)
+        add_servicer(server, gnmi_grpc.add_gNMIServicer_to_server, self, log)
 
     def close(self) -> None:
         """End every subscription (the server is stopping)."""
@@ -134,7 +135,10 @@ class GnmiServer(gnmi_grpc.gNMIServicer):
         await _abort(context, grpc.StatusCode.UNIMPLEMENTED, "Set is not supported: port state is read-only here")
 
     async def Subscribe(self, request_iterator, context) -> AsyncIterator[gnmi.SubscribeResponse]:
-        first = await anext(aiter(request_iterator), None)
+        try:
+            first = await anext(aiter(request_iterator), None)
+        except MalformedRequest as err:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(err))
         if first is None or first.WhichOneof("request") != "subscribe":
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "the first SubscribeRequest must hold a SubscriptionList")
         sub = first.subscribe

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 from softswitch.pipeline import Pipeline
 from softswitch.ports import Ports
 from softswitch.profiles import PROFILES, SOFTSWITCH
+from softswitch.server import DEFAULT_MAX_RECEIVE_BYTES
+from softswitch.trust import Grant, Trust
 
 if TYPE_CHECKING:
     import grpc
@@ -65,10 +67,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-server-ssl", action="store_true", help="serve TLS (needs --grpc-server-cert and --grpc-server-key)")
     p.add_argument("--grpc-server-cert", metavar="FILE", help="server certificate chain (PEM)")
     p.add_argument("--grpc-server-key", metavar="FILE", help="server private key (PEM)")
+    p.add_argument("--grpc-server-cacert", metavar="FILE", help="CA certificate that client certificates must chain to (PEM)")
+    p.add_argument("--grpc-server-with-client-auth", action="store_true",
+                   help="require a client certificate the CA signed (mutual TLS)")
+    # Ours (simple_switch_grpc has no such option): who may arbitrate and write (softswitch/trust.py).
+    p.add_argument("--grpc-server-allow", type=_grant, action="append", default=[], metavar="IDENTITY[@ROLE]",
+                   help="with client auth: a client identity (SPIFFE id or DNS name in its certificate) that may "
+                        "arbitrate and write, for every role or for ROLE only (repeatable); none: any the CA signed")
+    p.add_argument("--grpc-max-recv-msg-size", type=int, default=DEFAULT_MAX_RECEIVE_BYTES, metavar="BYTES",
+                   help="largest request accepted; a larger one is refused (RESOURCE_EXHAUSTED) before it is parsed")
     p.add_argument("--grpc-open-insecure-mode", action="store_true",
                    help="infrap4d's switch: serve without TLS under a profile that has TLS by default")
     p.add_argument("config", nargs="?", help="ignored: the controller pushes the pipeline")
     return p
+
+
+def _grant(text: str) -> Grant:
+    try:
+        return Grant.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -86,24 +104,45 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         p.error(f"--profile {profile.name}: device id 0 is refused by that target; give --device-id 1 or more")
     # Like infrap4d, which exits when its certificates are missing unless told to run insecure.
     options.tls = options.grpc_server_ssl or (profile.tls_by_default and not options.grpc_open_insecure_mode)
+    # infrap4d also requires a client certificate by default (REQUIRE_CLIENT_CERT_AND_VERIFY).
+    options.client_auth = options.grpc_server_with_client_auth or (options.tls and profile.client_auth_by_default)
+    if options.grpc_max_recv_msg_size < 1024:
+        p.error("--grpc-max-recv-msg-size: give at least 1024 bytes")
     if options.tls and not (options.grpc_server_cert and options.grpc_server_key):
         why = f"--profile {profile.name} serves TLS by default" if not options.grpc_server_ssl else "--grpc-server-ssl"
         p.error(f"{why}: give --grpc-server-cert and --grpc-server-key"
                 + (", or --grpc-open-insecure-mode" if profile.tls_by_default else ""))
-    if not options.tls and (options.grpc_server_cert or options.grpc_server_key):
-        p.error("--grpc-server-cert and --grpc-server-key need --grpc-server-ssl")
+    if not options.tls and (options.grpc_server_cert or options.grpc_server_key or options.grpc_server_cacert):
+        p.error("--grpc-server-cert, --grpc-server-key and --grpc-server-cacert need --grpc-server-ssl")
+    if options.client_auth and not options.tls:
+        p.error("--grpc-server-with-client-auth needs TLS (--grpc-server-ssl)")
+    if options.client_auth and not options.grpc_server_cacert:
+        why = f"--profile {profile.name} asks for client certificates" if not options.grpc_server_with_client_auth \
+            else "--grpc-server-with-client-auth"
+        p.error(f"{why}: give --grpc-server-cacert, the CA that signs them")
+    if options.grpc_server_allow and not options.client_auth:
+        p.error("--grpc-server-allow needs --grpc-server-with-client-auth: without client certificates no client "
+                "can be told apart")
     return options
 
 
 def server_credentials(options: argparse.Namespace) -> grpc.ServerCredentials | None:
-    """TLS with the given certificate; no client certificate is asked for (neither Stratum nor
-    infrap4d checks one)."""
+    """TLS with the given certificate; with client auth, a client certificate signed by the CA
+    is required (BMv2's --grpc-server-with-client-auth), else none is asked for."""
     import grpc  # here, so that --help works without the gRPC stack
 
     if not options.tls:
         return None
     with open(options.grpc_server_cert, "rb") as cert, open(options.grpc_server_key, "rb") as key:
-        return grpc.ssl_server_credentials([(key.read(), cert.read())])
+        pair = (key.read(), cert.read())
+    if not options.client_auth:
+        return grpc.ssl_server_credentials([pair])
+    with open(options.grpc_server_cacert, "rb") as ca:
+        return grpc.ssl_server_credentials([pair], root_certificates=ca.read(), require_client_auth=True)
+
+
+def trust(options: argparse.Namespace) -> Trust:
+    return Trust(options.client_auth, options.grpc_server_allow)
 
 
 async def serve(options: argparse.Namespace) -> None:
@@ -123,7 +162,7 @@ async def serve(options: argparse.Namespace) -> None:
 
     pipeline = Pipeline(device_id, options.cpu_port, ports, packet_in)
     server = SoftSwitchServer(device_id, options.cpu_port, on_commit=pipeline.load, on_packet_out=pipeline.packet_out,
-                              profile=profile)
+                              profile=profile, trust=trust(options), max_receive_bytes=options.grpc_max_recv_msg_size)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -135,9 +174,13 @@ async def serve(options: argparse.Namespace) -> None:
     try:
         await server.start(options.grpc_server_addr, server_credentials(options), gnmi_server.add_to)
         try:
-            log.info("event=ready device=%d addr=%s cpu_port=%d profile=%s tls=%s ports=%s (listening)", device_id,
-                     options.grpc_server_addr, options.cpu_port, profile.name, options.tls,
-                     ",".join(f"{n}@{name}" for n, name in options.interface) or "none")
+            log.info("event=ready device=%d addr=%s cpu_port=%d profile=%s tls=%s client_auth=%s ports=%s (listening)",
+                     device_id, options.grpc_server_addr, options.cpu_port, profile.name, options.tls,
+                     options.client_auth, ",".join(f"{n}@{name}" for n, name in options.interface) or "none")
+            if not options.client_auth:
+                log.warning("event=no_client_auth device=%d: any client that reaches %s may arbitrate and take the "
+                            "switch over with a higher election id; run with --grpc-server-with-client-auth",
+                            device_id, options.grpc_server_addr)
             await stop.wait()
             log.info("event=stopping device=%d", device_id)
         finally:

@@ -12,7 +12,8 @@ what their sources say (Stratum's P4Service and its Tofino/TDI managers; IPDK's 
 - infrap4d has no packet I/O on DPDK: a PacketOut is accepted and dropped, no PacketIn is sent;
   its ports are PNA's 32-bit PortId_t, so packet-out port metadata may be 32 bits wide;
 - TLS: Stratum serves TLS when given a certificate and key; infrap4d always does unless
-  started with --grpc-open-insecure-mode (main.py enforces it).
+  started with --grpc-open-insecure-mode, and then requires a client certificate its CA signed
+  (its default REQUIRE_CLIENT_CERT_AND_VERIFY; main.py enforces both).
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class Profile:
     packet_port_bits: int | None = None
     # TLS unless --grpc-open-insecure-mode; False: TLS only when a certificate is given.
     tls_by_default: bool = False
+    # Under TLS, a client certificate the CA signed is required (infrap4d's default
+    # REQUIRE_CLIENT_CERT_AND_VERIFY); False: only with --grpc-server-with-client-auth.
+    client_auth_by_default: bool = False
 
     @property
     def admits_every_update(self) -> bool:
@@ -80,5 +84,5 @@ SOFTSWITCH = Profile("softswitch")
 STRATUM = Profile("stratum", refuse_zero_ids=True, reconcile_supported=False, refuse_watch_ports=True,
                   honour_watch_ports=False)
 INFRAP4D = Profile("infrap4d", refuse_zero_ids=True, reconcile_supported=False, honour_watch_ports=False,
-                   packet_io=False, packet_port_bits=PNA_PORT_BITS, tls_by_default=True)
+                   packet_io=False, packet_port_bits=PNA_PORT_BITS, tls_by_default=True, client_auth_by_default=True)
 PROFILES = {p.name: p for p in (SOFTSWITCH, STRATUM, INFRAP4D)}

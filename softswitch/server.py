@@ -13,12 +13,13 @@ import json
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 from finsy.proto import U128, p4r, p4r_grpc, rpc_code, rpc_status
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from softswitch.decoding import MalformedRequest, add_servicer
 from softswitch.model import DataplaneState
 from softswitch.p4info_index import (
     PROGRAMS,
@@ -33,6 +34,7 @@ from softswitch.p4info_index import (
 )
 from softswitch.profiles import SOFTSWITCH, Profile
 from softswitch.tables import EntityStore
+from softswitch.trust import TRUST_EVERYONE, Trust, peer_identities
 
 log = logging.getLogger("p4nsm.softswitch.p4rt")
 
@@ -41,7 +43,13 @@ P4RUNTIME_API_VERSION = "1.4.0"
 DEVICE_CONFIG_TARGET = "p4nsm-softswitch"
 READ_CHUNK = 512  # entities per ReadResponse
 PACKET_IN_QUEUE_LIMIT = 4096  # per stream; beyond it packet-ins are dropped, not buffered
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Largest request accepted: grpc refuses a larger one with RESOURCE_EXHAUSTED before it is parsed
+# (a 16 MB Write parsed in full stalled the switch for ~0.5 s). A controller's Write batch of
+# 1,000 entries is ~100 KB; `--grpc-max-recv-msg-size` changes it.
+DEFAULT_MAX_RECEIVE_BYTES = 4 * 1024 * 1024
+MAX_SEND_BYTES = 64 * 1024 * 1024
+# The device config is one small JSON object; anything larger is refused before json parses it.
+MAX_DEVICE_CONFIG_BYTES = 64 * 1024
 SVC = p4r.SetForwardingPipelineConfigRequest
 GET = p4r.GetForwardingPipelineConfigRequest
 
@@ -78,8 +86,9 @@ class _Close:
 class StreamClient:
     """One StreamChannel: its outbox and what it said in arbitration."""
 
-    def __init__(self, peer: str) -> None:
+    def __init__(self, peer: str, identities: tuple[str, ...] = ()) -> None:
         self.peer = peer
+        self.identities = identities  # from its verified certificate; () over plaintext
         self.outbox: asyncio.Queue[p4r.StreamMessageResponse | _Close | None] = asyncio.Queue()
         self.joined = False
         self.closed = False
@@ -113,9 +122,10 @@ class Arbiter:
     with an id at least that high.
     """
 
-    def __init__(self, device_id: int, profile: Profile = SOFTSWITCH) -> None:
+    def __init__(self, device_id: int, profile: Profile = SOFTSWITCH, trust: Trust = TRUST_EVERYONE) -> None:
         self.device_id = device_id
         self.profile = profile
+        self.trust = trust
         self.roles: dict[str, _RoleGroup] = {}
 
     def arbitrate(self, client: StreamClient, update: p4r.MasterArbitrationUpdate) -> None:
@@ -140,7 +150,12 @@ class Arbiter:
             client.close(rpc_code.FAILED_PRECONDITION, f"stream is bound to role {client.role!r}, got {role!r}")
             return
         if update.role.HasField("config"):
-            client.close(rpc_code.INVALID_ARGUMENT, "role config is not supported: every role has full pipeline access")
+            client.close(rpc_code.INVALID_ARGUMENT, "role config is not supported: a role has the whole pipeline, "
+                         "and who may hold it is the switch's allow-list (--grpc-server-allow)")
+            return
+        if not self.trust.allows(client.identities, role):
+            # Before the election id is even looked at: a high id from an untrusted client is no claim.
+            client.close(rpc_code.PERMISSION_DENIED, _untrusted(client.identities, role, "arbitrate"))
             return
         election = U128.decode(update.election_id) if update.HasField("election_id") else None
         group = self.roles.setdefault(role, _RoleGroup())
@@ -215,6 +230,12 @@ class Arbiter:
         return primary is not None and primary.election == U128.decode(election)
 
 
+def _untrusted(identities: tuple[str, ...], role: str | None, what: str) -> str:
+    who = f"client {', '.join(identities)!r}" if identities else "a client without a certificate identity"
+    which = "any role" if role is None else f"role {role!r}"
+    return f"{who} may not {what} for {which}: not on this switch's allow-list (--grpc-server-allow)"
+
+
 # -- pipeline ------------------------------------------------------------------------------
 
 
@@ -228,9 +249,11 @@ class Pipeline:
 
 def parse_device_config(data: bytes) -> Program:
     """The softswitch's device config: {"target": "p4nsm-softswitch", "program": NAME}."""
+    if len(data) > MAX_DEVICE_CONFIG_BYTES:
+        raise invalid(f"p4_device_config: {len(data)} bytes, more than {MAX_DEVICE_CONFIG_BYTES} (it is one small JSON object)")
     try:
         doc = json.loads(data.decode())
-    except (UnicodeDecodeError, ValueError) as err:
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:  # RecursionError: nested too deep
         raise invalid(f"p4_device_config: not JSON ({err})") from None
     if not isinstance(doc, dict):
         raise invalid("p4_device_config: expected a JSON object")
@@ -279,14 +302,18 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
         on_commit: Callable[[DataplaneState | None, str], None],
         on_packet_out: Callable[[bytes, dict[str, int]], None],
         profile: Profile = SOFTSWITCH,
+        trust: Trust = TRUST_EVERYONE,
+        max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
     ) -> None:
         self.device_id = device_id
         self.cpu_port = cpu_port
         self.profile = profile
+        self.trust = trust
+        self.max_receive_bytes = max_receive_bytes
         self.dropped_packet_outs = 0  # a target without packet I/O takes them and drops them
         self._on_commit = on_commit
         self._on_packet_out = on_packet_out
-        self.arbiter = Arbiter(device_id, profile)
+        self.arbiter = Arbiter(device_id, profile, trust)
         self.pipeline: Pipeline | None = None
         self._saved: Pipeline | None = None
         self._server: grpc.aio.Server | None = None
@@ -308,11 +335,13 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
         self._loop_thread = threading.get_ident()
         server = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", self.max_receive_bytes),
+                ("grpc.max_send_message_length", MAX_SEND_BYTES),
             ]
         )
-        p4r_grpc.add_P4RuntimeServicer_to_server(self, server)
+        guards = {"Write": self._require_writer, "SetForwardingPipelineConfig": self._require_writer}
+        add_servicer(server, p4r_grpc.add_P4RuntimeServicer_to_server, self, log,
+                     guards if self.trust.enforced else None)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -329,8 +358,9 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
             raise OSError(f"cannot bind P4Runtime server to {address}")
         await server.start()
         self._server = server
-        log.info("event=listening device=%d addr=%s cpu_port=%d profile=%s tls=%s", self.device_id, address,
-                 self.cpu_port, self.profile.name, credentials is not None)
+        log.info("event=listening device=%d addr=%s cpu_port=%d profile=%s tls=%s client_auth=%s allowed=%d "
+                 "max_receive_bytes=%d", self.device_id, address, self.cpu_port, self.profile.name,
+                 credentials is not None, self.trust.client_auth, len(self.trust.grants), self.max_receive_bytes)
 
     async def stop(self, grace: float = 0.5) -> None:
         if self._server is None:
@@ -349,25 +379,48 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
         try:
             self.profile.check_ids(device_id, U128.decode(election) if election is not None else None)
         except P4RTError as err:
-            await _abort(context, grpc_code(err.code), err.message)
+            await self._refuse(context, grpc_code(err.code), err.message)
         if device_id != self.device_id:
-            await _abort(
+            await self._refuse(
                 context,
                 grpc.StatusCode.NOT_FOUND, f"unknown device id {device_id}; this is device {self.device_id}"
             )
 
+    async def _refuse(
+        self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str
+    ) -> NoReturn:
+        """A request this switch will not serve: one log line, then the status."""
+        log.info("event=request_refused device=%d peer=%s code=%s reason=%r", self.device_id, context.peer(),
+                 code.name, message)
+        await _abort(context, code, message)
+
     async def _require_pipeline(self, context: grpc.aio.ServicerContext) -> Pipeline:
         if self.pipeline is None:
-            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, "no forwarding pipeline config has been committed")
+            await self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, "no forwarding pipeline config has been committed")
         return self.pipeline
+
+    async def _require_writer(self, context: grpc.aio.ServicerContext) -> None:
+        """Before the request is parsed: a peer that may write to no role is refused at once."""
+        identities = peer_identities(context.auth_context())
+        if not self.trust.allows_any_role(identities):
+            await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, _untrusted(identities, None, "write"))
 
     async def _require_primary(
         self, role: str, election: p4r.Uint128, context: grpc.aio.ServicerContext, what: str
     ) -> None:
+        if self.trust.enforced:
+            identities = peer_identities(context.auth_context())
+            if not self.trust.allows(identities, role):
+                await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, _untrusted(identities, role, what))
+            primary = self.arbiter.primary(role)
+            if primary is not None and set(primary.identities) != set(identities):
+                # The election id is the primary's, the caller is not: an id is no credential.
+                await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED,
+                                   f"{what} refused: role {role!r}'s primary election id belongs to another client's stream")
         if not self.arbiter.is_primary(role, election):
             primary = self.arbiter.primary(role)
             held = "no primary" if primary is None else f"primary election id is {primary.election}"
-            await _abort(
+            await self._refuse(
                 context,
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{what} from election id {U128.decode(election)} role {role!r} refused: {held}",
@@ -391,13 +444,15 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
                 candidate, self._saved = self._saved, None
             elif action in (SVC.VERIFY, SVC.VERIFY_AND_SAVE, SVC.VERIFY_AND_COMMIT, SVC.RECONCILE_AND_COMMIT):
                 candidate = verify_pipeline(request.config)
+            elif action == SVC.UNSPECIFIED:
+                raise invalid("SetForwardingPipelineConfig: action is unspecified")
             else:
-                raise invalid(f"SetForwardingPipelineConfig: action {action} is unspecified")
+                raise invalid(f"SetForwardingPipelineConfig: action {action} is not a SetForwardingPipelineConfigRequest.Action")
         except P4RTError as err:
             log.warning(
                 "event=pipeline_refused device=%d action=%s reason=%r",
                 self.device_id,
-                SVC.Action.Name(action),
+                _enum_name(SVC.Action, action),
                 err.message,
             )
             await _abort(context, grpc_code(err.code), err.message)
@@ -456,7 +511,10 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
         await self._check_device(request.device_id, context, request.election_id)
         await self._require_primary(request.role, request.election_id, context, "Write")
         if request.atomicity != p4r.WriteRequest.CONTINUE_ON_ERROR:
-            await _abort(
+            if request.atomicity not in p4r.WriteRequest.Atomicity.values():
+                await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                             f"atomicity {request.atomicity} is not a WriteRequest.Atomicity")
+            await self._refuse(
                 context,
                 grpc.StatusCode.UNIMPLEMENTED,
                 f"atomicity {p4r.WriteRequest.Atomicity.Name(request.atomicity)} is not supported: "
@@ -526,12 +584,12 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
                         sent = True
                         batch = []
         except P4RTError as err:
-            await _abort(context, grpc_code(err.code), err.message)
+            await self._refuse(context, grpc_code(err.code), err.message)
         if batch or not sent:
             yield p4r.ReadResponse(entities=batch)
 
     async def StreamChannel(self, request_iterator, context) -> AsyncIterator[p4r.StreamMessageResponse]:
-        client = StreamClient(context.peer())
+        client = StreamClient(context.peer(), peer_identities(context.auth_context()) if self.trust.enforced else ())
         reader = asyncio.create_task(self._read_stream(request_iterator, client))
         try:
             while True:
@@ -578,8 +636,10 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
                     )
         except asyncio.CancelledError:
             raise
-        except grpc.RpcError:
-            pass  # the peer went away; the stream's finally clause does the cleanup
+        except MalformedRequest as err:
+            client.close(rpc_code.INVALID_ARGUMENT, str(err))
+        except (grpc.RpcError, grpc.aio.AbortError):
+            pass  # the peer went away, or the stream was refused (logged as stream_closed); cleanup is in finally
         except Exception:
             log.exception("event=stream_reader_error device=%d peer=%s", self.device_id, client.peer)
         client.outbox.put_nowait(None)
@@ -642,6 +702,11 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
                     )
                 continue
             client.send(msg)
+
+
+def _enum_name(enum: Any, value: int) -> str:
+    """The value's name, or the number itself for a value the enum does not define (clients send any)."""
+    return enum.Name(value) if value in enum.values() else str(value)
 
 
 def decode_packet_out(

@@ -135,12 +135,14 @@ async def _admin(op: str, **args):
 
 
 @app.command()
-def switches(topology: TopologyOpt) -> None:
-    """List switches, their ports and whether they answer P4Runtime."""
+def switches(topology: TopologyOpt, set: SetOpt = None) -> None:
+    """List switches, their ports and whether they answer P4Runtime (over TLS where the topology
+    names a switch's CA, with the controller's certificate from the settings)."""
     from controller.commands.inspect import probe_switches
+    from controller.identity import load_svid
 
     topo = load_topo(topology)
-    show_rows("switches", asyncio.run(probe_switches(topo)))
+    show_rows("switches", asyncio.run(probe_switches(topo, client=load_svid(load_settings(set)))))
 
 
 @app.command()

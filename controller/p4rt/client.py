@@ -22,9 +22,11 @@ import grpc
 from finsy.proto import U128, p4r, p4r_grpc
 
 from controller.aio import cancel_and_wait
+from controller.identity import Svid
 from controller.p4rt.errors import SwitchError, UpdateError, per_update_errors
 from controller.p4rt.schema import P4Schema
 from controller.settings import Settings
+from controller.topology import Switch
 
 _T = TypeVar("_T")
 _CUT_OFF = "RPC cut off: the channel to the switch closed"
@@ -39,22 +41,37 @@ WriteListener = Callable[["SwitchClient", int, Sequence[UpdateError], float], No
 
 @dataclasses.dataclass(frozen=True)
 class TlsConfig:
-    """TLS towards a switch: the CA that signed its certificate, and the name the certificate
-    carries when it is not the address's host (infrap4d's generate-certs.sh COMMON_NAME)."""
+    """TLS towards a switch: the CA that signed its certificate, the name the certificate
+    carries when it is not the address's host (infrap4d's generate-certs.sh COMMON_NAME), and
+    the controller's own SVID, offered as client certificate to a switch that asks for one
+    (infrap4d always does; the softswitch and BMv2 with --grpc-server-with-client-auth)."""
 
     ca_path: Path
     server_name: str | None = None
+    client: Svid | None = None
 
 
 def open_channel(address: str, tls: TlsConfig | None, options: Sequence[tuple[str, int | str]]) -> grpc.aio.Channel:
     """A channel to a switch: TLS when it has a CA, else plaintext. The CA is read at each
     connect, so a renewed file is picked up by the next session; a missing one is an OSError
-    the session's retry reports."""
+    the session's retry reports. A switch that asks for a client certificate gets the SVID's;
+    one that requires it, from a controller without an SVID, fails the handshake (retried)."""
     if tls is None:
         return grpc.aio.insecure_channel(address, options=list(options))
-    credentials = grpc.ssl_channel_credentials(root_certificates=tls.ca_path.read_bytes())
+    client = tls.client
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=tls.ca_path.read_bytes(),
+        private_key=client.key_pem() if client is not None else None,
+        certificate_chain=client.cert_chain_pem() if client is not None else None,
+    )
     named = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
     return grpc.aio.secure_channel(address, credentials, options=[*options, *named])
+
+
+def switch_tls(switch: Switch, client: Svid | None) -> TlsConfig | None:
+    """How a topology switch is reached: TLS when it names its CA (tls_ca, tls_server_name),
+    offering the controller's SVID `client` when the switch asks; None: plaintext."""
+    return TlsConfig(switch.tls_ca, switch.tls_server_name, client) if switch.tls_ca is not None else None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -189,10 +189,8 @@ def test_infrap4d_will_not_start_without_certificates() -> None:
     assert run.returncode == 2 and "--grpc-open-insecure-mode" in run.stderr
 
 
-@pytest.mark.parametrize("profile", ["stratum", "infrap4d"])
-def test_tls_serves_a_client_that_trusts_the_ca_only(certs: Certs, profile: str) -> None:
-    extra = certs.server_args() if profile == "stratum" else certs.server_args()[1:]  # infrap4d: TLS by default
-    with start_softswitch(1, extra_args=["--profile", profile, *extra], channel=certs.channel) as sw:
+def test_stratum_tls_serves_a_client_that_trusts_the_ca_only(certs: Certs) -> None:
+    with start_softswitch(1, extra_args=["--profile", "stratum", *certs.server_args()], channel=certs.channel) as sw:
         with certs.channel(sw.address) as secure:
             reply = p4r_grpc.P4RuntimeStub(secure).Capabilities(p4r.CapabilitiesRequest(), timeout=5)
             assert reply.p4runtime_api_version
@@ -200,6 +198,23 @@ def test_tls_serves_a_client_that_trusts_the_ca_only(certs: Certs, profile: str)
             with pytest.raises(grpc.RpcError) as info:
                 p4r_grpc.P4RuntimeStub(plain).Capabilities(p4r.CapabilitiesRequest(), timeout=2)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_infrap4d_requires_a_client_certificate_of_its_ca(certs: Certs) -> None:
+    # TLS by default (no --grpc-server-ssl), and REQUIRE_CLIENT_CERT_AND_VERIFY: the CA is given.
+    client = certs.client("spiffe://p4nsm/controller", "infrap4d-client")
+    extra = [*certs.server_args()[1:], "--grpc-server-cacert", str(certs.ca)]
+    with start_softswitch(1, extra_args=["--profile", "infrap4d", *extra],
+                          channel=lambda addr: certs.channel(addr, client)) as sw:
+        with certs.channel(sw.address, client) as mutual:
+            assert p4r_grpc.P4RuntimeStub(mutual).Capabilities(p4r.CapabilitiesRequest(), timeout=5).p4runtime_api_version
+        with certs.channel(sw.address) as server_only:
+            with pytest.raises(grpc.RpcError) as info:
+                p4r_grpc.P4RuntimeStub(server_only).Capabilities(p4r.CapabilitiesRequest(), timeout=2)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    run = subprocess.run([str(SOFTSWITCH_BIN), "--profile", "infrap4d", "--device-id", "1", *certs.server_args()[1:]],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 2 and "--grpc-server-cacert" in run.stderr
 
 
 # -- gNMI -------------------------------------------------------------------------------------

@@ -69,7 +69,9 @@ def diamond_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     run_dir = tmp_path_factory.mktemp(f"nsm-lab-{kind}")
     with Lab(topo, run_dir, lock_timeout=LAB_WAIT_S) as lab:
         lab.overrides = controller_overrides(kind, run_dir)  # type: ignore[attr-defined]
-        yield topo, lab, run_dir
+        # The switches serve mutual TLS to the lab's controller certificate (nsm_settings gives
+        # it); lab.topology names their CA.
+        yield lab.topology, lab, run_dir
 
 
 # The subject here is the NSM API, not failure detection: a switch starved for more than the

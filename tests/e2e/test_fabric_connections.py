@@ -48,11 +48,12 @@ def lab(request, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp(f"lab-{name}-{kind}")
     # On BMv2 every switch runs p4c's build of nsm_fabric.p4; its P4Info (p4c's ids) goes with it.
     topo = on_kind(load_topology(REPO_ROOT / "topologies" / f"{name}.yaml"), kind)
-    overrides = controller_overrides(kind, run_dir)
     lab = Lab(topo, run_dir)
     lab.start()
+    # The switches serve mutual TLS: the lab's topology names their CA, its settings the certificate.
+    overrides = {**controller_overrides(kind, run_dir), **lab.controller_settings()}
     try:
-        yield topo, lab, run_dir, overrides
+        yield lab.topology, lab, run_dir, overrides
     finally:
         lab.stop()
 

@@ -45,10 +45,11 @@ def lab(request, tmp_path_factory):
     topo = on_kind(load_topology(REPO_ROOT / "topologies" / "diamond.yaml"), kind)
     run_dir = tmp_path_factory.mktemp(f"heal-{kind}")
     lab = Lab(topo, run_dir)
-    lab.overrides = controller_overrides(kind, run_dir)  # type: ignore[attr-defined]
     lab.start()
+    # The switches serve mutual TLS: the lab's topology names their CA, its settings the certificate.
+    lab.overrides = {**controller_overrides(kind, run_dir), **lab.controller_settings()}  # type: ignore[attr-defined]
     try:
-        yield topo, lab, run_dir
+        yield lab.topology, lab, run_dir
     finally:
         lab.stop()
 

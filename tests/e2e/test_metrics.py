@@ -47,7 +47,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Topology, Pa
     softswitch_or_skip()
     topo = load_topology(REPO_ROOT / "topologies" / "diamond.yaml")
     run_dir = tmp_path_factory.mktemp("metrics-lab")
-    with Lab(topo, run_dir, lock_timeout=LAB_WAIT_S):
+    with Lab(topo, run_dir, lock_timeout=LAB_WAIT_S, tls=False):  # about HTTP: a controller with an SVID serves HTTPS
         yield topo, run_dir
 
 

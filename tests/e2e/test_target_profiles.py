@@ -4,8 +4,9 @@ gNMI port state, and a restarted controller writes nothing.
 
 - `--profile stratum` with TLS: port down healed with probes on and with probes off
   (`probe_interval=0`: gNMI alone);
-- `--profile infrap4d` (TLS by default, no packet I/O: PacketOut dropped, no PacketIn): probes
-  could not work there, so the controller runs with `probe_interval=0` and heals through gNMI.
+- `--profile infrap4d` (TLS by default with a client certificate required, no packet I/O:
+  PacketOut dropped, no PacketIn): the controller offers its SVID; probes could not work there,
+  so it runs with `probe_interval=0` and heals through gNMI.
 
 The controller's topology says `target: softswitch` (the device config is the softswitch's):
 what differs is what the switch refuses (ids 0, watch ports on Stratum, RECONCILE_AND_COMMIT),
@@ -32,7 +33,7 @@ from tests.e2e.test_heal import exactly_desired, wait_for
 from tests.e2e.topology import Net, crosses
 from tests.support.fixtures import start_softswitch
 from tests.support.settings import settings_for_test
-from tests.support.tls import Certs, make_certs
+from tests.support.tls import Certs, ClientCert, make_certs
 
 pytestmark = [pytest.mark.root]
 
@@ -50,6 +51,7 @@ SETTINGS = {"keepalive_interval": 0.1, "keepalive_timeout": 1.0, "probe_interval
 class Fabric:
     profile: str
     topo: Topology
+    client: ClientCert  # the controller's certificate (infrap4d asks for one)
     ifnames: dict[tuple[str, int], str]  # switch port -> its interface
     hosts: dict[str, Host]
     run_dir: Path
@@ -64,13 +66,16 @@ def start_fabric(net: Net, profile: str, certs: Certs, run_dir: Path) -> Fabric:
         host.listen("eth0")
     for a, ap, b, bp in LINKS:
         ifnames[(a, ap)], ifnames[(b, bp)] = net.link()
-    tls_args = certs.server_args() if profile == "stratum" else certs.server_args()[1:]  # infrap4d: TLS by default
+    client = certs.client("spiffe://p4nsm/controller", f"controller-{profile}")
+    # infrap4d: TLS by default, and a client certificate of its CA required
+    tls_args = certs.server_args() if profile == "stratum" else [*certs.server_args()[1:], "--grpc-server-cacert",
+                                                                   str(certs.ca)]
     switches = []
     for i, name in enumerate(("s1", "s2", "s3", "s4"), start=1):
         ports = sorted(p for (s, p) in ifnames if s == name)
         process = net.stack.enter_context(start_softswitch(
             i, CPU_PORT, [f"{p}@{ifnames[(name, p)]}" for p in ports],
-            extra_args=["--profile", profile, *tls_args], channel=certs.channel))
+            extra_args=["--profile", profile, *tls_args], channel=lambda addr: certs.channel(addr, client)))
         switches.append({"name": name, "device_id": i, "grpc_addr": process.address, "cpu_port": CPU_PORT,
                          "ports": ports, "tls_ca": str(certs.ca), "tls_server_name": certs.server_name})
     topo = Topology.model_validate({
@@ -78,7 +83,7 @@ def start_fabric(net: Net, profile: str, certs: Certs, run_dir: Path) -> Fabric:
         "links": [{"a": f"{a}:{ap}", "b": f"{b}:{bp}"} for a, ap, b, bp in LINKS],
         "hosts": [{"name": h, "attach": f"{sw}:{p}"} for h, (sw, p) in HOSTS.items()],
     })
-    return Fabric(profile, topo, ifnames, hosts, run_dir)
+    return Fabric(profile, topo, client, ifnames, hosts, run_dir)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +98,9 @@ def fabric(request, module_net: Net, certs: Certs, tmp_path_factory) -> Fabric:
 
 @contextlib.asynccontextmanager
 async def controller(fabric: Fabric, store: Path, **overrides):
-    ctl = Controller(fabric.topo, settings_for_test({**SETTINGS, "store_path": str(store), **overrides}))
+    identity = {"tls_cert_file": str(fabric.client.cert), "tls_key_file": str(fabric.client.key),
+                "tls_ca_file": str(fabric.topo.switches[0].tls_ca)}
+    ctl = Controller(fabric.topo, settings_for_test({**SETTINGS, **identity, "store_path": str(store), **overrides}))
     writes: list[int] = []
     for client in ctl.clients.values():
         client.write_listeners.append(lambda c, n, failed, took: writes.append(n))

@@ -43,7 +43,7 @@ def lab(tmp_path_factory):
     softswitch_or_skip()
     topo = load_topology(REPO_ROOT / "topologies" / "diamond.yaml")
     run_dir = tmp_path_factory.mktemp("web-view")
-    lab = Lab(topo, run_dir)
+    lab = Lab(topo, run_dir, tls=False)  # about HTTP: a controller with an SVID serves HTTPS
     lab.start()
     try:
         yield topo, run_dir

@@ -136,6 +136,7 @@ class P4RTTestClient:
         p4info_path: str | Path = DEFAULT_P4INFO,
         arbitrate: bool = True,
         timeout: float = 10.0,
+        channel: grpc.Channel | None = None,
     ) -> None:
         self.address = address
         self.device_id = device_id
@@ -143,7 +144,8 @@ class P4RTTestClient:
         self.role = role
         self.timeout = timeout
         self.names = _Names(load_p4info(p4info_path))
-        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        # channel: e.g. a TLS one (tests/support/tls.py), made with CHANNEL_OPTIONS
+        self.channel = channel if channel is not None else grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = p4r_grpc.P4RuntimeStub(self.channel)
         self.arbitration: p4r.MasterArbitrationUpdate | None = None
         self.arbitrations: queue.Queue[p4r.MasterArbitrationUpdate] = queue.Queue()
