@@ -50,13 +50,18 @@ def nse(
     name: Annotated[str, typer.Option(help="Endpoint name (default: <service>-<netns>-<random>)")] = "",
     listen: Annotated[str, typer.Option(help="URL to serve on (default: a unix socket under nsm_run_dir)")] = "",
     label: LabelOpt = None,
+    payload: Annotated[str, typer.Option(help="Payload the service is registered with, if it is not registered yet: "
+                                              "IP or ETHERNET (what upstream NSM services commonly declare)")] = "IP",
 ) -> None:
     """Register an endpoint of SERVICE on host NETNS and answer Requests until Ctrl-C."""
     from controller.sdk.endpoint import Endpoint, EndpointConfig
 
     settings = Settings.load()
-    config = EndpointConfig(service=service, host=netns, cidr=cidr, nsm_url=nsm_address or settings.nsm_address,
-                            name=name, listen_url=listen, labels=_labels(label))
+    try:
+        config = EndpointConfig(service=service, host=netns, cidr=cidr, nsm_url=nsm_address or settings.nsm_address,
+                                name=name, listen_url=listen, labels=_labels(label), payload=payload)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
 
     async def main() -> None:
         endpoint = Endpoint(config, settings)

@@ -17,7 +17,7 @@ from controller.nsm.base.checks import Limits
 from controller.nsm.base.serving import bind, grpc_options, serve_health
 from controller.nsm.base.tasks import Tasks
 from controller.nsm.base.tokens import TokenSource
-from controller.nsm.elements.admission import Admission
+from controller.nsm.elements.admission import Admission, ClientAdmission
 from controller.nsm.elements.authorize import Authorize, Policy, allow_any
 from controller.nsm.elements.begin import Begin
 from controller.nsm.elements.chain import Chain, Element
@@ -96,13 +96,14 @@ class NsmServer:
             self.begin,
             UpdateToken(self.tokens),
             Authorize(policy),
+            ClientAdmission(settings.nsm_max_requests_per_client),
             Timeout(self.tasks),
             Monitor(self.hub),
             ClientMechanism(hosts),
             Discover(self.services, self.endpoints),
             RoundRobin(ejected, report),
             Forward(self.channels, hosts, EndpointWatch(settings.nsm_name, self.channels, self.tokens, self.hub, self.tasks),
-                    settings.nsm_endpoint_timeout),
+                    settings.nsm_endpoint_timeout, settings.nsm_max_requests_per_endpoint),
             *dataplane,
         ])
         self.network_service = NetworkServiceServicer(self.chain)

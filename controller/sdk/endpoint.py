@@ -25,7 +25,9 @@ from controller.nsm.elements.timeout import Timeout
 from controller.nsm.elements.trimpath import TrimPath
 from controller.nsm.elements.updatepath import UpdatePath
 from controller.nsm.elements.updatetoken import UpdateToken
+from controller.nsm.elements.validate import PAYLOADS as ACCEPTED_PAYLOADS
 from controller.nsm.elements.validate import Validate
+from controller.nsm.registry.ns_registry import DEFAULT_PAYLOAD
 from controller.nsm.service import NetworkServiceServicer
 from controller.sdk.endpoint_mechanism import AcceptKernel
 from controller.sdk.ipam import PairPool, PointToPointIpam
@@ -45,7 +47,14 @@ class EndpointConfig:
     name: str = ""  # default: <service>-<host>-<random>
     listen_url: str = ""  # default: unix://<nsm_run_dir>/<host>/<name>.sock
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
-    payload: str = "IP"
+    # The service's payload when this endpoint registers it (a service already registered keeps
+    # its own): a client asking for another payload gets NOT_FOUND.
+    payload: str = DEFAULT_PAYLOAD
+
+    def __post_init__(self) -> None:
+        named = [p for p in ACCEPTED_PAYLOADS if p]
+        if self.payload not in named:
+            raise ValueError(f"payload: {self.payload!r} is none of {', '.join(named)}")
 
 
 class Endpoint:
