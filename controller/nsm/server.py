@@ -14,6 +14,7 @@ import grpc
 from controller.fabric.connections import Fabric
 from controller.nsm.base.channels import Channels
 from controller.nsm.base.checks import Limits
+from controller.nsm.base.decoding import RefuseUndecodable
 from controller.nsm.base.serving import bind, grpc_options, serve_health
 from controller.nsm.base.tasks import Tasks
 from controller.nsm.base.tokens import TokenSource
@@ -116,7 +117,7 @@ class NsmServer:
 
     async def start(self, address: str | None = None) -> str:
         """Serve on `address` (default: the nsm_address setting); returns the bound address."""
-        server = grpc.aio.server(options=grpc_options(self.settings))
+        server = grpc.aio.server(options=grpc_options(self.settings), interceptors=[RefuseUndecodable()])
         networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(self.network_service, server)
         connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorServicer(self.hub), server)
         registry_pb2_grpc.add_NetworkServiceRegistryServicer_to_server(self.services, server)

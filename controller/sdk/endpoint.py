@@ -13,6 +13,7 @@ import grpc
 
 from controller.nsm.base.channels import dial_target
 from controller.nsm.base.checks import Limits
+from controller.nsm.base.decoding import RefuseUndecodable
 from controller.nsm.base.serving import bind, grpc_options, serve_health
 from controller.nsm.base.tasks import Tasks
 from controller.nsm.base.tokens import TokenSource
@@ -93,7 +94,7 @@ class Endpoint:
         )
 
     async def start(self, register_within: float | None = None) -> None:
-        server = grpc.aio.server(options=grpc_options(self.settings))
+        server = grpc.aio.server(options=grpc_options(self.settings), interceptors=[RefuseUndecodable()])
         networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(NetworkServiceServicer(self.chain), server)
         connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorServicer(self.hub), server)
         await serve_health(server, ("networkservice.NetworkService", "connection.MonitorConnection"))

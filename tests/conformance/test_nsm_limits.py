@@ -206,3 +206,24 @@ async def test_p4nsm_nse_with_an_ethernet_payload_is_found_by_an_ethernet_client
         if proc.returncode is None:
             proc.send_signal(signal.SIGINT)
             await asyncio.wait_for(proc.wait(), 20)
+
+
+# --- bytes that do not decode --------------------------------------------------------------------
+
+async def test_garbage_bytes_are_refused_naming_the_message_without_a_traceback(looped: Served, caplog) -> None:
+    def raw(path: str, stream: bool = False):  # type: ignore[no-untyped-def]
+        make = looped.channel.unary_stream if stream else looped.channel.unary_unary
+        return make(path, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+
+    garbage = b"\xff\xff\xff\x01garbage"
+    with caplog.at_level(logging.INFO):
+        with pytest.raises(grpc.aio.AioRpcError) as unary:
+            await raw("/networkservice.NetworkService/Request")(garbage, timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as stream:
+            [m async for m in raw("/registry.NetworkServiceEndpointRegistry/Find", stream=True)(garbage, timeout=5)]
+    assert unary.value.code() == stream.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "networkservice.NetworkServiceRequest" in unary.value.details()  # type: ignore[operator]
+    assert "registry.NetworkServiceEndpointQuery" in stream.value.details()  # type: ignore[operator]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    # Whatever else the servers serve still decodes as before.
+    assert (await looped.ns_registry.Register(registry_pb2.NetworkService(name="after"))).name == "after"
