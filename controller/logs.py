@@ -12,7 +12,8 @@ from __future__ import annotations
 import copy
 import logging
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 FORMAT = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s %(message)s"
@@ -85,6 +86,30 @@ class FieldFormatter(logging.Formatter):
         # Indented: a traceback's lines (its exception's message among them) never start a line
         # the way a record does.
         return "\n".join("  " + line for line in super().formatException(ei).splitlines())
+
+
+class Throttle:
+    """At most `per_second` lines of one kind a second: what a client can make the controller
+    log at will (its refusals) must not cost it more than a few lines' worth, however fast it
+    sends. `admit()` is None for a line to leave out, else how many were left out before it."""
+
+    def __init__(self, per_second: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_second = per_second
+        self.clock = clock
+        self.window = -1.0
+        self.used = 0
+        self.dropped = 0
+
+    def admit(self) -> int | None:
+        now = self.clock()
+        if now - self.window >= 1.0:
+            self.window, self.used = now, 0
+        if self.used >= self.per_second:
+            self.dropped += 1
+            return None
+        self.used += 1
+        dropped, self.dropped = self.dropped, 0
+        return dropped
 
 
 def handler(stream: IO[str] | None = None) -> logging.Handler:
