@@ -93,7 +93,7 @@ class Throttle:
     log at will (its refusals) must not cost it more than a few lines' worth, however fast it
     sends. `admit()` is None for a line to leave out, else how many were left out before it."""
 
-    def __init__(self, per_second: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, per_second: int = 20, clock: Callable[[], float] = time.monotonic) -> None:
         self.per_second = per_second
         self.clock = clock
         self.window = -1.0

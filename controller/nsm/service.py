@@ -21,14 +21,13 @@ from nsm_api import connection_pb2, networkservice_pb2, networkservice_pb2_grpc
 log = logging.getLogger("p4nsm.nsm")
 
 T = TypeVar("T")
-# A client decides how many Requests are refused; the log (and the loop's time) must not follow.
-REFUSALS_LOGGED_PER_SECOND = 20
 
 
 class NetworkServiceServicer(networkservice_pb2_grpc.NetworkServiceServicer):
     def __init__(self, chain: Chain) -> None:
         self.chain = chain
-        self.refusals = Throttle(REFUSALS_LOGGED_PER_SECOND)
+        # A client decides how many Requests are refused; the log (and the loop's time) must not follow.
+        self.refusals = Throttle()
         # calls of every result type (Future is invariant, hence Any)
         self._running: set[asyncio.Future[Any]] = set()
 
