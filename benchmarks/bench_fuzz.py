@@ -53,7 +53,7 @@ import grpc  # noqa: E402
 from finsy.proto import U128, p4r  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
-from benchmarks.bench_controller_setup import link_down_counter, switch_down_counter  # noqa: E402
+from benchmarks.bench_controller_setup import ReaderProcess, check_installed, link_down_counter, switch_down_counter  # noqa: E402
 from benchmarks.bench_nsm_requests import _loop_lag, _read_all, pct  # noqa: E402
 from benchmarks.heal import scenario  # noqa: E402
 from benchmarks.heal.traffic import Stream, Traffic  # noqa: E402
@@ -625,13 +625,23 @@ async def orchestrate(topo, lab, work: Path, args: argparse.Namespace) -> dict: 
                   f"frames lost {tally['frames_lost']}/{sent}; loop lag p99 {tally['lag_p99']:.1f} ms, "
                   f"max {tally['lag_max']:.1f} ms", flush=True)
         lag_probe.cancel()
+        await scenario.settle(ctl, 60)
         after = await _state(ctl)
-        changed = [k for k in before if before[k] != after[k]]
+        changed = [k for k in before if before[k] != after[k] and k != "tables"]
+        # A false down moves the baseline connection onto the other leg: its entries change, and
+        # that is the heal's doing. What invalid input could leave is told by the read-back
+        # holding exactly what the connections want, nothing more.
+        reader = ReaderProcess(REPO / "topologies" / "diamond.yaml", settings.p4info_path)
+        try:
+            changed += [f"tables: {p}" for p in await check_installed(ctl, reader)]
+        finally:
+            reader.close()
+        rerouted = before["tables"] != after["tables"]
         crashes = [f"switch {n} (pid {p} -> {lab.switch_pid(n)})" for n, p in pids.items() if lab.switch_pid(n) != p]
         if not await _serving(address):
             crashes.append("NSM server not SERVING")
         mem_after = {"controller": rss_mib(), **{s.name: rss_mib(lab.switch_pid(s.name) or 0) for s in topo.switches}}
-        return {"phases": phases, "changed": changed, "crashes": crashes, "mem_before": mem_before,
+        return {"phases": phases, "changed": changed, "rerouted": rerouted, "crashes": crashes, "mem_before": mem_before,
                 "mem_after": mem_after, "frames_sent": baseline.sent, "frames_lost": baseline.sent - baseline.received}
     finally:
         if traffic is not None:
@@ -671,7 +681,9 @@ def report(r: dict, args: argparse.Namespace, began: str, load: tuple[float, flo
         "",
         f"- Crashes: {', '.join(r['crashes']) or 'none'} (every switch process still the one it was; the NSM server SERVING).",
         f"- State changed by the invalid input: {', '.join(r['changed']) or 'none'} (switch tables read back, store rows, "
-        f"fabric plans, NSM connections, registered services and endpoints, before and after).",
+        f"fabric plans, NSM connections, registered services and endpoints, before and after; every switch read back "
+        f"holds exactly what the connections want"
+        + ("; the baseline connection's entries moved to the other leg after a false down" if r["rerouted"] else "") + ").",
         f"- Baseline connection: {r['frames_lost']} of {r['frames_sent']:,} frames lost.",
         "- Memory (RSS, MiB) before → after: " + ", ".join(
             f"{k} {r['mem_before'][k]:.0f} → {r['mem_after'][k]:.0f}" for k in r["mem_before"]),
