@@ -71,6 +71,7 @@ STREAM_RATE = 100.0  # frames/s on the baseline connection
 STREAM_CHUNK_S = 10.0  # the stream runs in trials of this length while a phase lasts
 CONCURRENCY = 16
 LOAD_REPORT_LIMIT = 16 * 1024 * 1024
+IDLE_S = 20.0  # the first phase: no hostile input, for the controller's own CPU and the lab's own losses
 OVERSIZE = 2 * 1024 * 1024  # over nsm_max_message_bytes (1 MiB)
 
 
@@ -544,6 +545,12 @@ class Baseline:
         return task.result(), sent, received
 
 
+async def _idle(seconds: float) -> dict:
+    """No hostile input: what the controller and the lab cost (and drop) on their own."""
+    await asyncio.sleep(seconds)
+    return {"sent": 0, "seconds": seconds, "codes": {}, "by_kind": {}, "hangs": {}, "accepted": {}}
+
+
 async def _state(ctl) -> dict:  # type: ignore[no-untyped-def]
     assert ctl.nsm is not None
     return {
@@ -608,14 +615,16 @@ async def orchestrate(topo, lab, work: Path, args: argparse.Namespace) -> dict: 
         lag_probe = asyncio.create_task(_loop_lag(lags))
         p4rt_targets = ",".join(f"{s.grpc_addr}@{s.device_id}" for s in topo.switches)
         phases: dict[str, dict] = {}
-        for phase, load_args in (("nsm", ("nsm", address, str(args.nsm))),
+        for phase, load_args in (("idle", ("idle", str(IDLE_S))),
+                                 ("nsm", ("nsm", address, str(args.nsm))),
                                  ("p4rt", ("p4rt", p4rt_targets, str(args.p4rt))),
                                  ("flood", ("flood", address, str(args.flood_rate), str(args.flood_seconds)))):
             if phase == "flood" and not args.flood_seconds:
                 continue
             print(f"phase {phase}: {' '.join(load_args[2:])}", flush=True)
             downs0, lags0, cpu0 = (link_downs[0], switch_downs[0]), len(lags), time.process_time()
-            tally, sent, received = await baseline.during(_run_load(*load_args))
+            work_of = _idle(IDLE_S) if phase == "idle" else _run_load(*load_args)
+            tally, sent, received = await baseline.during(work_of)
             tally.update(link_downs=link_downs[0] - downs0[0], switch_downs=switch_downs[0] - downs0[1],
                          frames_sent=sent, frames_lost=sent - received, controller_cpu=time.process_time() - cpu0,
                          lag_p99=pct(lags[lags0:], 0.99), lag_max=pct(lags[lags0:], 1.0))
