@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -545,6 +546,27 @@ class Baseline:
         return task.result(), sent, received
 
 
+class GcPauses:
+    """How long the controller's process spent in each full (generation 2) collection: a
+    stall of its one event loop, keepalives and probes included."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses.append(time.perf_counter() - self._started)
+
+    def close(self) -> None:
+        gc.callbacks.remove(self._callback)
+
+
 async def _idle(seconds: float) -> dict:
     """No hostile input: what the controller and the lab cost (and drop) on their own."""
     await asyncio.sleep(seconds)
@@ -606,6 +628,11 @@ async def orchestrate(topo, lab, work: Path, args: argparse.Namespace) -> dict: 
                           {h.name: host_ifname(h.name) for h in topo.hosts}, work)
         await traffic.start()
         await scenario.settle(ctl, 60)
+        if args.gc_freeze:
+            # What the controller could do once started: the heap it has built lives as long as
+            # it does, and a full collection need not scan it again and again.
+            gc.collect()
+            gc.freeze()
         baseline = Baseline(traffic)
         before = await _state(ctl)
         mem_before = {"controller": rss_mib(), **{s.name: rss_mib(lab.switch_pid(s.name) or 0) for s in topo.switches}}
@@ -613,6 +640,7 @@ async def orchestrate(topo, lab, work: Path, args: argparse.Namespace) -> dict: 
         link_downs, switch_downs = link_down_counter(ctl), switch_down_counter(ctl)
         lags: list[float] = []
         lag_probe = asyncio.create_task(_loop_lag(lags))
+        gc_pauses = GcPauses()
         p4rt_targets = ",".join(f"{s.grpc_addr}@{s.device_id}" for s in topo.switches)
         phases: dict[str, dict] = {}
         for phase, load_args in (("idle", ("idle", str(IDLE_S))),
@@ -622,18 +650,20 @@ async def orchestrate(topo, lab, work: Path, args: argparse.Namespace) -> dict: 
             if phase == "flood" and not args.flood_seconds:
                 continue
             print(f"phase {phase}: {' '.join(load_args[2:])}", flush=True)
-            downs0, lags0, cpu0 = (link_downs[0], switch_downs[0]), len(lags), time.process_time()
+            downs0, lags0, cpu0, gc0 = (link_downs[0], switch_downs[0]), len(lags), time.process_time(), len(gc_pauses.pauses)
             work_of = _idle(IDLE_S) if phase == "idle" else _run_load(*load_args)
             tally, sent, received = await baseline.during(work_of)
             tally.update(link_downs=link_downs[0] - downs0[0], switch_downs=switch_downs[0] - downs0[1],
                          frames_sent=sent, frames_lost=sent - received, controller_cpu=time.process_time() - cpu0,
-                         lag_p99=pct(lags[lags0:], 0.99), lag_max=pct(lags[lags0:], 1.0))
+                         lag_p99=pct(lags[lags0:], 0.99), lag_max=pct(lags[lags0:], 1.0),
+                         gc_full=len(gc_pauses.pauses) - gc0, gc_max=pct(gc_pauses.pauses[gc0:], 1.0))
             phases[phase] = tally
             print(f"  {tally['sent']} messages in {tally['seconds']:.1f}s: {dict(tally['codes'])}; hangs "
                   f"{sum(tally['hangs'].values())}; link downs {tally['link_downs']}, switch downs {tally['switch_downs']}; "
                   f"frames lost {tally['frames_lost']}/{sent}; loop lag p99 {tally['lag_p99']:.1f} ms, "
-                  f"max {tally['lag_max']:.1f} ms", flush=True)
+                  f"max {tally['lag_max']:.1f} ms; full collections {tally['gc_full']}, longest {tally['gc_max']:.0f} ms", flush=True)
         lag_probe.cancel()
+        gc_pauses.close()
         await scenario.settle(ctl, 60)
         after = await _state(ctl)
         changed = [k for k in before if before[k] != after[k] and k != "tables"]
@@ -672,20 +702,20 @@ def report(r: dict, args: argparse.Namespace, began: str, load: tuple[float, flo
         "# Hostile input against a running lab",
         "",
         f"`sudo .venv/bin/python benchmarks/bench_fuzz.py --nsm {args.nsm} --p4rt {args.p4rt} --flood-rate {args.flood_rate:g} "
-        f"--flood-seconds {args.flood_seconds:g}`, {began}, {platform.node()} ({os.cpu_count()} cores, load "
+        f"--flood-seconds {args.flood_seconds:g}{' --gc-freeze' if args.gc_freeze else ''}`, {began}, {platform.node()} ({os.cpu_count()} cores, load "
         f"{load[0]:.1f} → {load[1]:.1f}; other work shared the machine). Diamond of softswitches in Mininet, the "
         f"controller with the NSM API in one process (default settings: keepalive {0.05:g} s, timeout 0.15 s), a "
         f"`p4nsm nse` on h3, and one connection h1 → h3 carrying a {STREAM_RATE:.0f} frames/s stream throughout.",
         "",
-        "| phase | messages | s | status codes | hangs | accepted (invalid, yet OK) | false link / switch downs | frames lost | loop lag p99 / max (ms) | controller CPU (s) |",
-        "|---|---:|---:|---|---:|---|---:|---:|---:|---:|",
+        "| phase | messages | s | status codes | hangs | accepted (invalid, yet OK) | false link / switch downs | frames lost | loop lag p99 / max (ms) | full GCs, longest (ms) | controller CPU (s) |",
+        "|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for name, t in ph.items():
         codes = ", ".join(f"{k} {v}" for k, v in sorted(t["codes"].items(), key=lambda kv: -kv[1]))
         accepted = ", ".join(f"{k} {v}" for k, v in t["accepted"].items()) or "none"
         lines.append(f"| {name} | {t['sent']:,} | {t['seconds']:.1f} | {codes} | {sum(t['hangs'].values())} | {accepted} | "
                      f"{t['link_downs']} / {t['switch_downs']} | {t['frames_lost']}/{t['frames_sent']} | "
-                     f"{t['lag_p99']:.1f} / {t['lag_max']:.1f} | {t['controller_cpu']:.1f} |")
+                     f"{t['lag_p99']:.1f} / {t['lag_max']:.1f} | {t['gc_full']}, {t['gc_max']:.0f} | {t['controller_cpu']:.1f} |")
     lines += [
         "",
         f"- Crashes: {', '.join(r['crashes']) or 'none'} (every switch process still the one it was; the NSM server SERVING).",
@@ -716,6 +746,7 @@ def main() -> None:
     parser.add_argument("--p4rt", type=int, default=5000, help="malformed P4Runtime messages")
     parser.add_argument("--flood-rate", type=float, default=200.0, help="refused NSM Requests per second in the flood phase")
     parser.add_argument("--flood-seconds", type=float, default=60.0, help="length of the flood phase (0: none)")
+    parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() the controller's process once the lab is up")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="controller setting override")
     parser.add_argument("--lock-timeout", type=float, default=1800.0, help="seconds to wait for another lab on this machine")
     parser.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results alone")
