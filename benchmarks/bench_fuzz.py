@@ -587,6 +587,21 @@ async def _state(ctl) -> dict:  # type: ignore[no-untyped-def]
     }
 
 
+async def _baseline_connection(ctl, within: float = 60.0):  # type: ignore[no-untyped-def]
+    """h1 -> h3, once the links are up: ready switches are not yet probed links."""
+    from controller.fabric.connections import ConnectError
+
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            [plan] = await scenario.connect_all(ctl, [("h1", "h3")], 1, print)
+            return plan
+        except ConnectError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
 async def _serving(address: str) -> bool:
     async with grpc.aio.insecure_channel(dial_target(address)) as ch:
         try:
@@ -623,7 +638,7 @@ async def orchestrate(topo, lab, work: Path, args: argparse.Namespace) -> dict: 
             if time.monotonic() > deadline:
                 raise SystemExit("the endpoint did not register")
             await asyncio.sleep(0.1)
-        [plan] = await scenario.connect_all(ctl, [("h1", "h3")], 1, print)
+        plan = await _baseline_connection(ctl)
         traffic = Traffic([Stream(0, plan.id, "h1", "h3", plan.a.vlan, STREAM_RATE)],
                           {h.name: host_ifname(h.name) for h in topo.hosts}, work)
         await traffic.start()
