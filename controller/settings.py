@@ -76,6 +76,8 @@ class Settings(BaseModel):
     nsm_retry_interval: float = Field(0.2, description="SDK: wait between failed Request, refresh or Register tries (s)")
     # NSM limits: beyond them a Request is refused (INVALID_ARGUMENT, or RESOURCE_EXHAUSTED when too many are in progress)
     nsm_max_requests_in_progress: int = Field(512, description="Requests served at once; more are refused with RESOURCE_EXHAUSTED")
+    nsm_max_requests_per_client: int = Field(128, description="Requests of one caller identity (mTLS id, else its token's sub) served at once; more are refused with RESOURCE_EXHAUSTED")
+    nsm_max_requests_per_endpoint: int = Field(128, description="Requests forwarded to one endpoint URL and not yet answered; more go to the next candidate, or are refused with RESOURCE_EXHAUSTED")
     nsm_max_name_length: int = Field(253, description="Longest name, id or label key accepted in NSM messages")
     nsm_max_value_length: int = Field(4096, description="Longest label or parameter value or token accepted")
     nsm_max_map_entries: int = Field(64, description="Most labels, parameters or metrics in one map")

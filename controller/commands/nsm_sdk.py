@@ -76,13 +76,18 @@ def nse(
     tls_key: KeyOpt = None,
     tls_ca: CaOpt = None,
     plaintext: PlaintextOpt = False,
+    payload: Annotated[str, typer.Option(help="Payload the service is registered with, if it is not registered yet: "
+                                              "IP or ETHERNET (what upstream NSM services commonly declare)")] = "IP",
 ) -> None:
     """Register an endpoint of SERVICE on host NETNS and answer Requests until Ctrl-C."""
     from controller.sdk.endpoint import Endpoint, EndpointConfig
 
     settings = _settings("nse", certs, tls_cert, tls_key, tls_ca, plaintext)
-    config = EndpointConfig(service=service, host=netns, cidr=cidr, nsm_url=nsm_address or settings.nsm_address,
-                            name=name, listen_url=listen, labels=_labels(label))
+    try:
+        config = EndpointConfig(service=service, host=netns, cidr=cidr, nsm_url=nsm_address or settings.nsm_address,
+                                name=name, listen_url=listen, labels=_labels(label), payload=payload)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
 
     async def main() -> None:
         endpoint = Endpoint(config, settings)

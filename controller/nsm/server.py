@@ -17,10 +17,11 @@ from controller.identity import Svid, require_svid
 from controller.nsm.base.access import Access
 from controller.nsm.base.channels import Channels
 from controller.nsm.base.checks import Limits
+from controller.nsm.base.decoding import RefuseUndecodable
 from controller.nsm.base.serving import bind, grpc_options, serve_health
 from controller.nsm.base.tasks import Tasks
 from controller.nsm.base.tokens import Signer, TokenSource, Verifier
-from controller.nsm.elements.admission import Admission
+from controller.nsm.elements.admission import Admission, ClientAdmission
 from controller.nsm.elements.authorize import Authorize, Policy, path_tokens
 from controller.nsm.elements.begin import Begin
 from controller.nsm.elements.chain import Chain, Element
@@ -118,13 +119,14 @@ class NsmServer:
             UpdateToken(self.tokens, settings.nsm_max_token_lifetime),
             Authorize(policy),
             Ownership(self.access, functools.partial(stored_owner, fabric)),
+            ClientAdmission(settings.nsm_max_requests_per_client),
             Timeout(self.tasks),
             Monitor(self.hub),
             ClientMechanism(hosts),
             Discover(self.services, self.endpoints),
             RoundRobin(ejected, report),
             Forward(self.channels, hosts, EndpointWatch(settings.nsm_name, self.channels, self.tokens, self.hub, self.tasks),
-                    settings.nsm_endpoint_timeout, self.tokens),
+                    settings.nsm_endpoint_timeout, self.tokens, settings.nsm_max_requests_per_endpoint),
             IpContextCheck(settings.nsm_service_prefixes),
             *dataplane,
         ])
@@ -138,7 +140,7 @@ class NsmServer:
 
     async def start(self, address: str | None = None) -> str:
         """Serve on `address` (default: the nsm_address setting); returns the bound address."""
-        server = grpc.aio.server(options=grpc_options(self.settings))
+        server = grpc.aio.server(options=grpc_options(self.settings), interceptors=[RefuseUndecodable()])
         networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(self.network_service, server)
         connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorServicer(self.hub, self.access), server)
         registry_pb2_grpc.add_NetworkServiceRegistryServicer_to_server(self.services, server)

@@ -12,6 +12,7 @@ import grpc
 from google.protobuf import empty_pb2
 
 from controller.identity import peer_certificate_pem, peer_spiffe_id
+from controller.logs import Throttle
 from controller.nsm.base.errors import NsmError, abort
 from controller.nsm.base.metadata import credentials
 from controller.nsm.elements.begin import is_refresh
@@ -26,6 +27,8 @@ T = TypeVar("T")
 class NetworkServiceServicer(networkservice_pb2_grpc.NetworkServiceServicer):
     def __init__(self, chain: Chain) -> None:
         self.chain = chain
+        # A client decides how many Requests are refused; the log (and the loop's time) must not follow.
+        self.refusals = Throttle()
         # calls of every result type (Future is invariant, hence Any)
         self._running: set[asyncio.Future[Any]] = set()
 
@@ -84,7 +87,8 @@ class NetworkServiceServicer(networkservice_pb2_grpc.NetworkServiceServicer):
             fut.add_done_callback(lambda done: self._abandoned(done, ctx))
             raise
         except Exception as e:
-            log.info("service=%s event=request_refused error=%s", service, e)
+            if (left_out := self.refusals.admit()) is not None:
+                log.info("service=%s event=request_refused error=%s left_out=%d", service, e, left_out)
             await abort(context, e)
         log.debug("connection=%s service=%s endpoint=%s event=request_served", resp.id, service,
                   resp.network_service_endpoint_name)

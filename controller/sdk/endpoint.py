@@ -14,6 +14,7 @@ import grpc
 from controller.identity import require_svid
 from controller.nsm.base.channels import dial
 from controller.nsm.base.checks import Limits
+from controller.nsm.base.decoding import RefuseUndecodable
 from controller.nsm.base.serving import bind, grpc_options, serve_health
 from controller.nsm.base.tasks import Tasks
 from controller.nsm.base.tokens import Signer, TokenSource, Verifier
@@ -26,7 +27,9 @@ from controller.nsm.elements.timeout import Timeout
 from controller.nsm.elements.trimpath import TrimPath
 from controller.nsm.elements.updatepath import UpdatePath
 from controller.nsm.elements.updatetoken import UpdateToken
+from controller.nsm.elements.validate import PAYLOADS as ACCEPTED_PAYLOADS
 from controller.nsm.elements.validate import Validate
+from controller.nsm.registry.ns_registry import DEFAULT_PAYLOAD
 from controller.nsm.service import NetworkServiceServicer
 from controller.sdk.endpoint_mechanism import AcceptKernel
 from controller.sdk.ipam import PairPool, PointToPointIpam
@@ -46,7 +49,14 @@ class EndpointConfig:
     name: str = ""  # default: <service>-<host>-<random>
     listen_url: str = ""  # default: unix://<nsm_run_dir>/<host>/<name>.sock
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
-    payload: str = "IP"
+    # The service's payload when this endpoint registers it (a service already registered keeps
+    # its own): a client asking for another payload gets NOT_FOUND.
+    payload: str = DEFAULT_PAYLOAD
+
+    def __post_init__(self) -> None:
+        named = [p for p in ACCEPTED_PAYLOADS if p]
+        if self.payload not in named:
+            raise ValueError(f"payload: {self.payload!r} is none of {', '.join(named)}")
 
 
 class Endpoint:
@@ -88,7 +98,7 @@ class Endpoint:
         )
 
     async def start(self, register_within: float | None = None) -> None:
-        server = grpc.aio.server(options=grpc_options(self.settings))
+        server = grpc.aio.server(options=grpc_options(self.settings), interceptors=[RefuseUndecodable()])
         networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(NetworkServiceServicer(self.chain), server)
         connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorServicer(self.hub), server)
         await serve_health(server, ("networkservice.NetworkService", "connection.MonitorConnection"))

@@ -48,6 +48,9 @@ class Registration:
             if not found:  # someone else's registration (e.g. with matches) is left as it is
                 await self.services.Register(registry_pb2.NetworkService(name=name, payload=self.payload),
                                              timeout=self.call_timeout, metadata=self._metadata())
+            elif found[0].network_service.payload != self.payload:
+                log.warning("endpoint=%s service=%s event=payload_differs registered=%s own=%s",
+                            self.nse.name, name, found[0].network_service.payload, self.payload)
 
     async def register(self, give_up_after: float | None = None) -> registry_pb2.NetworkServiceEndpoint:
         async def once() -> registry_pb2.NetworkServiceEndpoint:

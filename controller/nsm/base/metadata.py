@@ -6,10 +6,12 @@ import dataclasses
 import logging
 from collections.abc import Iterable
 
+from controller.logs import Throttle
 from controller.nsm.base import clock
 from controller.nsm.base.errors import invalid
 
 log = logging.getLogger("p4nsm.nsm")
+_IGNORED = Throttle()  # a client decides how often its token is ignored; the log must not follow
 
 TOKEN_KEY = "nsm-client-token"
 EXPIRES_KEY = "nsm-client-token-expires"
@@ -45,8 +47,9 @@ def credentials(metadata: Iterable[tuple[str, str | bytes]] | None) -> Credentia
         elif key == EXPIRES_KEY:
             expires.append(text)
     if len(tokens) != 1 or len(expires) != 1:
-        if tokens or expires:
-            log.warning("event=token_ignored reason=%s", "each of nsm-client-token and -expires must appear once")
+        if (tokens or expires) and (left_out := _IGNORED.admit()) is not None:
+            log.warning("event=token_ignored reason=%s left_out=%d", "each of nsm-client-token and -expires must appear once",
+                        left_out)
         return Credentials()
     try:
         return Credentials(tokens[0], clock.parse_rfc3339(expires[0]))

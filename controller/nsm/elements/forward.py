@@ -5,18 +5,25 @@ endpoint is watched (endpoint_watch).
 The Request carries a token of this hop made for the endpoint: its `aud` is the endpoint's
 SPIFFE id as the registry recorded it (the registration's first path id, the `sub` of the token
 it registered with), so that an endpoint checking the chain of tokens (NSM's tokens_chained)
-finds its own id there."""
+finds its own id there.
+
+At most `max_in_flight` Requests wait for one endpoint (by URL) at a time: an endpoint that
+never answers would otherwise hold every admission slot until its timeout. A Request beyond the
+bound is a CandidateFailed (RESOURCE_EXHAUSTED), not the endpoint's failure: selection tries the
+next candidate, outlier ejection does not count it (the Requests that do wait and time out are
+counted, as they are the endpoint's own failures), and the SDK retries it."""
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Collection
 
 import grpc
 
 from controller.nsm.base import kernel
 from controller.nsm.base.channels import Channels
-from controller.nsm.base.errors import EndpointFailed
+from controller.nsm.base.errors import CandidateFailed, EndpointFailed
 from controller.nsm.base.metadata import Credentials
 from controller.nsm.base.tokens import TokenSource
 from controller.nsm.elements.begin import is_refresh, state_of
@@ -54,12 +61,14 @@ def set_answer(ctx: CallContext, answer: Connection) -> None:
 
 class Forward(Element):
     def __init__(self, channels: Channels, hosts: Collection[str], watch: EndpointWatch, timeout: float,
-                 tokens: TokenSource) -> None:
+                 tokens: TokenSource, max_in_flight: int | None = None) -> None:
         self.channels = channels
         self.tokens = tokens
         self.hosts = hosts
         self.watch = watch
         self.timeout = timeout
+        self.max_in_flight = max_in_flight  # None: unbounded
+        self.in_flight: Counter[str] = Counter()  # endpoint URL -> Requests sent, not yet answered
 
     def _outgoing(self, req: Request, ctx: CallContext, host: str) -> networkservice_pb2.NetworkServiceRequest:
         out = networkservice_pb2.NetworkServiceRequest()
@@ -78,14 +87,9 @@ class Forward(Element):
         nse = endpoint_of(ctx)
         host = endpoint_host(nse, conn.network_service, self.hosts)
         set_endpoint_host(ctx, host)
-        stub = networkservice_pb2_grpc.NetworkServiceStub(self.channels.get(nse.url))
         audience = nse.path_ids[0] if nse.path_ids else ""
-        try:
-            answer: Connection = await stub.Request(self._outgoing(req, ctx, host), timeout=self.timeout,
-                                                    metadata=Credentials(*self.tokens.issue(audience)).as_metadata())
-        except grpc.aio.AioRpcError as e:
-            raise EndpointFailed(e.code(), "connection.network_service_endpoint_name",
-                                 f"endpoint {nse.name} at {nse.url}: {e.code().name}: {e.details()}") from None
+        answer = await self._ask(nse.name, nse.url, self._outgoing(req, ctx, host),
+                                 Credentials(*self.tokens.issue(audience)))
         index = conn.path.index
         if len(answer.path.path_segments) <= index or answer.path.path_segments[index].id != conn.id \
                 or answer.mechanism.type != kernel.KERNEL or not answer.mechanism.parameters.get(kernel.NAME_KEY):
@@ -108,6 +112,26 @@ class Forward(Element):
             st.values[_AUDIENCE] = audience
             self.watch.watch(nse.url, conn.id)
         return resp
+
+    async def _ask(self, name: str, url: str, out: networkservice_pb2.NetworkServiceRequest,
+                   creds: Credentials) -> Connection:
+        waiting = self.in_flight[url]
+        if self.max_in_flight is not None and waiting >= self.max_in_flight:
+            raise CandidateFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, "connection.network_service_endpoint_name",
+                                  f"endpoint {name} has {waiting} Requests unanswered "
+                                  f"(nsm_max_requests_per_endpoint={self.max_in_flight}); retry later")
+        self.in_flight[url] = waiting + 1
+        stub = networkservice_pb2_grpc.NetworkServiceStub(self.channels.get(url))
+        try:
+            answer: Connection = await stub.Request(out, timeout=self.timeout, metadata=creds.as_metadata())
+        except grpc.aio.AioRpcError as e:
+            raise EndpointFailed(e.code(), "connection.network_service_endpoint_name",
+                                 f"endpoint {name} at {url}: {e.code().name}: {e.details()}") from None
+        finally:
+            self.in_flight[url] -= 1
+            if not self.in_flight[url]:
+                del self.in_flight[url]
+        return answer
 
     async def close(self, conn: Connection, ctx: CallContext, nxt: Next) -> None:
         st = state_of(ctx)
