@@ -29,6 +29,7 @@ import os
 import platform
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.heal import analysis, plot, report, scenario  # noqa: E402
+from benchmarks.heal.hops import HopRecorder  # noqa: E402
 from benchmarks.heal.timeline import Timeline  # noqa: E402
 from benchmarks.heal.traffic import Stream, Traffic, kill  # noqa: E402
 from controller.runtime import Controller  # noqa: E402
@@ -109,6 +111,7 @@ class Case:
         self.lab: Lab | None = None
         self.ctl: Controller | None = None
         self.timeline: Timeline | None = None
+        self.hops: HopRecorder | None = None
         self.traffic: Traffic | None = None
         self.fault: scenario.Fault | None = None
         self.trial_no = 0
@@ -140,6 +143,7 @@ class Case:
                                   **controller_overrides(a.switch, self.run_dir), **a.settings})
         self.ctl = Controller(self.topo, settings)
         self.timeline = Timeline(self.ctl)
+        self.hops = HopRecorder(self.ctl)
         await self.ctl.start()
         if not await self.ctl.wait_ready(READY_TIMEOUT_S):
             raise RuntimeError("the switches did not become ready")
@@ -176,8 +180,8 @@ class Case:
         return {"offered": offered, "delivered": delivered, "delivered_ratio": ratio}
 
     async def _trial(self, kind: str, i: int) -> analysis.TrialResult:
-        ctl, traffic, timeline = self.ctl, self.traffic, self.timeline
-        assert ctl and traffic and timeline and self.lab
+        ctl, traffic, timeline, hops = self.ctl, self.traffic, self.timeline, self.hops
+        assert ctl and traffic and timeline and hops and self.lab
         a = self.args
         plans = [ctl.fabric.plans[s.conn_id] for s in self.streams]
         target = scenario.choose(kind, plans, list(ctl.fabric.plans.values()))
@@ -185,11 +189,14 @@ class Case:
         self.fault = scenario.Fault(self.lab, ctl, target)
         self.trial_no += 1
         timeline.clear()
+        hops.clear()
+        load_before = os.getloadavg()[0]
         start, task = await traffic.run(self.trial_no, a.warmup + a.post)
         await asyncio.sleep(max(0.0, (start - time.monotonic_ns()) / 1e9 + a.warmup))
         t_start, t_done = await self.fault.inject()
         t = await task
-        window = timeline.window(t_start, time.monotonic_ns())
+        end_ns = time.monotonic_ns()
+        window = timeline.window(t_start, end_ns)
         await self.fault.restore()
         res = analysis.analyse(self.trial_no, target.element, self.streams, t, t_start, t_done, affected, window)
         res.collateral = sorted(window.declared_down - target.expected_down(ctl))
@@ -197,6 +204,8 @@ class Case:
                  res.t_fail, [{k: v for k, v in r.items()} for r in window.rounds],
                  [((t - res.t_fail) / 1e6, sorted(l), sorted(s)) for t, l, s in timeline.graph])
         res.load = os.getloadavg()[0]
+        res.load_before = load_before
+        res.hops = hops.trial(res.t_fail, end_ns).by_hop
         hit = [s.loss_window_ms for s in res.affected]
         settled = await scenario.settle(ctl, SETTLE_TIMEOUT_S)
         say(f"[{self.label} {kind} N={self.n:,}] trial {i + 1}/{a.trials}: {target.element} "
@@ -206,7 +215,7 @@ class Case:
             f"(detected {report.ms(res.detect_ms)} by {res.detected_by or '-'}, head-end acked "
             f"{report.ms(res.ack_ms)}, {res.rerouted} rerouted)"
             + (f"; ALSO declared down: {' '.join(res.collateral)}" if res.collateral else "")
-            + f"; load {res.load:.1f}; settled in {settled:.1f}s")
+            + f"; load {res.load_before:.1f} -> {res.load:.1f}; settled in {settled:.1f}s")
         return res
 
     async def close(self) -> None:
@@ -222,6 +231,8 @@ class Case:
                     kill(pid)
         if self.timeline is not None:
             await self.timeline.close()
+        if self.hops is not None:
+            await self.hops.close()
         if self.ctl is not None:
             try:
                 await asyncio.wait_for(self.ctl.stop(), 10)
@@ -269,10 +280,21 @@ def notes(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def machine() -> str:
+CPU_REFERENCE = "sum(range(3*10**7))"
+
+
+def cpu_reference() -> float:
+    """Seconds this machine takes for CPU_REFERENCE in a fresh interpreter, now: how fast (or how
+    shared) the CPU is, to read the figures beside another machine's."""
+    code = f"import time; t = time.perf_counter(); {CPU_REFERENCE}; print(time.perf_counter() - t)"
+    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+def machine(cpu_s: float) -> str:
     return (f"Machine: {os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}; "
-            f"load average at the start {os.getloadavg()[0]:.2f}. Everything (switches, controller, traffic) "
-            "shares these CPUs, and other work on the machine makes the figures worse.")
+            f"`python3 -c \"{CPU_REFERENCE}\"` in {cpu_s:.2f} s; load average at the start {os.getloadavg()[0]:.2f}. "
+            "Everything (switches, controller, traffic) shares these CPUs, and other work on the machine makes the "
+            "figures worse.")
 
 
 def write_results(new_rows: list[dict], args: argparse.Namespace) -> None:
@@ -280,14 +302,14 @@ def write_results(new_rows: list[dict], args: argparse.Namespace) -> None:
     rows = report.load(md)
     rows.update({report.key(r): r for r in new_rows})
     RESULTS.mkdir(parents=True, exist_ok=True)
-    md.write_text(report.markdown(rows, machine(), notes(args)))
+    md.write_text(report.markdown(rows, machine(args.cpu_s), notes(args)))
     for topo, kind in sorted({(r["topology"], r["failure"]) for r in rows.values()}):
         plot.draw([r for r in rows.values() if (r["topology"], r["failure"]) == (topo, kind)],
                   RESULTS / f"heal_{topo}_{kind}.png")
     say(f"wrote {md.relative_to(REPO)} and its figures")
 
 
-async def run_all(args: argparse.Namespace) -> list[dict]:
+async def run_once(args: argparse.Namespace, write: bool) -> list[dict]:
     rows: list[dict] = []
     for topo in args.topologies:
         for n in args.n:
@@ -296,12 +318,37 @@ async def run_all(args: argparse.Namespace) -> list[dict]:
             try:
                 await case.run()
             finally:
+                for row in case.rows:
+                    row["cpu_s"] = args.cpu_s
                 rows += case.rows
                 if case.rows:
                     say(report.console_table(case.rows))
-                    if not args.no_write:
+                    say(report.hop_table(case.rows))
+                    if write:
                         write_results(case.rows, args)
             shutil.rmtree(run_dir, ignore_errors=True)
+    return rows
+
+
+async def run_all(args: argparse.Namespace) -> list[dict]:
+    """One run, written case by case; or `--runs` of them, apart by `--runs-gap`, written at the
+    end as the worst of them with their spread."""
+    if args.runs == 1:
+        return await run_once(args, not args.no_write)
+    runs = []
+    for i in range(args.runs):
+        if i:
+            say(f"waiting {args.runs_gap:.0f}s before run {i + 1} (figures taken at different moments)")
+            await asyncio.sleep(args.runs_gap)
+        args.cpu_s = await asyncio.to_thread(cpu_reference)
+        say(f"=== run {i + 1}/{args.runs}: CPU reference {args.cpu_s:.2f} s; load average "
+            f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        runs.append(await run_once(args, False))
+    rows = report.worst_of(runs)
+    say("\nworst of the runs:")
+    say(report.console_table(rows))
+    if not args.no_write:
+        write_results(rows, args)
     return rows
 
 
@@ -321,6 +368,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="NAME=VALUE",
                    help="controller setting override (repeatable), e.g. fast_failover=true")
     p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--runs", type=int, default=1,
+                   help="run everything this many times and report the worst run of each case, with the spread (the README's headline rows: 3)")
+    p.add_argument("--runs-gap", type=float, default=60.0, help="seconds between runs with --runs")
     args = p.parse_args(argv)
     args.command = " ".join([".venv/bin/python", "benchmarks/bench_heal.py", *(argv if argv is not None else sys.argv[1:])])
     if args.quick:
@@ -348,6 +398,8 @@ def main() -> int:
     log_path = Path(tempfile.gettempdir()) / f"p4nsm-heal-{os.getpid()}.log"
     logging.basicConfig(filename=log_path, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     say(f"controller and lab log: {log_path}")
+    args.cpu_s = cpu_reference()
+    say(f"CPU reference: {CPU_REFERENCE} in {args.cpu_s:.2f} s; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     # SIGTERM ends the run like Ctrl-C: through the cleanup of every case.
     signal.signal(signal.SIGTERM, _terminated)
     try:
@@ -355,8 +407,9 @@ def main() -> int:
     except KeyboardInterrupt:
         say("interrupted; the lab and every process started were stopped")
         return 130
-    say("")
-    say(report.console_table(rows))
+    if args.runs == 1:
+        say("")
+        say(report.console_table(rows))
     return 0
 
 

@@ -40,6 +40,8 @@ class Settings(BaseModel):
     probe_interval: float = Field(0.01, ge=0, description="Seconds between link probes out of each fabric port; 0 turns probes off (links then follow gNMI port state only)")
     probe_misses: int = Field(3, description="A link is down when this many probes in a row are missing in either direction while both switches show life")
     probe_keepalive_proof_delay: float = Field(0.25, description="A switch whose packet path shows no life (no probe of its own arrives, none arrives through it) proves by keepalive only that long after the missing probes (s): a starved switch answers keepalives before its packets")
+    probe_ingress_stamps: bool = Field(True, description="Judge missing probes by the peer switch's ingress time stamp (packet-in metadata ingress_ts) where the P4Info has it: a probe is missing once the peer has shown, by its own clock, that it ran past the moment the probe would have arrived; without it (or off), once it is older than its ends' packet paths recently took")
+    probe_stamp_margin: float = Field(0.002, ge=0, description="With probe_ingress_stamps: how much later than the probe would have arrived the peer must have ran on, beyond the link's measured lateness relative to its source's other links (s)")
     probe_recovery: int = Field(25, description="Healthy probe intervals (both directions) before a down link is used again")
     probe_recovery_max: int = Field(1000, description="Cap on the recovery requirement, which doubles each time a link flaps")
     gnmi_up_hold_down: float = Field(0.2, description="A link that is not probed comes back this long after gNMI reports both its ports UP (s); a DOWN meanwhile starts the wait again")

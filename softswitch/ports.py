@@ -6,7 +6,10 @@ so that a flooded port cannot starve the others or the gRPC server that shares t
 Control frames (CONTROL_ETHERTYPES: the controller's link probes) get a socket of their own per
 port, as a hardware switch gives them a queue of their own: a port backlogged with data (its
 socket buffer holds ~0.5 s of small frames) would otherwise hold them back long enough for a
-healthy but busy link to look dead. The data socket skips them.
+healthy but busy link to look dead. The data socket skips them. Control sockets also take the
+kernel's receive time of each frame (SO_TIMESTAMPNS): a probe's packet-in carries when it reached
+the port, not when the loop got to it, so that the controller can order arrivals at different
+switches whatever backlog each switch's loop has (controller/heal/link_monitor.py).
 
 The kernel always moves an outer 802.1Q tag out of the frame into packet metadata before a
 packet socket sees it: in software on veth, whatever `ethtool -K rxvlan` says. The tag comes
@@ -23,6 +26,7 @@ import errno
 import logging
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterable
 
 from pyroute2 import AsyncIPRoute
@@ -49,6 +53,7 @@ PACKET_MR_PROMISC = 1
 PACKET_AUXDATA = 8
 PACKET_IGNORE_OUTGOING = 23
 SO_RCVBUFFORCE = 33
+SO_TIMESTAMPNS = 35  # also SCM_TIMESTAMPNS: struct timespec of CLOCK_REALTIME
 TP_STATUS_VLAN_VALID = 0x10
 TP_STATUS_VLAN_TPID_VALID = 0x40
 ETH_P_8021Q = 0x8100
@@ -62,6 +67,8 @@ MSG_TRUNC = int(socket.MSG_TRUNC)
 # struct tpacket_auxdata: status, len, snaplen, mac, net, vlan_tci, vlan_tpid
 _AUXDATA = struct.Struct("=IIIHHHH")
 _ANCILLARY_SPACE = socket.CMSG_SPACE(_AUXDATA.size)
+_TIMESPEC = struct.Struct("=qq")
+_CONTROL_ANCILLARY_SPACE = _ANCILLARY_SPACE + socket.CMSG_SPACE(_TIMESPEC.size)
 _TAG = struct.Struct("!HH")
 
 # (ingress port, frame, tci): tci is the 802.1Q tag the kernel took out of the frame, or -1.
@@ -75,7 +82,7 @@ class Port:
 
     __slots__ = (
         "number", "ifname", "ifindex", "sock", "control_socks", "up", "device_id",
-        "rx", "rx_bytes", "tx", "tx_bytes", "drops", "tx_errors",
+        "rx", "rx_bytes", "tx", "tx_bytes", "drops", "tx_errors", "arrived_ns",
     )
 
     def __init__(self, number: int, ifname: str, device_id: int) -> None:
@@ -93,6 +100,9 @@ class Port:
         # Frames that arrived here and that the pipeline dropped.
         self.drops = 0
         self.tx_errors = 0
+        # CLOCK_MONOTONIC ns at which the control frame being handled reached the port (the
+        # kernel's receive time); 0 when unknown
+        self.arrived_ns = 0
 
     def transmit(self, frame: bytes) -> None:
         sock = self.sock
@@ -115,14 +125,17 @@ class Port:
         }
 
 
-def open_packet_socket(ifname: str, ifindex: int, protocol: int = ETH_P_ALL) -> socket.socket:
-    """A socket for the frames of `protocol` (an EtherType, or ETH_P_ALL) on one interface."""
+def open_packet_socket(ifname: str, ifindex: int, protocol: int = ETH_P_ALL, timestamps: bool = False) -> socket.socket:
+    """A socket for the frames of `protocol` (an EtherType, or ETH_P_ALL) on one interface; with
+    `timestamps`, each frame comes with the kernel's receive time."""
     # Protocol 0 until bind: a socket opened with ETH_P_ALL would queue frames of every
     # interface in the namespace until it is bound to this one.
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     try:
         sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
         sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        if timestamps:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCKET_RCVBUF)
         except PermissionError:
@@ -301,7 +314,7 @@ class Ports:
         try:
             sock = open_packet_socket(port.ifname, ifindex)
             for ethertype in CONTROL_ETHERTYPES:
-                control.append(open_packet_socket(port.ifname, ifindex, ethertype))
+                control.append(open_packet_socket(port.ifname, ifindex, ethertype, timestamps=True))
         except OSError as err:
             for opened in control:
                 opened.close()
@@ -343,9 +356,12 @@ class Ports:
         control_types = _CONTROL_TYPES
         recvmsg = sock.recvmsg
         unpack_aux = _AUXDATA.unpack
+        space = _CONTROL_ANCILLARY_SPACE if control else _ANCILLARY_SPACE
+        # the kernel stamps CLOCK_REALTIME; the controller's probes carry CLOCK_MONOTONIC
+        realtime_ahead = time.time_ns() - time.monotonic_ns() if control else 0
         for _ in range(RX_BUDGET):
             try:
-                frame, ancillary, flags, _addr = recvmsg(RX_BUFFER, _ANCILLARY_SPACE)
+                frame, ancillary, flags, _addr = recvmsg(RX_BUFFER, space)
             except BlockingIOError:
                 return
             except OSError as err:
@@ -363,6 +379,8 @@ class Ports:
                 self._oversized(port)
                 continue
             tci = -1
+            if control:
+                ancillary = self._control_ancillary(port, ancillary, realtime_ahead)
             if ancillary:
                 status, _l, _s, _m, _n, vlan_tci, vlan_tpid = unpack_aux(ancillary[0][2])
                 if status & TP_STATUS_VLAN_VALID:
@@ -380,6 +398,19 @@ class Ports:
                 if self._errors & (self._errors - 1) == 0:  # 1st, 2nd, 4th, ...: no log flood
                     log.exception("event=pipeline_error device=%d port=%d errors=%d",
                                   self.device_id, port.number, self._errors)
+
+    @staticmethod
+    def _control_ancillary(port: Port, ancillary: list[tuple[int, int, bytes]], realtime_ahead: int) -> list[tuple[int, int, bytes]]:
+        """Sets the port's arrival time from the receive time stamp; the rest (PACKET_AUXDATA)."""
+        port.arrived_ns = 0
+        rest = []
+        for item in ancillary:
+            if item[0] == socket.SOL_SOCKET and item[1] == SO_TIMESTAMPNS:
+                sec, nsec = _TIMESPEC.unpack_from(item[2])
+                port.arrived_ns = sec * 1_000_000_000 + nsec - realtime_ahead
+            else:
+                rest.append(item)
+        return rest
 
     def _oversized(self, port: Port) -> None:
         self._oversized_frames += 1

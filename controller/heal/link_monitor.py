@@ -20,6 +20,17 @@ each round of probes. A link is down when either direction is dead, and up again
 `probe_recovery` consecutive intervals with probes in both directions; every fall within
 `flap_window` of a rise doubles what the next rise needs (no thrash on a flapping link). A probe
 that arrives where the topology file says it should not is reported, not used.
+
+Where the peer stamps each probe's arrival (packet-in metadata `ingress_ts`, `probe_ingress_stamps`),
+"older than its ends' packet paths now take" is replaced by evidence on the switches' own clocks
+(controller/heal/switch_clock.py), which a backlog in the packet-in streams or in the controller's
+loop does not delay: a missing probe is lost once a probe its source sent after it has arrived
+somewhere (the source emits in order, so the missing one left before), and the destination has
+stamped, in a packet-in read since, a moment later than that arrival plus the link's lateness
+(how much later than its source's other probes of the same round its probes usually arrive: a
+slower wire or a busier peer) plus `probe_stamp_margin`. The destination takes its frames in the
+order they come, so it would have taken the missing probe before, and its packet-ins come in
+order.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import secrets
 import time
 from collections import Counter, deque
@@ -35,6 +47,7 @@ from collections.abc import Awaitable, Callable
 from controller.aio import cancel_and_wait
 from controller.fabric.graph import FabricGraph, Link
 from controller.heal import probe_frame
+from controller.heal.switch_clock import SwitchClocks
 from controller.p4rt.client import SwitchClient
 from controller.p4rt.errors import SwitchError
 from controller.settings import Settings
@@ -44,10 +57,16 @@ log = logging.getLogger("p4nsm.heal.links")
 _ROUNDS_KEPT = 64  # proof by round: only the recent past matters
 _LAG_SAMPLES = 64
 _SEND_LOG = 1024  # a direction's send times: covers a keepalive proof delay of 10 s at 10 ms probes
+_SKEW_AGE = 4  # a round's arrivals are compared once it is this many rounds old: all of it is in
+_NEVER = 2**63  # later than any monotonic ns
+_ARRIVALS_KEPT = 64  # per source switch: where its recent probes arrived, for proof of emission
 
 LinkListener = Callable[[Link, bool], Awaitable[None]]
 RttListener = Callable[[str, float], None]  # (link name, seconds from a probe's send to its packet-in)
 DetectionListener = Callable[[Link, float], None]  # (link, seconds from its first missing probe's send to the judgment)
+# (link name, sent, arrival at the peer on the controller's clock or None without a stamp,
+# packet-in read), all monotonic ns: where a probe's time went, for the benchmark's breakdown
+ArrivalListener = Callable[[str, int, float | None, int], None]
 
 
 @dataclasses.dataclass(slots=True)
@@ -59,7 +78,9 @@ class _Direction:
     link: str = ""  # the link's name
     seq: int = 0  # last probe sent
     rx_seq: int = 0  # newest probe that arrived
-    sent_at: deque = dataclasses.field(default_factory=lambda: deque(maxlen=_SEND_LOG))  # (seq, monotonic ns), seq consecutive
+    sent_at: deque = dataclasses.field(default_factory=lambda: deque(maxlen=_SEND_LOG))  # (seq, monotonic ns, out_no), seq consecutive
+    # how much later than the earliest of its source's other probes of a round its probe arrives (ns)
+    skew: deque = dataclasses.field(default_factory=lambda: deque(maxlen=_LAG_SAMPLES))
 
     def sent_time(self, seq: int) -> float:
         """When probe `seq` went out; for one older than the log, the oldest logged send (later
@@ -78,6 +99,7 @@ class _Round:
     some probe reached the controller through them."""
     emitted: set[str] = dataclasses.field(default_factory=set)
     delivered: set[str] = dataclasses.field(default_factory=set)
+    arrived: list[tuple[_Direction, int]] = dataclasses.field(default_factory=list)  # stamped: (direction, stamp ns)
 
 
 @dataclasses.dataclass(slots=True)
@@ -105,6 +127,7 @@ class LinkMonitor:
         # judgment took from the evidence; empty lists cost the probe path one loop over nothing.
         self.rtt_listeners: list[RttListener] = []
         self.detection_listeners: list[DetectionListener] = []
+        self.arrival_listeners: list[ArrivalListener] = []
         self._by_device = {c.target.device_id: c.name for c in clients.values()}
         # per switch: the newest send time of a probe it emitted (it arrived somewhere) and of one it
         # delivered (it arrived through it): its packet-out and packet-in paths ran after that
@@ -115,6 +138,13 @@ class LinkMonitor:
         self.emit_lag: dict[str, deque[float]] = {name: deque(maxlen=_LAG_SAMPLES) for name in clients}
         self.deliver_lag: dict[str, deque[float]] = {name: deque(maxlen=_LAG_SAMPLES) for name in clients}
         self.directions: dict[tuple[str, int], _Direction] = {}
+        # Ingress stamps: the switches' clocks, the packet-outs each switch was given (numbered in
+        # the order it emits them), where those arrived (out_no, peer, stamp ns), and the newest
+        # stamp each switch put on a probe the controller has read.
+        self.clocks = SwitchClocks(list(clients))
+        self.out_no: dict[str, int] = {name: 0 for name in clients}
+        self.arrivals: dict[str, deque[tuple[int, str, int]]] = {name: deque(maxlen=_ARRIVALS_KEPT) for name in clients}
+        self.stamped_until: dict[str, int] = {name: 0 for name in clients}
         self.rounds: dict[int, _Round] = {}  # by send time (monotonic ns), oldest first
         self.links: dict[str, _LinkState] = {}
         for link in graph.links.values():
@@ -164,7 +194,8 @@ class LinkMonitor:
             if not client.up.is_set():
                 continue
             d.seq += 1
-            d.sent_at.append((d.seq, now_ns))
+            self.out_no[d.src] += 1
+            d.sent_at.append((d.seq, now_ns, self.out_no[d.src]))
             frame = probe_frame.encode(probe_frame.Probe(self.origin, client.target.device_id, d.src_port, d.seq, now_ns))
             try:
                 client.packet_out(frame, egress_port=d.src_port)
@@ -175,6 +206,7 @@ class LinkMonitor:
     async def _check_all(self) -> None:
         s = self.settings
         now = self._now()
+        self._measure_skew()
         for state in self.links.values():
             link = state.link
             if not (self.clients[link.a].up.is_set() and self.clients[link.b].up.is_set()):
@@ -184,8 +216,9 @@ class LinkMonitor:
             if dead is not None:
                 self._fall(state, now)
                 log.warning("link=%s event=down a=%s:%d b=%s:%d dead_from=%s:%d missing=%d patience_ms=%.0f "
-                            "next_recovery_checks=%d", link.name, link.a, link.a_port, link.b, link.b_port, dead.src,
-                            dead.src_port, dead.unanswered, self.patience(dead) * 1000, state.need)
+                            "skew_ms=%.1f next_recovery_checks=%d", link.name, link.a, link.a_port, link.b, link.b_port,
+                            dead.src, dead.src_port, dead.unanswered, self.patience(dead) * 1000,
+                            max(dead.skew, default=0.0) / 1e6, state.need)
                 if self.detection_listeners:
                     # the evidence begins with the first probe that never arrived
                     took = now - dead.sent_time(dead.rx_seq + 1)
@@ -228,19 +261,69 @@ class LinkMonitor:
         ran_on = int((min(self.emitted_after[d.src], self.delivered_after[d.dst]) - s.probe_interval / 2) * 1e9)
         # ...and the probe is older than its ends' packet paths now take (a lagging source sends
         # the missing probe late, and a lagging destination passes it on late).
-        ran_on = min(ran_on, int((now - self.patience(d)) * 1e9))
+        stamped = s.probe_ingress_stamps and d.skew and self.clocks.known(d.dst)
+        if stamped:
+            # ...or rather, by the switches' clocks: the source emitted it, and the destination ran
+            # past the moment it would have arrived (see the module docstring)
+            ran_past = self.clocks.earliest(d.dst, self.stamped_until[d.dst]) - max(d.skew) - s.probe_stamp_margin * 1e9
+            ran_on = _NEVER
+        else:
+            ran_on = min(ran_on, int((now - self.patience(d)) * 1e9))
         shown = 0
+        lost = False  # a probe proven lost proves every older one: they left before it
         for i in range(len(d.sent_at) - 1, max(-1, len(d.sent_at) - 1 - _ROUNDS_KEPT), -1):  # newest first
-            seq, sent_ns = d.sent_at[i]
+            seq, sent_ns, out_no = d.sent_at[i]
             if seq <= d.rx_seq:
                 break
+            if sent_ns >= ran_on:
+                continue
+            if stamped and not lost:
+                lost = self._emitted_before(d.src, out_no) < ran_past
+                if not lost:
+                    continue
             # ...and the probe's own round went through both: neither end was silent then.
-            r = self.rounds.get(sent_ns) if sent_ns < ran_on else None
+            r = self.rounds.get(sent_ns)
             shown += r is not None and d.src in r.emitted and d.dst in r.delivered
             if shown >= s.probe_misses:
                 return True
         late = d.sent_time(d.rx_seq + s.probe_misses) + s.probe_keepalive_proof_delay
         return self._alive_after(d.src, late) and self._alive_after(d.dst, late)
+
+    def _emitted_before(self, src: str, out_no: int) -> float:
+        """The earliest moment by which `src` had emitted its packet-out `out_no`: the arrival of
+        one it was given later (inf: none has arrived yet)."""
+        first = math.inf
+        for no, peer, stamp_ns in self.arrivals[src]:
+            if no > out_no:
+                at = self.clocks.latest(peer, stamp_ns)
+                if at < first:
+                    first = at
+        return first
+
+    def _measure_skew(self) -> None:
+        """Each direction's lateness in a round old enough to be complete: its probe's arrival
+        (earliest reading) minus the first arrival (latest reading) of another probe its source
+        sent in that round, never below 0."""
+        if len(self.rounds) <= _SKEW_AGE:
+            return
+        r = self.rounds[list(self.rounds)[-1 - _SKEW_AGE]]
+        if not r.arrived or len(r.arrived) < 2:
+            return
+        clocks = self.clocks
+        # per source: its two first arrivals (latest readings), so that each probe is compared
+        # with the first of the others in one pass
+        firsts: dict[str, list[tuple[float, _Direction]]] = {}
+        for d, stamp_ns in r.arrived:
+            two = firsts.setdefault(d.src, [])
+            two.append((clocks.latest(d.dst, stamp_ns), d))
+            if len(two) > 2:
+                two.sort(key=lambda x: x[0])
+                two.pop()
+        for d, stamp_ns in r.arrived:
+            other = next((at for at, o in sorted(firsts[d.src], key=lambda x: x[0]) if o is not d), None)
+            if other is not None:
+                d.skew.append(max(0.0, clocks.earliest(d.dst, stamp_ns) - other))
+        r.arrived = []  # measured once
 
     def patience(self, d: _Direction) -> float:
         """How old a probe of `d` must be to count as missing: the longest recent send-to-packet-in
@@ -278,11 +361,28 @@ class LinkMonitor:
         self.counters["received"] += 1
         if probe.seq > d.rx_seq:
             d.rx_seq = probe.seq
-        if r := self.rounds.get(probe.sent_ns):
+        now_ns = self.clock_ns()
+        r = self.rounds.get(probe.sent_ns)
+        if r is not None:
             r.emitted.add(d.src)
             r.delivered.add(d.dst)
+        stamp_us = meta.get("ingress_ts")
+        arrival: float | None = None
+        if stamp_us:
+            stamp_ns = stamp_us * 1000
+            self.clocks.observe(d.dst, stamp_ns, probe.sent_ns, now_ns)
+            if stamp_ns > self.stamped_until[d.dst]:
+                self.stamped_until[d.dst] = stamp_ns
+            first = d.sent_at[0][0] if d.sent_at else probe.seq + 1
+            if first <= probe.seq < first + len(d.sent_at):
+                self.arrivals[d.src].append((d.sent_at[probe.seq - first][2], d.dst, stamp_ns))
+            if r is not None:
+                r.arrived.append((d, stamp_ns))
+            arrival = self.clocks.best(d.dst, stamp_ns)
+        for arrival_listener in self.arrival_listeners:
+            arrival_listener(d.link, probe.sent_ns, arrival, now_ns)
         sent = probe.sent_ns / 1e9
-        lag = self._now() - sent
+        lag = now_ns / 1e9 - sent
         self.emit_lag[d.src].append(lag)
         for listener in self.rtt_listeners:
             listener(d.link, lag)
@@ -295,6 +395,10 @@ class LinkMonitor:
     async def _on_switch_state(self, client: SwitchClient, up: bool, reason: str) -> None:
         """A switch's links go down with it, and come back only after probes cross them again:
         a returning switch is verified before paths use its links."""
+        # a returning switch may be another process with another clock (BMv2 counts from its start)
+        self.clocks.forget(client.name)
+        self.arrivals[client.name].clear()
+        self.stamped_until[client.name] = 0
         if up:
             for d in self.directions.values():
                 if client.name in (d.src, d.dst):

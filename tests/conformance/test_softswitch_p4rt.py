@@ -762,9 +762,9 @@ async def test_dataplane_callbacks_and_packet_in() -> None:
             await asyncio.sleep(0.01)
         assert packets == [(b"out-frame", {"egress_port": 4, "_pad": 0})]
 
-        server.packet_in(b"in-frame", {"ingress_port": 7})
+        server.packet_in(b"in-frame", {"ingress_port": 7, "ingress_ts": 123456})
         payload, meta = await asyncio.to_thread(primary.packet_in, 2.0)
-        assert (payload, meta) == (b"in-frame", {"ingress_port": 7, "_pad": 0})
+        assert (payload, meta) == (b"in-frame", {"ingress_port": 7, "_pad": 0, "ingress_ts": 123456})
         with pytest.raises(queue.Empty):
             await asyncio.to_thread(backup.packet_in, 0.3)
 
