@@ -106,6 +106,9 @@ class Case:
         self.topo = with_switch_kind(load_topology(REPO / "topologies" / f"{topo_name}.yaml"), args.switch)
         # the results' topology column: BMv2 rows beside the softswitch's, not over them
         self.label = topo_name if args.switch == "softswitch" else f"{topo_name}-{args.switch}"
+        if args.burners:
+            self.label += f"+{args.burners}yes"  # beside the benchmark's own load: its own rows
+        self.burners: list[subprocess.Popen[bytes]] = []
         self.n = n
         self.run_dir = run_dir
         self.lab: Lab | None = None
@@ -119,6 +122,8 @@ class Case:
 
     async def run(self) -> None:
         try:
+            # `yes > /dev/null` processes, as in the issue: CPU taken from the lab and the controller
+            self.burners = [subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) for _ in range(self.args.burners)]
             await self._setup()
             baseline = await self._baseline()
             for kind in self.args.failures:
@@ -220,6 +225,9 @@ class Case:
 
     async def close(self) -> None:
         """Everything this case started, whatever state it is in."""
+        for burner in self.burners:
+            burner.kill()
+            burner.wait()
         if self.fault is not None:
             await in_thread(self.fault.undo_now)
         if self.traffic is not None:
@@ -368,8 +376,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="NAME=VALUE",
                    help="controller setting override (repeatable), e.g. fast_failover=true")
     p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--final", action="store_true",
+                   help="alone: the README's headline rows, worst of 3 runs of 10 trials, diamond N=100 (cut, kill, port; "
+                        "cut beside two `yes`)")
     p.add_argument("--runs", type=int, default=1,
                    help="run everything this many times and report the worst run of each case, with the spread (the README's headline rows: 3)")
+    p.add_argument("--burners", type=int, default=0,
+                   help="run this many `yes > /dev/null` beside the benchmark (rows labelled TOPOLOGY+Kyes)")
     p.add_argument("--runs-gap", type=float, default=60.0, help="seconds between runs with --runs")
     args = p.parse_args(argv)
     args.command = " ".join([".venv/bin/python", "benchmarks/bench_heal.py", *(argv if argv is not None else sys.argv[1:])])
@@ -391,7 +404,21 @@ def _terminated(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+# The README's headline rows (issue 16), one command: `bench_heal.py --final`.
+FINAL = [
+    ["--topology", "diamond", "--n", "100", "--trials", "10", "--failures", "cut,kill,port", "--runs", "3"],
+    ["--topology", "diamond", "--n", "100", "--trials", "10", "--failures", "cut", "--runs", "3", "--burners", "2"],
+]
+
+
 def main() -> int:
+    if sys.argv[1:] == ["--final"]:
+        for argv in FINAL:
+            say(f"=== bench_heal.py {' '.join(argv)}")
+            code = subprocess.run([sys.executable, __file__, *argv]).returncode
+            if code:
+                return code
+        return 0
     args = parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root: Mininet, network namespaces, raw sockets")

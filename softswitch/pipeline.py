@@ -162,7 +162,7 @@ class Pipeline:
             log.debug("event=packet_out_dropped device=%d egress_port=%d reason=parser_error",
                       self.device_id, port.number)
             return
-        port.transmit(payload)
+        port.transmit(payload, control=True)
 
     def _compile(self, fabric: FabricTables) -> FrameHandler:
         fabric_ports = fabric.fabric_ports

@@ -6,7 +6,10 @@ so that a flooded port cannot starve the others or the gRPC server that shares t
 Control frames (CONTROL_ETHERTYPES: the controller's link probes) get a socket of their own per
 port, as a hardware switch gives them a queue of their own: a port backlogged with data (its
 socket buffer holds ~0.5 s of small frames) would otherwise hold them back long enough for a
-healthy but busy link to look dead. The data socket skips them. Control sockets also take the
+healthy but busy link to look dead. The data socket skips them. The controller's packet-outs
+leave through the control socket too: a data socket's send buffer fills while the kernel has
+not yet delivered what it sent (on a starved machine, tens of ms of a busy link), and a probe
+sent behind that would be lost with it. Control sockets also take the
 kernel's receive time of each frame (SO_TIMESTAMPNS): a probe's packet-in carries when it reached
 the port, not when the loop got to it, so that the controller can order arrivals at different
 switches whatever backlog each switch's loop has (controller/heal/link_monitor.py).
@@ -104,8 +107,10 @@ class Port:
         # kernel's receive time); 0 when unknown
         self.arrived_ns = 0
 
-    def transmit(self, frame: bytes) -> None:
-        sock = self.sock
+    def transmit(self, frame: bytes, control: bool = False) -> None:
+        """Send a frame out of the port; `control` frames (the controller's packet-outs) through
+        a control socket, whose send buffer data that waits to leave never fills."""
+        sock = self.control_socks[0] if control and self.control_socks else self.sock
         if sock is None:
             self.tx_errors += 1
             return

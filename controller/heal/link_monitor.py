@@ -16,7 +16,8 @@ switch's whole packet path was silent are not held against a link once that path
 starved switch can answer keepalives on its gRPC thread while its packet path lags, so a keepalive
 alone proves an end only after `probe_keepalive_proof_delay`: that is what a switch with one
 fabric port, or one cut off on every port at once, has to show. Checks run half an interval after
-each round of probes. A link is down when either direction is dead, and up again only after
+each round of probes, and with stamps (below) also whenever a packet-in moves on the stamp of a
+switch towards which a direction misses probes. A link is down when either direction is dead, and up again only after
 `probe_recovery` consecutive intervals with probes in both directions; every fall within
 `flap_window` of a rise doubles what the next rise needs (no thrash on a flapping link). A probe
 that arrives where the topology file says it should not is reported, not used.
@@ -57,7 +58,6 @@ log = logging.getLogger("p4nsm.heal.links")
 _ROUNDS_KEPT = 64  # proof by round: only the recent past matters
 _LAG_SAMPLES = 64
 _SEND_LOG = 1024  # a direction's send times: covers a keepalive proof delay of 10 s at 10 ms probes
-_SKEW_AGE = 4  # a round's arrivals are compared once it is this many rounds old: all of it is in
 _NEVER = 2**63  # later than any monotonic ns
 _ARRIVALS_KEPT = 64  # per source switch: where its recent probes arrived, for proof of emission
 
@@ -99,7 +99,8 @@ class _Round:
     some probe reached the controller through them."""
     emitted: set[str] = dataclasses.field(default_factory=set)
     delivered: set[str] = dataclasses.field(default_factory=set)
-    arrived: list[tuple[_Direction, int]] = dataclasses.field(default_factory=list)  # stamped: (direction, stamp ns)
+    # stamped arrivals by source switch: (direction, stamp ns)
+    arrived: dict[str, list[tuple[_Direction, int]]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(slots=True)
@@ -155,6 +156,11 @@ class LinkMonitor:
             for s, sp, d, dp in ((link.a, link.a_port, link.b, link.b_port), (link.b, link.b_port, link.a, link.a_port)):
                 self.directions[(s, sp)] = _Direction(s, sp, d, dp, link.name)
         self._task: asyncio.Task[None] | None = None
+        # set by a packet-in whose stamp moves on a switch that some probe towards it is missing at
+        self._evidence = asyncio.Event()
+        self._into: dict[str, list[_Direction]] = {}
+        for direction in self.directions.values():
+            self._into.setdefault(direction.dst, []).append(direction)
 
     def start(self) -> None:
         for client in self.clients.values():
@@ -173,16 +179,26 @@ class LinkMonitor:
 
     async def _run(self) -> None:
         half = self.settings.probe_interval / 2
+        loop = asyncio.get_running_loop()
         while True:
+            next_round = loop.time() + self.settings.probe_interval
             try:
                 self._send_all()
                 await asyncio.sleep(half)
                 await self._check_all()
+                # Until the next round, a stamp that may complete a proof is judged when it comes.
+                while (left := next_round - loop.time()) > 0:
+                    self._evidence.clear()
+                    try:
+                        await asyncio.wait_for(self._evidence.wait(), left)
+                    except TimeoutError:
+                        break
+                    await self._check_all()
             except asyncio.CancelledError:
                 raise
             except Exception:  # the monitor must outlive any one bad tick
                 log.exception("event=link_monitor_tick_failed")
-            await asyncio.sleep(half)
+                await asyncio.sleep(half)
 
     def _send_all(self) -> None:
         now_ns = self.clock_ns()
@@ -206,7 +222,6 @@ class LinkMonitor:
     async def _check_all(self) -> None:
         s = self.settings
         now = self._now()
-        self._measure_skew()
         for state in self.links.values():
             link = state.link
             if not (self.clients[link.a].up.is_set() and self.clients[link.b].up.is_set()):
@@ -300,30 +315,16 @@ class LinkMonitor:
                     first = at
         return first
 
-    def _measure_skew(self) -> None:
-        """Each direction's lateness in a round old enough to be complete: its probe's arrival
-        (earliest reading) minus the first arrival (latest reading) of another probe its source
-        sent in that round, never below 0."""
-        if len(self.rounds) <= _SKEW_AGE:
-            return
-        r = self.rounds[list(self.rounds)[-1 - _SKEW_AGE]]
-        if not r.arrived or len(r.arrived) < 2:
-            return
+    def _compare(self, arrived: list[tuple[_Direction, int]], d: _Direction, stamp_ns: int) -> None:
+        """Lateness samples of a probe that arrived and of those its source sent in the same round
+        that arrived before it, each against the other: how much later (earliest reading) than
+        the other (latest reading) it reached its peer, never below 0."""
         clocks = self.clocks
-        # per source: its two first arrivals (latest readings), so that each probe is compared
-        # with the first of the others in one pass
-        firsts: dict[str, list[tuple[float, _Direction]]] = {}
-        for d, stamp_ns in r.arrived:
-            two = firsts.setdefault(d.src, [])
-            two.append((clocks.latest(d.dst, stamp_ns), d))
-            if len(two) > 2:
-                two.sort(key=lambda x: x[0])
-                two.pop()
-        for d, stamp_ns in r.arrived:
-            other = next((at for at, o in sorted(firsts[d.src], key=lambda x: x[0]) if o is not d), None)
-            if other is not None:
-                d.skew.append(max(0.0, clocks.earliest(d.dst, stamp_ns) - other))
-        r.arrived = []  # measured once
+        early, late = clocks.earliest(d.dst, stamp_ns), clocks.latest(d.dst, stamp_ns)
+        for o, t in arrived:
+            d.skew.append(max(0.0, early - clocks.latest(o.dst, t)))
+            o.skew.append(max(0.0, clocks.earliest(o.dst, t) - late))
+        arrived.append((d, stamp_ns))
 
     def patience(self, d: _Direction) -> float:
         """How old a probe of `d` must be to count as missing: the longest recent send-to-packet-in
@@ -373,11 +374,14 @@ class LinkMonitor:
             self.clocks.observe(d.dst, stamp_ns, probe.sent_ns, now_ns)
             if stamp_ns > self.stamped_until[d.dst]:
                 self.stamped_until[d.dst] = stamp_ns
+                misses = self.settings.probe_misses
+                if any(o.unanswered >= misses for o in self._into[d.dst]):
+                    self._evidence.set()
             first = d.sent_at[0][0] if d.sent_at else probe.seq + 1
             if first <= probe.seq < first + len(d.sent_at):
                 self.arrivals[d.src].append((d.sent_at[probe.seq - first][2], d.dst, stamp_ns))
             if r is not None:
-                r.arrived.append((d, stamp_ns))
+                self._compare(r.arrived.setdefault(d.src, []), d, stamp_ns)
             arrival = self.clocks.best(d.dst, stamp_ns)
         for arrival_listener in self.arrival_listeners:
             arrival_listener(d.link, probe.sent_ns, arrival, now_ns)

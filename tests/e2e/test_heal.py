@@ -9,6 +9,7 @@ import asyncio
 import os
 import shutil
 import signal
+import subprocess
 import uuid
 
 import pytest
@@ -33,6 +34,9 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (Mininet, network namespaces)"),
     pytest.mark.skipif(shutil.which("mnexec") is None, reason="needs Mininet (mnexec)"),
 ]
+
+
+LOAD_S = 3.0
 
 
 @pytest.fixture(scope="module", params=SWITCH_KINDS)
@@ -282,6 +286,27 @@ async def test_short_stalls_take_no_link_down(ctl, hosts, lab, caplog):
     # be down, and its links with it, by the switch monitor: that is not what is checked here)
     downs = [r.getMessage() for r in caplog.records if "event=down" in r.getMessage() and r.name == "p4nsm.heal.links"]
     assert not downs, downs
+
+
+async def test_a_loaded_machine_takes_no_healthy_link_down(ctl, hosts, lab, caplog):
+    """The issue's load: two `yes > /dev/null` beside the lab, and the connection's path busy with
+    data, for a few seconds: probes are late by turns, and no link may be declared down for it."""
+    plan = await connect(ctl, hosts)
+    burners = [subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) for _ in range(2)]
+    try:
+        flood = [tagged(plan.a.vlan, b"load-%06d" % i) for i in range(2000)]
+        loop = asyncio.get_running_loop()
+        end = loop.time() + LOAD_S
+        while loop.time() < end:  # bursts from h1 across the fabric
+            await asyncio.to_thread(hosts["h1"].send, "h1-eth0", flood)
+        await probes_caught_up(ctl, middle(plan))
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+    downs = [r.getMessage() for r in caplog.records if "event=down" in r.getMessage()]
+    assert not downs, downs
+    await flows_again(hosts, plan)
 
 
 async def test_switch_frozen(ctl, hosts, lab):
