@@ -2,6 +2,8 @@
 
     sudo .venv/bin/python benchmarks/bench_heal.py [--topology diamond,fattree4] [--n 1,100,1000]
         [--trials 20] [--failures cut,port,kill,freeze] [--switch softswitch|bmv2] [--quick] [--set name=value ...]
+        [--runs 3] [--burners 2]
+    sudo .venv/bin/python benchmarks/bench_heal.py --final    # the README's headline rows (issue 16)
 
 For each topology and N: a lab (Mininet; softswitches, or with --switch bmv2 BMv2's
 simple_switch_grpc running p4c's build of p4/nsm_fabric.p4) and a controller in this process, N
@@ -13,6 +15,11 @@ streams, then restores it and waits until the fabric has settled (links up, back
 Per connection the loss window is the largest run of lost sequence numbers times the stream's
 interval; per trial, the time until every affected connection delivers again, and the
 controller's own timeline (detection, last head-end write acknowledged).
+
+Prints a CPU-speed reference (`sum(range(3*10**7))` in a fresh interpreter) and the load average
+of each trial, and per case where the time went hop by hop (benchmarks/heal/hops.py). `--runs N`
+repeats everything N times, `--runs-gap` apart, and reports each case's worst run with the spread
+of the runs; `--burners K` runs K `yes > /dev/null` beside (rows labelled TOPOLOGY+Kyes).
 
 Prints progress and the tables; writes benchmarks/results/heal.md (merged with what earlier
 runs measured) and benchmarks/results/heal_<topology>_<failure>.png. Stops the lab and every
@@ -258,7 +265,8 @@ def notes(args: argparse.Namespace) -> list[str]:
         "`--switch bmv2`, each link a cable whose ends a port failure takes down); the controller "
         f"(`controller.runtime.Controller`) runs in the benchmark's process. Settings: probe_interval "
         f"{s.probe_interval * 1000:g} ms, probe_misses {s.probe_misses}, keepalive_interval "
-        f"{s.keepalive_interval * 1000:g} ms, keepalive_timeout {s.keepalive_timeout * 1000:g} ms"
+        f"{s.keepalive_interval * 1000:g} ms, keepalive_timeout {s.keepalive_timeout * 1000:g} ms, probe_ingress_stamps "
+        f"{s.probe_ingress_stamps}, probe_stamp_margin {s.probe_stamp_margin * 1000:g} ms"
         + (f", overrides {args.settings}" if args.settings else "") + ".",
         "- Connections: round-robin over host pairs whose shortest path crosses the core (diamond: h1, h2 to h3, h4; "
         "fattree4: the 4 hosts of pod 1 to the 12 hosts of the other pods). Streams: on all connections when N <= 100, "
@@ -310,7 +318,8 @@ def write_results(new_rows: list[dict], args: argparse.Namespace) -> None:
     rows = report.load(md)
     rows.update({report.key(r): r for r in new_rows})
     RESULTS.mkdir(parents=True, exist_ok=True)
-    md.write_text(report.markdown(rows, machine(args.cpu_s), notes(args)))
+    kept = report.notes_after(md)
+    md.write_text(report.markdown(rows, machine(args.cpu_s), notes(args)) + ("\n" + kept if kept else ""))
     for topo, kind in sorted({(r["topology"], r["failure"]) for r in rows.values()}):
         plot.draw([r for r in rows.values() if (r["topology"], r["failure"]) == (topo, kind)],
                   RESULTS / f"heal_{topo}_{kind}.png")

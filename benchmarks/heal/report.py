@@ -164,6 +164,15 @@ def load(path: Path) -> dict[str, dict]:
     return json.loads(m.group(1)) if m else {}
 
 
+def notes_after(path: Path) -> str:
+    """What was written by hand after the data block (kept when the file is rebuilt)."""
+    if not path.exists():
+        return ""
+    text = path.read_text()
+    m = DATA.search(text)
+    return text[m.end():].lstrip("\n") if m else ""
+
+
 def key(row: dict) -> str:
     return f"{row['topology']}/{row['failure']}/{row['n']}"
 
