@@ -59,6 +59,7 @@ _ROUNDS_KEPT = 64  # proof by round: only the recent past matters
 _LAG_SAMPLES = 64
 _SEND_LOG = 1024  # a direction's send times: covers a keepalive proof delay of 10 s at 10 ms probes
 _NEVER = 2**63  # later than any monotonic ns
+_NO_STAMP = -(2**62)  # earlier than any stamp a clock of any offset gives
 _ARRIVALS_KEPT = 64  # per source switch: where its recent probes arrived, for proof of emission
 
 LinkListener = Callable[[Link, bool], Awaitable[None]]
@@ -145,7 +146,7 @@ class LinkMonitor:
         self.clocks = SwitchClocks(list(clients))
         self.out_no: dict[str, int] = {name: 0 for name in clients}
         self.arrivals: dict[str, deque[tuple[int, str, int]]] = {name: deque(maxlen=_ARRIVALS_KEPT) for name in clients}
-        self.stamped_until: dict[str, int] = {name: 0 for name in clients}
+        self.stamped_until: dict[str, int] = {name: _NO_STAMP for name in clients}
         self.rounds: dict[int, _Round] = {}  # by send time (monotonic ns), oldest first
         self.links: dict[str, _LinkState] = {}
         for link in graph.links.values():
@@ -402,7 +403,7 @@ class LinkMonitor:
         # a returning switch may be another process with another clock (BMv2 counts from its start)
         self.clocks.forget(client.name)
         self.arrivals[client.name].clear()
-        self.stamped_until[client.name] = 0
+        self.stamped_until[client.name] = _NO_STAMP
         if up:
             for d in self.directions.values():
                 if client.name in (d.src, d.dst):

@@ -10,7 +10,8 @@ its turn in that switch's packet path (FIFO, `service` per frame, `lag` added), 
 latency) to the peer, waits its turn in the peer's packet path and crosses the peer's stream back
 as a packet-in, stamped (`ingress_ts`, microseconds of the virtual clock) with the moment it
 reached the peer's port, before any wait in the peer's packet path, as the softswitch (the
-kernel's receive time) and v1model do; `stamps=False` gives a target without the field.
+kernel's receive time) and v1model do; `stamps=False` gives a target without the field, and
+`own_clocks` stamps each switch by a clock of its own (BMv2 counts from its start).
 A switch's packet path serves both its packet-outs and the frames its ports
 receive, as one process does, so a stalled switch neither emits nor delivers.
 """
@@ -129,12 +130,14 @@ class FakePacketFabric:
     port from outside."""
 
     def __init__(self, graph: FabricGraph, settings: Settings, *, wire: float = 0.0003, latency: float = 0.001,
-                 service: float = 0.00005, stamps: bool = True) -> None:
+                 service: float = 0.00005, stamps: bool = True, own_clocks: bool = False) -> None:
         self.graph = graph
         self.settings = settings
         self.wire = wire  # controller <-> switch stream, each way
         self.service = service  # a packet path handles one frame at a time: a round's frames leave one after another
         self.stamps = stamps
+        # microseconds each switch's clock is behind the controller's: started at other moments
+        self.clock_behind_us = {name: (i + 1) * 97_000_003 if own_clocks else 0 for i, name in enumerate(sorted(graph.g.nodes))}
         self._loop = asyncio.get_running_loop()
         self.switches = {name: FakePacketSwitch(self, SwitchTarget(name, f"fake:{name}", i + 1, b"", b"", 0))
                          for i, name in enumerate(sorted(graph.g.nodes))}
@@ -269,7 +272,7 @@ class FakePacketFabric:
     def _punt(self, switch: str, port: int, frame: bytes, arrived: float) -> None:
         meta = {"ingress_port": port}
         if self.stamps:
-            meta["ingress_ts"] = round(arrived * 1e6)
+            meta["ingress_ts"] = round(arrived * 1e6) - self.clock_behind_us[switch]
         self._loop.call_later(self.wire, self.switches[switch].deliver, frame, meta)
 
     async def _keepalive_loop(self, switch: str) -> None:

@@ -23,12 +23,14 @@ from controller.settings import Settings
 from tests.unit.fake_packet_fabric import FakePacketFabric, VirtualTimeLoop, diamond, run_virtual
 
 DEFAULTS = Settings.model_validate({})  # the defaults, whatever P4NSM_* the environment sets
-STAMPED = {"stamps": True}  # whether the fake switches stamp ingress_ts: every rule runs both ways
+# whether the fake switches stamp ingress_ts, and by which clocks: every rule runs each way
+STAMPED = {"stamps": True, "own_clocks": False}
 
 
-@pytest.fixture(autouse=True, params=[True, False], ids=["ingress-stamps", "no-stamps"])
+@pytest.fixture(autouse=True, params=[(True, False), (True, True), (False, False)],
+                ids=["ingress-stamps", "own-clocks", "no-stamps"])
 def _stamps(request: pytest.FixtureRequest) -> None:
-    STAMPED["stamps"] = request.param
+    STAMPED["stamps"], STAMPED["own_clocks"] = request.param
 
 
 @dataclasses.dataclass
@@ -125,7 +127,7 @@ def run(body: Body, graph: FabricGraph | None = None, **settings: object) -> Non
     async def main() -> None:
         loop = asyncio.get_running_loop()
         assert isinstance(loop, VirtualTimeLoop)
-        fabric = FakePacketFabric(graph or diamond(), s, stamps=STAMPED["stamps"])
+        fabric = FakePacketFabric(graph or diamond(), s, stamps=bool(STAMPED["stamps"]), own_clocks=bool(STAMPED["own_clocks"]))
         changes: list[tuple[str, bool]] = []
 
         async def on_change(link: Link, up: bool) -> None:
