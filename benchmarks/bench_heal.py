@@ -394,6 +394,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run this many `yes > /dev/null` beside the benchmark (rows labelled TOPOLOGY+Kyes)")
     p.add_argument("--runs-gap", type=float, default=60.0, help="seconds between runs with --runs")
     args = p.parse_args(argv)
+    if args.final:
+        p.error("--final runs its own set (FINAL) and takes no other arguments")
     args.command = " ".join([".venv/bin/python", "benchmarks/bench_heal.py", *(argv if argv is not None else sys.argv[1:])])
     if args.quick:
         args.n, args.warmup, args.post, args.no_write = "1", 0.5, 1.0, True

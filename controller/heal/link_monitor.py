@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 import secrets
 import time
 from collections import Counter, deque
@@ -282,21 +281,20 @@ class LinkMonitor:
             # ...or rather, by the switches' clocks: the source emitted it, and the destination ran
             # past the moment it would have arrived (see the module docstring)
             ran_past = self.clocks.earliest(d.dst, self.stamped_until[d.dst]) - max(d.skew) - s.probe_stamp_margin * 1e9
+            lost_below = self._emitted_by(d.src, ran_past)
             ran_on = _NEVER
         else:
+            lost_below = 0
             ran_on = min(ran_on, int((now - self.patience(d)) * 1e9))
         shown = 0
-        lost = False  # a probe proven lost proves every older one: they left before it
         for i in range(len(d.sent_at) - 1, max(-1, len(d.sent_at) - 1 - _ROUNDS_KEPT), -1):  # newest first
             seq, sent_ns, out_no = d.sent_at[i]
             if seq <= d.rx_seq:
                 break
             if sent_ns >= ran_on:
                 continue
-            if stamped and not lost:
-                lost = self._emitted_before(d.src, out_no) < ran_past
-                if not lost:
-                    continue
+            if stamped and out_no >= lost_below:
+                continue
             # ...and the probe's own round went through both: neither end was silent then.
             r = self.rounds.get(sent_ns)
             shown += r is not None and d.src in r.emitted and d.dst in r.delivered
@@ -305,16 +303,15 @@ class LinkMonitor:
         late = d.sent_time(d.rx_seq + s.probe_misses) + s.probe_keepalive_proof_delay
         return self._alive_after(d.src, late) and self._alive_after(d.dst, late)
 
-    def _emitted_before(self, src: str, out_no: int) -> float:
-        """The earliest moment by which `src` had emitted its packet-out `out_no`: the arrival of
-        one it was given later (inf: none has arrived yet)."""
-        first = math.inf
+    def _emitted_by(self, src: str, moment: float) -> int:
+        """The newest packet-out of `src` that had arrived somewhere by `moment` (latest reading);
+        every one it was given before that had been emitted by then (0: none known)."""
+        newest = 0
+        latest = self.clocks.latest
         for no, peer, stamp_ns in self.arrivals[src]:
-            if no > out_no:
-                at = self.clocks.latest(peer, stamp_ns)
-                if at < first:
-                    first = at
-        return first
+            if no > newest and latest(peer, stamp_ns) < moment:
+                newest = no
+        return newest
 
     def _compare(self, arrived: list[tuple[_Direction, int]], d: _Direction, stamp_ns: int) -> None:
         """Lateness samples of a probe that arrived and of those its source sent in the same round
