@@ -158,6 +158,7 @@ class LinkMonitor:
         self._task: asyncio.Task[None] | None = None
         # set by a packet-in whose stamp moves on a switch that some probe towards it is missing at
         self._evidence = asyncio.Event()
+        self._evidence_at: set[str] = set()  # ...and those switches
         self._into: dict[str, list[_Direction]] = {}
         for direction in self.directions.values():
             self._into.setdefault(direction.dst, []).append(direction)
@@ -193,7 +194,8 @@ class LinkMonitor:
                         await asyncio.wait_for(self._evidence.wait(), left)
                     except TimeoutError:
                         break
-                    await self._check_all()
+                    at, self._evidence_at = self._evidence_at, set()
+                    await self._check_all(at)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the monitor must outlive any one bad tick
@@ -219,11 +221,14 @@ class LinkMonitor:
             except SwitchError:
                 pass
 
-    async def _check_all(self) -> None:
+    async def _check_all(self, only: set[str] | None = None) -> None:
+        """Every link, or `only` those with an end there."""
         s = self.settings
         now = self._now()
         for state in self.links.values():
             link = state.link
+            if only is not None and link.a not in only and link.b not in only:
+                continue
             if not (self.clients[link.a].up.is_set() and self.clients[link.b].up.is_set()):
                 continue  # a dead switch is the switch monitor's news, not a link failure
             dirs = (self.directions[(link.a, link.a_port)], self.directions[(link.b, link.b_port)])
@@ -374,6 +379,7 @@ class LinkMonitor:
                 self.stamped_until[d.dst] = stamp_ns
                 misses = self.settings.probe_misses
                 if any(o.unanswered >= misses for o in self._into[d.dst]):
+                    self._evidence_at.add(d.dst)
                     self._evidence.set()
             first = d.sent_at[0][0] if d.sent_at else probe.seq + 1
             if first <= probe.seq < first + len(d.sent_at):
