@@ -12,7 +12,8 @@ not yet delivered what it sent (on a starved machine, tens of ms of a busy link)
 sent behind that would be lost with it. Control sockets also take the
 kernel's receive time of each frame (SO_TIMESTAMPNS): a probe's packet-in carries when it reached
 the port, not when the loop got to it, so that the controller can order arrivals at different
-switches whatever backlog each switch's loop has (controller/heal/link_monitor.py).
+switches whatever backlog each switch's loop has (controller/heal/link_monitor.py), and are read
+together, every port's at once, and handled in that order.
 
 The kernel always moves an outer 802.1Q tag out of the frame into packet metadata before a
 packet socket sees it: in software on veth, whatever `ethtool -K rxvlan` says. The tag comes
@@ -329,9 +330,9 @@ class Ports:
         port.sock = sock
         port.control_socks = control
         port.ifindex = ifindex
-        self._loop.add_reader(sock.fileno(), self._drain, port, sock, False)
+        self._loop.add_reader(sock.fileno(), self._drain, port, sock)
         for ctl_sock in control:
-            self._loop.add_reader(ctl_sock.fileno(), self._drain, port, ctl_sock, True)
+            self._loop.add_reader(ctl_sock.fileno(), self._drain_control)
         log.info("event=port_attached device=%d port=%d ifname=%s ifindex=%d",
                  self.device_id, port.number, port.ifname, ifindex)
         self._carrier_changed(port)  # NOT_PRESENT -> DOWN, before any carrier news
@@ -352,70 +353,110 @@ class Ports:
             closing.close()
         self._carrier_changed(port)
 
-    def _drain(self, port: Port, sock: socket.socket, control: bool) -> None:
-        """Read up to RX_BUDGET frames of one of the port's sockets into the pipeline. The data
-        socket (control=False) sees control frames too and leaves them to their own socket."""
+    def _drain(self, port: Port, sock: socket.socket) -> None:
+        """Read up to RX_BUDGET frames of a port's data socket into the pipeline. It sees control
+        frames too and leaves them to their own sockets."""
         if port.sock is None:
             return
         handle = self.on_frame
         control_types = _CONTROL_TYPES
         recvmsg = sock.recvmsg
-        unpack_aux = _AUXDATA.unpack
-        space = _CONTROL_ANCILLARY_SPACE if control else _ANCILLARY_SPACE
-        # the kernel stamps CLOCK_REALTIME; the controller's probes carry CLOCK_MONOTONIC
-        realtime_ahead = time.time_ns() - time.monotonic_ns() if control else 0
+        accept = self._accept
         for _ in range(RX_BUDGET):
             try:
-                frame, ancillary, flags, _addr = recvmsg(RX_BUFFER, space)
+                frame, ancillary, flags, _addr = recvmsg(RX_BUFFER, _ANCILLARY_SPACE)
             except BlockingIOError:
                 return
             except OSError as err:
-                # The interface went away or down under the socket; netlink tells the rest.
-                if err.errno != errno.ENETDOWN:
-                    log.warning("event=receive_failed device=%d port=%d ifname=%s error=%s",
-                                self.device_id, port.number, port.ifname, err)
+                self._receive_failed(port, err)
                 return
-            if not control and frame[12:14] in control_types:
+            if frame[12:14] in control_types:
                 continue
-            port.rx += 1
-            port.rx_bytes += len(frame)
-            if flags & MSG_TRUNC:
-                port.drops += 1
-                self._oversized(port)
+            taken = accept(port, frame, ancillary, flags)
+            if taken is not None:
+                self._handle(handle, port, *taken)
+
+    def _drain_control(self) -> None:
+        """Every port's control frames at once (any control socket readable), handled in the
+        order they reached the switch by their receive time stamps, across ports: a switch
+        whose loop fell behind passes its backlog of probes on in arrival order, not port by
+        port, so that a probe the controller has read vouches for every one that arrived before
+        it (controller/heal/link_monitor.py)."""
+        # the kernel stamps CLOCK_REALTIME; the controller's probes carry CLOCK_MONOTONIC
+        realtime_ahead = time.time_ns() - time.monotonic_ns()
+        taken: list[tuple[int, Port, bytes, int]] = []
+        for port in self.by_number.values():
+            if port.sock is None:
                 continue
-            tci = -1
-            if control:
-                ancillary = self._control_ancillary(port, ancillary, realtime_ahead)
-            if ancillary:
-                status, _l, _s, _m, _n, vlan_tci, vlan_tpid = unpack_aux(ancillary[0][2])
-                if status & TP_STATUS_VLAN_VALID:
-                    port.rx_bytes += 4
-                    if status & TP_STATUS_VLAN_TPID_VALID and vlan_tpid != ETH_P_8021Q:
-                        frame = frame[:12] + _TAG.pack(vlan_tpid, vlan_tci) + frame[12:]
-                    else:
-                        tci = vlan_tci
-            try:
-                handle(port, frame, tci)
-            except Exception:
-                # One malformed frame or bad entry must not stop the port.
-                port.drops += 1
-                self._errors += 1
-                if self._errors & (self._errors - 1) == 0:  # 1st, 2nd, 4th, ...: no log flood
-                    log.exception("event=pipeline_error device=%d port=%d errors=%d",
-                                  self.device_id, port.number, self._errors)
+            for sock in port.control_socks:
+                for _ in range(RX_BUDGET):
+                    try:
+                        frame, ancillary, flags, _addr = sock.recvmsg(RX_BUFFER, _CONTROL_ANCILLARY_SPACE)
+                    except BlockingIOError:
+                        break
+                    except OSError as err:
+                        self._receive_failed(port, err)
+                        break
+                    arrived, ancillary = self._arrival(ancillary, realtime_ahead)
+                    one = self._accept(port, frame, ancillary, flags)
+                    if one is not None:
+                        taken.append((arrived, port, *one))
+        taken.sort(key=lambda t: t[0])
+        handle = self.on_frame
+        for arrived, port, frame, tci in taken:
+            port.arrived_ns = arrived
+            self._handle(handle, port, frame, tci)
+            port.arrived_ns = 0
+
+    def _receive_failed(self, port: Port, err: OSError) -> None:
+        # The interface went away or down under the socket; netlink tells the rest.
+        if err.errno != errno.ENETDOWN:
+            log.warning("event=receive_failed device=%d port=%d ifname=%s error=%s",
+                        self.device_id, port.number, port.ifname, err)
+
+    def _accept(self, port: Port, frame: bytes, ancillary: list[tuple[int, int, bytes]], flags: int) -> tuple[bytes, int] | None:
+        """A received frame counted, and with its 802.1Q tag as the pipeline takes it: (frame,
+        tci or -1); None for one that was truncated."""
+        port.rx += 1
+        port.rx_bytes += len(frame)
+        if flags & MSG_TRUNC:
+            port.drops += 1
+            self._oversized(port)
+            return None
+        tci = -1
+        if ancillary:
+            status, _l, _s, _m, _n, vlan_tci, vlan_tpid = _AUXDATA.unpack(ancillary[0][2])
+            if status & TP_STATUS_VLAN_VALID:
+                port.rx_bytes += 4
+                if status & TP_STATUS_VLAN_TPID_VALID and vlan_tpid != ETH_P_8021Q:
+                    frame = frame[:12] + _TAG.pack(vlan_tpid, vlan_tci) + frame[12:]
+                else:
+                    tci = vlan_tci
+        return frame, tci
+
+    def _handle(self, handle: FrameHandler, port: Port, frame: bytes, tci: int) -> None:
+        try:
+            handle(port, frame, tci)
+        except Exception:
+            # One malformed frame or bad entry must not stop the port.
+            port.drops += 1
+            self._errors += 1
+            if self._errors & (self._errors - 1) == 0:  # 1st, 2nd, 4th, ...: no log flood
+                log.exception("event=pipeline_error device=%d port=%d errors=%d",
+                              self.device_id, port.number, self._errors)
 
     @staticmethod
-    def _control_ancillary(port: Port, ancillary: list[tuple[int, int, bytes]], realtime_ahead: int) -> list[tuple[int, int, bytes]]:
-        """Sets the port's arrival time from the receive time stamp; the rest (PACKET_AUXDATA)."""
-        port.arrived_ns = 0
+    def _arrival(ancillary: list[tuple[int, int, bytes]], realtime_ahead: int) -> tuple[int, list[tuple[int, int, bytes]]]:
+        """(CLOCK_MONOTONIC ns of the receive time stamp, 0 if none; the rest: PACKET_AUXDATA)."""
+        arrived = 0
         rest = []
         for item in ancillary:
             if item[0] == socket.SOL_SOCKET and item[1] == SO_TIMESTAMPNS:
                 sec, nsec = _TIMESPEC.unpack_from(item[2])
-                port.arrived_ns = sec * 1_000_000_000 + nsec - realtime_ahead
+                arrived = sec * 1_000_000_000 + nsec - realtime_ahead
             else:
                 rest.append(item)
-        return rest
+        return arrived, rest
 
     def _oversized(self, port: Port) -> None:
         self._oversized_frames += 1

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import NoReturn
 
@@ -42,7 +41,7 @@ P4RUNTIME_API_VERSION = "1.4.0"
 DEVICE_CONFIG_TARGET = "p4nsm-softswitch"
 READ_CHUNK = 512  # entities per ReadResponse
 PACKET_IN_QUEUE_LIMIT = 4096  # per stream; beyond it packet-ins are dropped, not buffered
-WRITE_SLICE_S = 0.002  # a Write runs this long at most before the data plane gets a turn
+WRITE_SLICE = 1024  # updates a Write applies before the data plane gets a turn (~10-25 ms)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 SVC = p4r.SetForwardingPipelineConfigRequest
 GET = p4r.GetForwardingPipelineConfigRequest
@@ -474,14 +473,12 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
 
         updates = request.updates
         failures: list[tuple[int, P4RTError]] | None = None
-        sliced_at = time.perf_counter()
         for i, update in enumerate(updates):
-            if i & 63 == 63 and time.perf_counter() - sliced_at > WRITE_SLICE_S:
+            if i % WRITE_SLICE == WRITE_SLICE - 1:
                 # Let the data plane and the packet-in stream run between slices of a big batch,
                 # as BMv2's separate threads would: a 10k-entry Write must not starve probes. A
                 # small one (a heal round's switch-over) is not made to wait behind the data.
                 await asyncio.sleep(0)
-                sliced_at = time.perf_counter()
             try:
                 write(update)
             except P4RTError as err:

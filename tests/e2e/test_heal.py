@@ -37,6 +37,8 @@ pytestmark = [
 
 
 LOAD_S = 3.0
+LOAD_PPS = 10_000
+LOAD_BURST_S = 0.02
 
 
 @pytest.fixture(scope="module", params=SWITCH_KINDS)
@@ -289,16 +291,18 @@ async def test_short_stalls_take_no_link_down(ctl, hosts, lab, caplog):
 
 
 async def test_a_loaded_machine_takes_no_healthy_link_down(ctl, hosts, lab, caplog):
-    """The issue's load: two `yes > /dev/null` beside the lab, and the connection's path busy with
-    data, for a few seconds: probes are late by turns, and no link may be declared down for it."""
+    """The issue's load: two `yes > /dev/null` beside the lab, and the connection's path carrying
+    LOAD_PPS of data (about what the heal benchmark offers at N=100), for a few seconds: probes
+    are late by turns, and no link may be declared down for it."""
     plan = await connect(ctl, hosts)
     burners = [subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) for _ in range(2)]
     try:
-        flood = [tagged(plan.a.vlan, b"load-%06d" % i) for i in range(2000)]
+        burst = [tagged(plan.a.vlan, b"load-%06d" % i) for i in range(int(LOAD_PPS * LOAD_BURST_S))]
         loop = asyncio.get_running_loop()
-        end = loop.time() + LOAD_S
-        while loop.time() < end:  # bursts from h1 across the fabric
-            await asyncio.to_thread(hosts["h1"].send, "h1-eth0", flood)
+        start = loop.time()
+        for k in range(int(LOAD_S / LOAD_BURST_S)):  # paced bursts from h1 across the fabric
+            await asyncio.to_thread(hosts["h1"].send, "h1-eth0", burst)
+            await asyncio.sleep(max(0.0, start + (k + 1) * LOAD_BURST_S - loop.time()))  # the pace, not a wait
         await probes_caught_up(ctl, middle(plan))
     finally:
         for burner in burners:
