@@ -29,7 +29,6 @@ from controller.settings import Settings
 
 _T = TypeVar("_T")
 _CUT_OFF = "RPC cut off: the channel to the switch closed"
-_SECOND_LOOK_TURNS = 8  # loop turns for ready answers to be read before a silence is judged
 
 log = logging.getLogger("p4nsm.p4rt")
 
@@ -325,13 +324,6 @@ class SwitchClient:
                 else:
                     silent += awake
                 if silent > s.keepalive_timeout:
-                    # A stall of our own loop leaves the switch's answers and packet-ins unread
-                    # behind this wakeup, for every switch at once: let what is ready be read first.
-                    for _ in range(_SECOND_LOOK_TURNS):
-                        await asyncio.sleep(0)
-                    if self.last_alive != seen:
-                        seen, silent = self.last_alive, 0.0
-                        continue
                     raise SwitchError(self.name, grpc.StatusCode.DEADLINE_EXCEEDED,
                                       f"no sign of life for {silent * 1000:.0f} ms (keepalive_timeout {s.keepalive_timeout}s)")
         finally:
