@@ -17,10 +17,11 @@ starved switch can answer keepalives on its gRPC thread while its packet path la
 alone proves an end only after `probe_keepalive_proof_delay`: that is what a switch with one
 fabric port, or one cut off on every port at once, has to show. Checks run half an interval after
 each round of probes, and with stamps (below) also whenever a packet-in moves on the stamp of a
-switch towards which a direction misses probes. A link is down when either direction is dead, and up again only after
-`probe_recovery` consecutive intervals with probes in both directions; every fall within
-`flap_window` of a rise doubles what the next rise needs (no thrash on a flapping link). A probe
-that arrives where the topology file says it should not is reported, not used.
+switch towards which a direction misses probes. A link is down when either direction is dead,
+and up again only after `probe_recovery` consecutive intervals with probes in both directions;
+every fall within `flap_window` of a rise doubles what the next rise needs (no thrash on a
+flapping link). A probe that arrives where the topology file says it should not is reported, not
+used.
 
 Where the peer stamps each probe's arrival (packet-in metadata `ingress_ts`, `probe_ingress_stamps`),
 "older than its ends' packet paths now take" is replaced by evidence on the switches' own clocks
