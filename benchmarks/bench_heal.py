@@ -2,6 +2,8 @@
 
     sudo .venv/bin/python benchmarks/bench_heal.py [--topology diamond,fattree4] [--n 1,100,1000]
         [--trials 20] [--failures cut,port,kill,freeze] [--switch softswitch|bmv2] [--quick] [--set name=value ...]
+        [--runs 3] [--burners 2]
+    sudo .venv/bin/python benchmarks/bench_heal.py --final    # the README's headline rows (issue 16)
 
 For each topology and N: a lab (Mininet; softswitches, or with --switch bmv2 BMv2's
 simple_switch_grpc running p4c's build of p4/nsm_fabric.p4) and a controller in this process, N
@@ -13,6 +15,11 @@ streams, then restores it and waits until the fabric has settled (links up, back
 Per connection the loss window is the largest run of lost sequence numbers times the stream's
 interval; per trial, the time until every affected connection delivers again, and the
 controller's own timeline (detection, last head-end write acknowledged).
+
+Prints a CPU-speed reference (`sum(range(3*10**7))` in a fresh interpreter) and the load average
+of each trial, and per case where the time went hop by hop (benchmarks/heal/hops.py). `--runs N`
+repeats everything N times, `--runs-gap` apart, and reports each case's worst run with the spread
+of the runs; `--burners K` runs K `yes > /dev/null` beside (rows labelled TOPOLOGY+Kyes).
 
 Prints progress and the tables; writes benchmarks/results/heal.md (merged with what earlier
 runs measured) and benchmarks/results/heal_<topology>_<failure>.png. Stops the lab and every
@@ -29,6 +36,7 @@ import os
 import platform
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.heal import analysis, plot, report, scenario  # noqa: E402
+from benchmarks.heal.hops import HopRecorder  # noqa: E402
 from benchmarks.heal.timeline import Timeline  # noqa: E402
 from benchmarks.heal.traffic import Stream, Traffic, kill  # noqa: E402
 from controller.runtime import Controller  # noqa: E402
@@ -104,11 +113,15 @@ class Case:
         self.topo = with_switch_kind(load_topology(REPO / "topologies" / f"{topo_name}.yaml"), args.switch)
         # the results' topology column: BMv2 rows beside the softswitch's, not over them
         self.label = topo_name if args.switch == "softswitch" else f"{topo_name}-{args.switch}"
+        if args.burners:
+            self.label += f"+{args.burners}yes"  # beside the benchmark's own load: its own rows
+        self.burners: list[subprocess.Popen[bytes]] = []
         self.n = n
         self.run_dir = run_dir
         self.lab: Lab | None = None
         self.ctl: Controller | None = None
         self.timeline: Timeline | None = None
+        self.hops: HopRecorder | None = None
         self.traffic: Traffic | None = None
         self.fault: scenario.Fault | None = None
         self.trial_no = 0
@@ -116,6 +129,8 @@ class Case:
 
     async def run(self) -> None:
         try:
+            # `yes > /dev/null` processes, as in the issue: CPU taken from the lab and the controller
+            self.burners = [subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) for _ in range(self.args.burners)]
             await self._setup()
             baseline = await self._baseline()
             for kind in self.args.failures:
@@ -140,6 +155,7 @@ class Case:
                                   **controller_overrides(a.switch, self.run_dir), **a.settings})
         self.ctl = Controller(self.topo, settings)
         self.timeline = Timeline(self.ctl)
+        self.hops = HopRecorder(self.ctl)
         await self.ctl.start()
         if not await self.ctl.wait_ready(READY_TIMEOUT_S):
             raise RuntimeError("the switches did not become ready")
@@ -176,8 +192,8 @@ class Case:
         return {"offered": offered, "delivered": delivered, "delivered_ratio": ratio}
 
     async def _trial(self, kind: str, i: int) -> analysis.TrialResult:
-        ctl, traffic, timeline = self.ctl, self.traffic, self.timeline
-        assert ctl and traffic and timeline and self.lab
+        ctl, traffic, timeline, hops = self.ctl, self.traffic, self.timeline, self.hops
+        assert ctl and traffic and timeline and hops and self.lab
         a = self.args
         plans = [ctl.fabric.plans[s.conn_id] for s in self.streams]
         target = scenario.choose(kind, plans, list(ctl.fabric.plans.values()))
@@ -185,11 +201,14 @@ class Case:
         self.fault = scenario.Fault(self.lab, ctl, target)
         self.trial_no += 1
         timeline.clear()
+        hops.clear()
+        load_before = os.getloadavg()[0]
         start, task = await traffic.run(self.trial_no, a.warmup + a.post)
         await asyncio.sleep(max(0.0, (start - time.monotonic_ns()) / 1e9 + a.warmup))
         t_start, t_done = await self.fault.inject()
         t = await task
-        window = timeline.window(t_start, time.monotonic_ns())
+        end_ns = time.monotonic_ns()
+        window = timeline.window(t_start, end_ns)
         await self.fault.restore()
         res = analysis.analyse(self.trial_no, target.element, self.streams, t, t_start, t_done, affected, window)
         res.collateral = sorted(window.declared_down - target.expected_down(ctl))
@@ -197,6 +216,8 @@ class Case:
                  res.t_fail, [{k: v for k, v in r.items()} for r in window.rounds],
                  [((t - res.t_fail) / 1e6, sorted(l), sorted(s)) for t, l, s in timeline.graph])
         res.load = os.getloadavg()[0]
+        res.load_before = load_before
+        res.hops = hops.trial(res.t_fail, end_ns).by_hop
         hit = [s.loss_window_ms for s in res.affected]
         settled = await scenario.settle(ctl, SETTLE_TIMEOUT_S)
         say(f"[{self.label} {kind} N={self.n:,}] trial {i + 1}/{a.trials}: {target.element} "
@@ -206,11 +227,14 @@ class Case:
             f"(detected {report.ms(res.detect_ms)} by {res.detected_by or '-'}, head-end acked "
             f"{report.ms(res.ack_ms)}, {res.rerouted} rerouted)"
             + (f"; ALSO declared down: {' '.join(res.collateral)}" if res.collateral else "")
-            + f"; load {res.load:.1f}; settled in {settled:.1f}s")
+            + f"; load {res.load_before:.1f} -> {res.load:.1f}; settled in {settled:.1f}s")
         return res
 
     async def close(self) -> None:
         """Everything this case started, whatever state it is in."""
+        for burner in self.burners:
+            burner.kill()
+            burner.wait()
         if self.fault is not None:
             await in_thread(self.fault.undo_now)
         if self.traffic is not None:
@@ -222,6 +246,8 @@ class Case:
                     kill(pid)
         if self.timeline is not None:
             await self.timeline.close()
+        if self.hops is not None:
+            await self.hops.close()
         if self.ctl is not None:
             try:
                 await asyncio.wait_for(self.ctl.stop(), 10)
@@ -239,7 +265,8 @@ def notes(args: argparse.Namespace) -> list[str]:
         "`--switch bmv2`, each link a cable whose ends a port failure takes down); the controller "
         f"(`controller.runtime.Controller`) runs in the benchmark's process. Settings: probe_interval "
         f"{s.probe_interval * 1000:g} ms, probe_misses {s.probe_misses}, keepalive_interval "
-        f"{s.keepalive_interval * 1000:g} ms, keepalive_timeout {s.keepalive_timeout * 1000:g} ms"
+        f"{s.keepalive_interval * 1000:g} ms, keepalive_timeout {s.keepalive_timeout * 1000:g} ms, probe_ingress_stamps "
+        f"{s.probe_ingress_stamps}, probe_stamp_margin {s.probe_stamp_margin * 1000:g} ms"
         + (f", overrides {args.settings}" if args.settings else "") + ".",
         "- Connections: round-robin over host pairs whose shortest path crosses the core (diamond: h1, h2 to h3, h4; "
         "fattree4: the 4 hosts of pod 1 to the 12 hosts of the other pods). Streams: on all connections when N <= 100, "
@@ -269,10 +296,21 @@ def notes(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def machine() -> str:
+CPU_REFERENCE = "sum(range(3*10**7))"
+
+
+def cpu_reference() -> float:
+    """Seconds this machine takes for CPU_REFERENCE in a fresh interpreter, now: how fast (or how
+    shared) the CPU is, to read the figures beside another machine's."""
+    code = f"import time; t = time.perf_counter(); {CPU_REFERENCE}; print(time.perf_counter() - t)"
+    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+def machine(cpu_s: float) -> str:
     return (f"Machine: {os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}; "
-            f"load average at the start {os.getloadavg()[0]:.2f}. Everything (switches, controller, traffic) "
-            "shares these CPUs, and other work on the machine makes the figures worse.")
+            f"`python3 -c \"{CPU_REFERENCE}\"` in {cpu_s:.2f} s; load average at the start {os.getloadavg()[0]:.2f}. "
+            "Everything (switches, controller, traffic) shares these CPUs, and other work on the machine makes the "
+            "figures worse.")
 
 
 def write_results(new_rows: list[dict], args: argparse.Namespace) -> None:
@@ -280,14 +318,15 @@ def write_results(new_rows: list[dict], args: argparse.Namespace) -> None:
     rows = report.load(md)
     rows.update({report.key(r): r for r in new_rows})
     RESULTS.mkdir(parents=True, exist_ok=True)
-    md.write_text(report.markdown(rows, machine(), notes(args)))
+    kept = report.notes_after(md)
+    md.write_text(report.markdown(rows, machine(args.cpu_s), notes(args)) + ("\n" + kept if kept else ""))
     for topo, kind in sorted({(r["topology"], r["failure"]) for r in rows.values()}):
         plot.draw([r for r in rows.values() if (r["topology"], r["failure"]) == (topo, kind)],
                   RESULTS / f"heal_{topo}_{kind}.png")
     say(f"wrote {md.relative_to(REPO)} and its figures")
 
 
-async def run_all(args: argparse.Namespace) -> list[dict]:
+async def run_once(args: argparse.Namespace, write: bool) -> list[dict]:
     rows: list[dict] = []
     for topo in args.topologies:
         for n in args.n:
@@ -296,12 +335,37 @@ async def run_all(args: argparse.Namespace) -> list[dict]:
             try:
                 await case.run()
             finally:
+                for row in case.rows:
+                    row["cpu_s"] = args.cpu_s
                 rows += case.rows
                 if case.rows:
                     say(report.console_table(case.rows))
-                    if not args.no_write:
+                    say(report.hop_table(case.rows))
+                    if write:
                         write_results(case.rows, args)
             shutil.rmtree(run_dir, ignore_errors=True)
+    return rows
+
+
+async def run_all(args: argparse.Namespace) -> list[dict]:
+    """One run, written case by case; or `--runs` of them, apart by `--runs-gap`, written at the
+    end as the worst of them with their spread."""
+    if args.runs == 1:
+        return await run_once(args, not args.no_write)
+    runs = []
+    for i in range(args.runs):
+        if i:
+            say(f"waiting {args.runs_gap:.0f}s before run {i + 1} (figures taken at different moments)")
+            await asyncio.sleep(args.runs_gap)
+        args.cpu_s = await asyncio.to_thread(cpu_reference)
+        say(f"=== run {i + 1}/{args.runs}: CPU reference {args.cpu_s:.2f} s; load average "
+            f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        runs.append(await run_once(args, False))
+    rows = report.worst_of(runs)
+    say("\nworst of the runs:")
+    say(report.console_table(rows))
+    if not args.no_write:
+        write_results(rows, args)
     return rows
 
 
@@ -321,7 +385,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="NAME=VALUE",
                    help="controller setting override (repeatable), e.g. fast_failover=true")
     p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--final", action="store_true",
+                   help="alone: the README's headline rows, worst of 3 runs of 10 trials, diamond N=100 (cut, kill, port; "
+                        "cut beside two `yes`)")
+    p.add_argument("--runs", type=int, default=1,
+                   help="run everything this many times and report the worst run of each case, with the spread (the README's headline rows: 3)")
+    p.add_argument("--burners", type=int, default=0,
+                   help="run this many `yes > /dev/null` beside the benchmark (rows labelled TOPOLOGY+Kyes)")
+    p.add_argument("--runs-gap", type=float, default=60.0, help="seconds between runs with --runs")
     args = p.parse_args(argv)
+    if args.final:
+        p.error("--final runs its own set (FINAL) and takes no other arguments")
     args.command = " ".join([".venv/bin/python", "benchmarks/bench_heal.py", *(argv if argv is not None else sys.argv[1:])])
     if args.quick:
         args.n, args.warmup, args.post, args.no_write = "1", 0.5, 1.0, True
@@ -341,13 +415,29 @@ def _terminated(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+# The README's headline rows (issue 16), one command: `bench_heal.py --final`.
+FINAL = [
+    ["--topology", "diamond", "--n", "100", "--trials", "10", "--failures", "cut,kill,port", "--runs", "3"],
+    ["--topology", "diamond", "--n", "100", "--trials", "10", "--failures", "cut", "--runs", "3", "--burners", "2"],
+]
+
+
 def main() -> int:
+    if sys.argv[1:] == ["--final"]:
+        for argv in FINAL:
+            say(f"=== bench_heal.py {' '.join(argv)}")
+            code = subprocess.run([sys.executable, __file__, *argv]).returncode
+            if code:
+                return code
+        return 0
     args = parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root: Mininet, network namespaces, raw sockets")
     log_path = Path(tempfile.gettempdir()) / f"p4nsm-heal-{os.getpid()}.log"
     logging.basicConfig(filename=log_path, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     say(f"controller and lab log: {log_path}")
+    args.cpu_s = cpu_reference()
+    say(f"CPU reference: {CPU_REFERENCE} in {args.cpu_s:.2f} s; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     # SIGTERM ends the run like Ctrl-C: through the cleanup of every case.
     signal.signal(signal.SIGTERM, _terminated)
     try:
@@ -355,8 +445,9 @@ def main() -> int:
     except KeyboardInterrupt:
         say("interrupted; the lab and every process started were stopped")
         return 130
-    say("")
-    say(report.console_table(rows))
+    if args.runs == 1:
+        say("")
+        say(report.console_table(rows))
     return 0
 
 

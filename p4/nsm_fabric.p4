@@ -34,6 +34,10 @@ const bit<8> MPLS_INITIAL_TTL = 64;
 header packet_in_t {
     port_t ingress_port;
     bit<7> _pad;
+    // When the frame entered the switch, in microseconds of the switch's own clock: the
+    // controller tells a probe still on its way from one that is lost by the peer's clock, not
+    // by how long packet-ins take to reach it (controller/heal/link_monitor.py).
+    bit<48> ingress_ts;
 }
 
 @controller_header("packet_out")
@@ -222,6 +226,7 @@ control FabricIngress(inout headers_t hdr,
             hdr.packet_in.setValid();
             hdr.packet_in.ingress_port = std.ingress_port;
             hdr.packet_in._pad = 0;
+            hdr.packet_in.ingress_ts = std.ingress_global_timestamp;
             exit;
         }
         // Whatever no table claims is dropped.

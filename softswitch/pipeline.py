@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import time
 from binascii import crc_hqx
 from collections.abc import Callable
 
@@ -35,6 +36,7 @@ ETHERTYPE_VLAN = 0x8100
 ETHERTYPE_MPLS = 0x8847
 ETHERTYPE_PROBE = 0x88B5
 MPLS_INITIAL_TTL = 64
+INGRESS_TS_BITS = 48
 
 ETH_LEN = 14
 VLAN_FRAME_LEN = ETH_LEN + 4
@@ -106,6 +108,11 @@ class FabricTables:
         if "ingress_port" not in fields:
             raise LookupError("no packet_in header with ingress_port")
         self.packet_in_fields = {name: 0 for name in fields}
+        # v1model's ingress_global_timestamp: microseconds, here of CLOCK_MONOTONIC (the clock the
+        # controller's probes carry), when the frame reached the port (softswitch.ports: the
+        # kernel's receive time; the moment it is handled if that is unknown). Only the P4Infos
+        # that declare it get it.
+        self.stamps_ingress = fields.get("ingress_ts") == INGRESS_TS_BITS
 
 
 class Pipeline:
@@ -155,7 +162,7 @@ class Pipeline:
             log.debug("event=packet_out_dropped device=%d egress_port=%d reason=parser_error",
                       self.device_id, port.number)
             return
-        port.transmit(payload)
+        port.transmit(payload, control=True)
 
     def _compile(self, fabric: FabricTables) -> FrameHandler:
         fabric_ports = fabric.fabric_ports
@@ -166,6 +173,8 @@ class Pipeline:
         codes = fabric.action_codes.get
         packet_in = self.packet_in
         packet_in_fields = fabric.packet_in_fields
+        stamps_ingress = fabric.stamps_ingress
+        monotonic_ns = time.monotonic_ns
         egress_ports = self._egress.get
         port_up = self.ports.port_up
         unpack_u16 = _U16.unpack_from
@@ -216,6 +225,8 @@ class Pipeline:
                 elif ether_type == ETHERTYPE_PROBE:
                     metadata = dict(packet_in_fields)
                     metadata["ingress_port"] = port.number
+                    if stamps_ingress:
+                        metadata["ingress_ts"] = (port.arrived_ns or monotonic_ns()) // 1000
                     packet_in(frame, metadata)
                     return
                 else:

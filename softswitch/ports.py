@@ -6,7 +6,14 @@ so that a flooded port cannot starve the others or the gRPC server that shares t
 Control frames (CONTROL_ETHERTYPES: the controller's link probes) get a socket of their own per
 port, as a hardware switch gives them a queue of their own: a port backlogged with data (its
 socket buffer holds ~0.5 s of small frames) would otherwise hold them back long enough for a
-healthy but busy link to look dead. The data socket skips them.
+healthy but busy link to look dead. The data socket skips them. The controller's packet-outs
+leave through the control socket too: a data socket's send buffer fills while the kernel has
+not yet delivered what it sent (on a starved machine, tens of ms of a busy link), and a probe
+sent behind that would be lost with it. Control sockets also take the
+kernel's receive time of each frame (SO_TIMESTAMPNS): a probe's packet-in carries when it reached
+the port, not when the loop got to it, so that the controller can order arrivals at different
+switches whatever backlog each switch's loop has (controller/heal/link_monitor.py), and are read
+together, every port's at once, and handled in that order.
 
 The kernel always moves an outer 802.1Q tag out of the frame into packet metadata before a
 packet socket sees it: in software on veth, whatever `ethtool -K rxvlan` says. The tag comes
@@ -23,6 +30,7 @@ import errno
 import logging
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterable
 
 from pyroute2 import AsyncIPRoute
@@ -49,6 +57,7 @@ PACKET_MR_PROMISC = 1
 PACKET_AUXDATA = 8
 PACKET_IGNORE_OUTGOING = 23
 SO_RCVBUFFORCE = 33
+SO_TIMESTAMPNS = 35  # also SCM_TIMESTAMPNS: struct timespec of CLOCK_REALTIME
 TP_STATUS_VLAN_VALID = 0x10
 TP_STATUS_VLAN_TPID_VALID = 0x40
 ETH_P_8021Q = 0x8100
@@ -62,6 +71,8 @@ MSG_TRUNC = int(socket.MSG_TRUNC)
 # struct tpacket_auxdata: status, len, snaplen, mac, net, vlan_tci, vlan_tpid
 _AUXDATA = struct.Struct("=IIIHHHH")
 _ANCILLARY_SPACE = socket.CMSG_SPACE(_AUXDATA.size)
+_TIMESPEC = struct.Struct("=qq")
+_CONTROL_ANCILLARY_SPACE = _ANCILLARY_SPACE + socket.CMSG_SPACE(_TIMESPEC.size)
 _TAG = struct.Struct("!HH")
 
 # (ingress port, frame, tci): tci is the 802.1Q tag the kernel took out of the frame, or -1.
@@ -75,7 +86,7 @@ class Port:
 
     __slots__ = (
         "number", "ifname", "ifindex", "sock", "control_socks", "up", "device_id",
-        "rx", "rx_bytes", "tx", "tx_bytes", "drops", "tx_errors",
+        "rx", "rx_bytes", "tx", "tx_bytes", "drops", "tx_errors", "arrived_ns",
     )
 
     def __init__(self, number: int, ifname: str, device_id: int) -> None:
@@ -93,9 +104,14 @@ class Port:
         # Frames that arrived here and that the pipeline dropped.
         self.drops = 0
         self.tx_errors = 0
+        # CLOCK_MONOTONIC ns at which the control frame being handled reached the port (the
+        # kernel's receive time); 0 when unknown
+        self.arrived_ns = 0
 
-    def transmit(self, frame: bytes) -> None:
-        sock = self.sock
+    def transmit(self, frame: bytes, control: bool = False) -> None:
+        """Send a frame out of the port; `control` frames (the controller's packet-outs) through
+        a control socket, whose send buffer data that waits to leave never fills."""
+        sock = self.control_socks[0] if control and self.control_socks else self.sock
         if sock is None:
             self.tx_errors += 1
             return
@@ -115,14 +131,17 @@ class Port:
         }
 
 
-def open_packet_socket(ifname: str, ifindex: int, protocol: int = ETH_P_ALL) -> socket.socket:
-    """A socket for the frames of `protocol` (an EtherType, or ETH_P_ALL) on one interface."""
+def open_packet_socket(ifname: str, ifindex: int, protocol: int = ETH_P_ALL, timestamps: bool = False) -> socket.socket:
+    """A socket for the frames of `protocol` (an EtherType, or ETH_P_ALL) on one interface; with
+    `timestamps`, each frame comes with the kernel's receive time."""
     # Protocol 0 until bind: a socket opened with ETH_P_ALL would queue frames of every
     # interface in the namespace until it is bound to this one.
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     try:
         sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
         sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        if timestamps:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCKET_RCVBUF)
         except PermissionError:
@@ -301,7 +320,7 @@ class Ports:
         try:
             sock = open_packet_socket(port.ifname, ifindex)
             for ethertype in CONTROL_ETHERTYPES:
-                control.append(open_packet_socket(port.ifname, ifindex, ethertype))
+                control.append(open_packet_socket(port.ifname, ifindex, ethertype, timestamps=True))
         except OSError as err:
             for opened in control:
                 opened.close()
@@ -311,9 +330,9 @@ class Ports:
         port.sock = sock
         port.control_socks = control
         port.ifindex = ifindex
-        self._loop.add_reader(sock.fileno(), self._drain, port, sock, False)
+        self._loop.add_reader(sock.fileno(), self._drain, port, sock)
         for ctl_sock in control:
-            self._loop.add_reader(ctl_sock.fileno(), self._drain, port, ctl_sock, True)
+            self._loop.add_reader(ctl_sock.fileno(), self._drain_control)
         log.info("event=port_attached device=%d port=%d ifname=%s ifindex=%d",
                  self.device_id, port.number, port.ifname, ifindex)
         self._carrier_changed(port)  # NOT_PRESENT -> DOWN, before any carrier news
@@ -334,52 +353,110 @@ class Ports:
             closing.close()
         self._carrier_changed(port)
 
-    def _drain(self, port: Port, sock: socket.socket, control: bool) -> None:
-        """Read up to RX_BUDGET frames of one of the port's sockets into the pipeline. The data
-        socket (control=False) sees control frames too and leaves them to their own socket."""
+    def _drain(self, port: Port, sock: socket.socket) -> None:
+        """Read up to RX_BUDGET frames of a port's data socket into the pipeline. It sees control
+        frames too and leaves them to their own sockets."""
         if port.sock is None:
             return
         handle = self.on_frame
         control_types = _CONTROL_TYPES
         recvmsg = sock.recvmsg
-        unpack_aux = _AUXDATA.unpack
+        accept = self._accept
         for _ in range(RX_BUDGET):
             try:
                 frame, ancillary, flags, _addr = recvmsg(RX_BUFFER, _ANCILLARY_SPACE)
             except BlockingIOError:
                 return
             except OSError as err:
-                # The interface went away or down under the socket; netlink tells the rest.
-                if err.errno != errno.ENETDOWN:
-                    log.warning("event=receive_failed device=%d port=%d ifname=%s error=%s",
-                                self.device_id, port.number, port.ifname, err)
+                self._receive_failed(port, err)
                 return
-            if not control and frame[12:14] in control_types:
+            if frame[12:14] in control_types:
                 continue
-            port.rx += 1
-            port.rx_bytes += len(frame)
-            if flags & MSG_TRUNC:
-                port.drops += 1
-                self._oversized(port)
+            taken = accept(port, frame, ancillary, flags)
+            if taken is not None:
+                self._handle(handle, port, *taken)
+
+    def _drain_control(self) -> None:
+        """Every port's control frames at once (any control socket readable), handled in the
+        order they reached the switch by their receive time stamps, across ports: a switch
+        whose loop fell behind passes its backlog of probes on in arrival order, not port by
+        port, so that a probe the controller has read vouches for every one that arrived before
+        it (controller/heal/link_monitor.py)."""
+        # the kernel stamps CLOCK_REALTIME; the controller's probes carry CLOCK_MONOTONIC
+        realtime_ahead = time.time_ns() - time.monotonic_ns()
+        taken: list[tuple[int, Port, bytes, int]] = []
+        for port in self.by_number.values():
+            if port.sock is None:
                 continue
-            tci = -1
-            if ancillary:
-                status, _l, _s, _m, _n, vlan_tci, vlan_tpid = unpack_aux(ancillary[0][2])
-                if status & TP_STATUS_VLAN_VALID:
-                    port.rx_bytes += 4
-                    if status & TP_STATUS_VLAN_TPID_VALID and vlan_tpid != ETH_P_8021Q:
-                        frame = frame[:12] + _TAG.pack(vlan_tpid, vlan_tci) + frame[12:]
-                    else:
-                        tci = vlan_tci
-            try:
-                handle(port, frame, tci)
-            except Exception:
-                # One malformed frame or bad entry must not stop the port.
-                port.drops += 1
-                self._errors += 1
-                if self._errors & (self._errors - 1) == 0:  # 1st, 2nd, 4th, ...: no log flood
-                    log.exception("event=pipeline_error device=%d port=%d errors=%d",
-                                  self.device_id, port.number, self._errors)
+            for sock in port.control_socks:
+                for _ in range(RX_BUDGET):
+                    try:
+                        frame, ancillary, flags, _addr = sock.recvmsg(RX_BUFFER, _CONTROL_ANCILLARY_SPACE)
+                    except BlockingIOError:
+                        break
+                    except OSError as err:
+                        self._receive_failed(port, err)
+                        break
+                    arrived, ancillary = self._arrival(ancillary, realtime_ahead)
+                    one = self._accept(port, frame, ancillary, flags)
+                    if one is not None:
+                        taken.append((arrived, port, *one))
+        taken.sort(key=lambda t: t[0])
+        handle = self.on_frame
+        for arrived, port, frame, tci in taken:
+            port.arrived_ns = arrived
+            self._handle(handle, port, frame, tci)
+            port.arrived_ns = 0
+
+    def _receive_failed(self, port: Port, err: OSError) -> None:
+        # The interface went away or down under the socket; netlink tells the rest.
+        if err.errno != errno.ENETDOWN:
+            log.warning("event=receive_failed device=%d port=%d ifname=%s error=%s",
+                        self.device_id, port.number, port.ifname, err)
+
+    def _accept(self, port: Port, frame: bytes, ancillary: list[tuple[int, int, bytes]], flags: int) -> tuple[bytes, int] | None:
+        """A received frame counted, and with its 802.1Q tag as the pipeline takes it: (frame,
+        tci or -1); None for one that was truncated."""
+        port.rx += 1
+        port.rx_bytes += len(frame)
+        if flags & MSG_TRUNC:
+            port.drops += 1
+            self._oversized(port)
+            return None
+        tci = -1
+        if ancillary:
+            status, _l, _s, _m, _n, vlan_tci, vlan_tpid = _AUXDATA.unpack(ancillary[0][2])
+            if status & TP_STATUS_VLAN_VALID:
+                port.rx_bytes += 4
+                if status & TP_STATUS_VLAN_TPID_VALID and vlan_tpid != ETH_P_8021Q:
+                    frame = frame[:12] + _TAG.pack(vlan_tpid, vlan_tci) + frame[12:]
+                else:
+                    tci = vlan_tci
+        return frame, tci
+
+    def _handle(self, handle: FrameHandler, port: Port, frame: bytes, tci: int) -> None:
+        try:
+            handle(port, frame, tci)
+        except Exception:
+            # One malformed frame or bad entry must not stop the port.
+            port.drops += 1
+            self._errors += 1
+            if self._errors & (self._errors - 1) == 0:  # 1st, 2nd, 4th, ...: no log flood
+                log.exception("event=pipeline_error device=%d port=%d errors=%d",
+                              self.device_id, port.number, self._errors)
+
+    @staticmethod
+    def _arrival(ancillary: list[tuple[int, int, bytes]], realtime_ahead: int) -> tuple[int, list[tuple[int, int, bytes]]]:
+        """(CLOCK_MONOTONIC ns of the receive time stamp, 0 if none; the rest: PACKET_AUXDATA)."""
+        arrived = 0
+        rest = []
+        for item in ancillary:
+            if item[0] == socket.SOL_SOCKET and item[1] == SO_TIMESTAMPNS:
+                sec, nsec = _TIMESPEC.unpack_from(item[2])
+                arrived = sec * 1_000_000_000 + nsec - realtime_ahead
+            else:
+                rest.append(item)
+        return arrived, rest
 
     def _oversized(self, port: Port) -> None:
         self._oversized_frames += 1

@@ -43,6 +43,7 @@ P4RUNTIME_API_VERSION = "1.4.0"
 DEVICE_CONFIG_TARGET = "p4nsm-softswitch"
 READ_CHUNK = 512  # entities per ReadResponse
 PACKET_IN_QUEUE_LIMIT = 4096  # per stream; beyond it packet-ins are dropped, not buffered
+WRITE_SLICE = 1024  # updates a Write applies before the data plane gets a turn (~10-25 ms)
 # Largest request accepted: grpc refuses a larger one with RESOURCE_EXHAUSTED before it is parsed
 # (a 16 MB Write parsed in full stalled the switch for ~0.5 s). A controller's Write batch of
 # 1,000 entries is ~100 KB; `--grpc-max-recv-msg-size` changes it.
@@ -531,9 +532,10 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
         updates = request.updates
         failures: list[tuple[int, P4RTError]] | None = None
         for i, update in enumerate(updates):
-            if i & 63 == 63:
+            if i % WRITE_SLICE == WRITE_SLICE - 1:
                 # Let the data plane and the packet-in stream run between slices of a big batch,
-                # as BMv2's separate threads would: a 10k-entry Write must not starve probes.
+                # as BMv2's separate threads would: a 10k-entry Write must not starve probes. A
+                # small one (a heal round's switch-over) is not made to wait behind the data.
                 await asyncio.sleep(0)
             try:
                 write(update)

@@ -57,6 +57,8 @@ class TrialResult:
     series: list[int]  # frames received per BIN_MS by all tracked streams, from -SERIES_BEFORE_MS
     collateral: list[str] = dataclasses.field(default_factory=list)  # declared down but not failed
     load: float = 0.0  # the machine's 1-minute load average after the trial
+    load_before: float = 0.0  # ...and before it
+    hops: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # benchmarks.heal.hops: samples per hop, ms
 
     @property
     def affected(self) -> list[StreamResult]:

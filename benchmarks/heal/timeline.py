@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import time
 
+from controller.aio import cancel_and_wait
 from controller.runtime import Controller
 
 ROUND_POLL_S = 0.005
@@ -92,8 +93,4 @@ class Timeline:
         )
 
     async def close(self) -> None:
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
+        await cancel_and_wait(self._task)

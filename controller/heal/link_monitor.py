@@ -16,10 +16,23 @@ switch's whole packet path was silent are not held against a link once that path
 starved switch can answer keepalives on its gRPC thread while its packet path lags, so a keepalive
 alone proves an end only after `probe_keepalive_proof_delay`: that is what a switch with one
 fabric port, or one cut off on every port at once, has to show. Checks run half an interval after
-each round of probes. A link is down when either direction is dead, and up again only after
-`probe_recovery` consecutive intervals with probes in both directions; every fall within
-`flap_window` of a rise doubles what the next rise needs (no thrash on a flapping link). A probe
-that arrives where the topology file says it should not is reported, not used.
+each round of probes, and with stamps (below) also whenever a packet-in moves on the stamp of a
+switch towards which a direction misses probes. A link is down when either direction is dead,
+and up again only after `probe_recovery` consecutive intervals with probes in both directions;
+every fall within `flap_window` of a rise doubles what the next rise needs (no thrash on a
+flapping link). A probe that arrives where the topology file says it should not is reported, not
+used.
+
+Where the peer stamps each probe's arrival (packet-in metadata `ingress_ts`, `probe_ingress_stamps`),
+"older than its ends' packet paths now take" is replaced by evidence on the switches' own clocks
+(controller/heal/switch_clock.py), which a backlog in the packet-in streams or in the controller's
+loop does not delay: a missing probe is lost once a probe its source sent after it has arrived
+somewhere (the source emits in order, so the missing one left before), and the destination has
+stamped, in a packet-in read since, a moment later than that arrival plus the link's lateness
+(how much later than its source's other probes of the same round its probes usually arrive: a
+slower wire or a busier peer) plus `probe_stamp_margin`. The destination takes its frames in the
+order they come, so it would have taken the missing probe before, and its packet-ins come in
+order.
 """
 
 from __future__ import annotations
@@ -35,6 +48,7 @@ from collections.abc import Awaitable, Callable
 from controller.aio import cancel_and_wait
 from controller.fabric.graph import FabricGraph, Link
 from controller.heal import probe_frame
+from controller.heal.switch_clock import SwitchClocks
 from controller.p4rt.client import SwitchClient
 from controller.p4rt.errors import SwitchError
 from controller.settings import Settings
@@ -44,10 +58,16 @@ log = logging.getLogger("p4nsm.heal.links")
 _ROUNDS_KEPT = 64  # proof by round: only the recent past matters
 _LAG_SAMPLES = 64
 _SEND_LOG = 1024  # a direction's send times: covers a keepalive proof delay of 10 s at 10 ms probes
+_NEVER = 2**63  # later than any monotonic ns
+_NO_STAMP = -(2**62)  # earlier than any stamp a clock of any offset gives
+_ARRIVALS_KEPT = 64  # per source switch: where its recent probes arrived, for proof of emission
 
 LinkListener = Callable[[Link, bool], Awaitable[None]]
 RttListener = Callable[[str, float], None]  # (link name, seconds from a probe's send to its packet-in)
 DetectionListener = Callable[[Link, float], None]  # (link, seconds from its first missing probe's send to the judgment)
+# (link name, sent, arrival at the peer on the controller's clock or None without a stamp,
+# packet-in read), all monotonic ns: where a probe's time went, for the benchmark's breakdown
+ArrivalListener = Callable[[str, int, float | None, int], None]
 
 
 @dataclasses.dataclass(slots=True)
@@ -59,7 +79,9 @@ class _Direction:
     link: str = ""  # the link's name
     seq: int = 0  # last probe sent
     rx_seq: int = 0  # newest probe that arrived
-    sent_at: deque = dataclasses.field(default_factory=lambda: deque(maxlen=_SEND_LOG))  # (seq, monotonic ns), seq consecutive
+    sent_at: deque = dataclasses.field(default_factory=lambda: deque(maxlen=_SEND_LOG))  # (seq, monotonic ns, out_no), seq consecutive
+    # how much later than the earliest of its source's other probes of a round its probe arrives (ns)
+    skew: deque = dataclasses.field(default_factory=lambda: deque(maxlen=_LAG_SAMPLES))
 
     def sent_time(self, seq: int) -> float:
         """When probe `seq` went out; for one older than the log, the oldest logged send (later
@@ -78,6 +100,8 @@ class _Round:
     some probe reached the controller through them."""
     emitted: set[str] = dataclasses.field(default_factory=set)
     delivered: set[str] = dataclasses.field(default_factory=set)
+    # stamped arrivals by source switch: (direction, stamp ns)
+    arrived: dict[str, list[tuple[_Direction, int]]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(slots=True)
@@ -105,6 +129,7 @@ class LinkMonitor:
         # judgment took from the evidence; empty lists cost the probe path one loop over nothing.
         self.rtt_listeners: list[RttListener] = []
         self.detection_listeners: list[DetectionListener] = []
+        self.arrival_listeners: list[ArrivalListener] = []
         self._by_device = {c.target.device_id: c.name for c in clients.values()}
         # per switch: the newest send time of a probe it emitted (it arrived somewhere) and of one it
         # delivered (it arrived through it): its packet-out and packet-in paths ran after that
@@ -115,6 +140,13 @@ class LinkMonitor:
         self.emit_lag: dict[str, deque[float]] = {name: deque(maxlen=_LAG_SAMPLES) for name in clients}
         self.deliver_lag: dict[str, deque[float]] = {name: deque(maxlen=_LAG_SAMPLES) for name in clients}
         self.directions: dict[tuple[str, int], _Direction] = {}
+        # Ingress stamps: the switches' clocks, the packet-outs each switch was given (numbered in
+        # the order it emits them), where those arrived (out_no, peer, stamp ns), and the newest
+        # stamp each switch put on a probe the controller has read.
+        self.clocks = SwitchClocks(list(clients))
+        self.out_no: dict[str, int] = {name: 0 for name in clients}
+        self.arrivals: dict[str, deque[tuple[int, str, int]]] = {name: deque(maxlen=_ARRIVALS_KEPT) for name in clients}
+        self.stamped_until: dict[str, int] = {name: _NO_STAMP for name in clients}
         self.rounds: dict[int, _Round] = {}  # by send time (monotonic ns), oldest first
         self.links: dict[str, _LinkState] = {}
         for link in graph.links.values():
@@ -125,6 +157,12 @@ class LinkMonitor:
             for s, sp, d, dp in ((link.a, link.a_port, link.b, link.b_port), (link.b, link.b_port, link.a, link.a_port)):
                 self.directions[(s, sp)] = _Direction(s, sp, d, dp, link.name)
         self._task: asyncio.Task[None] | None = None
+        # set by a packet-in whose stamp moves on a switch that some probe towards it is missing at
+        self._evidence = asyncio.Event()
+        self._evidence_at: set[str] = set()  # ...and those switches
+        self._into: dict[str, list[_Direction]] = {}
+        for direction in self.directions.values():
+            self._into.setdefault(direction.dst, []).append(direction)
 
     def start(self) -> None:
         for client in self.clients.values():
@@ -143,16 +181,27 @@ class LinkMonitor:
 
     async def _run(self) -> None:
         half = self.settings.probe_interval / 2
+        loop = asyncio.get_running_loop()
         while True:
+            next_round = loop.time() + self.settings.probe_interval
             try:
                 self._send_all()
                 await asyncio.sleep(half)
                 await self._check_all()
+                # Until the next round, a stamp that may complete a proof is judged when it comes.
+                while (left := next_round - loop.time()) > 0:
+                    self._evidence.clear()
+                    try:
+                        await asyncio.wait_for(self._evidence.wait(), left)
+                    except TimeoutError:
+                        break
+                    at, self._evidence_at = self._evidence_at, set()
+                    await self._check_all(at)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the monitor must outlive any one bad tick
                 log.exception("event=link_monitor_tick_failed")
-            await asyncio.sleep(half)
+                await asyncio.sleep(half)
 
     def _send_all(self) -> None:
         now_ns = self.clock_ns()
@@ -164,7 +213,8 @@ class LinkMonitor:
             if not client.up.is_set():
                 continue
             d.seq += 1
-            d.sent_at.append((d.seq, now_ns))
+            self.out_no[d.src] += 1
+            d.sent_at.append((d.seq, now_ns, self.out_no[d.src]))
             frame = probe_frame.encode(probe_frame.Probe(self.origin, client.target.device_id, d.src_port, d.seq, now_ns))
             try:
                 client.packet_out(frame, egress_port=d.src_port)
@@ -172,11 +222,14 @@ class LinkMonitor:
             except SwitchError:
                 pass
 
-    async def _check_all(self) -> None:
+    async def _check_all(self, only: set[str] | None = None) -> None:
+        """Every link, or `only` those with an end there."""
         s = self.settings
         now = self._now()
         for state in self.links.values():
             link = state.link
+            if only is not None and link.a not in only and link.b not in only:
+                continue
             if not (self.clients[link.a].up.is_set() and self.clients[link.b].up.is_set()):
                 continue  # a dead switch is the switch monitor's news, not a link failure
             dirs = (self.directions[(link.a, link.a_port)], self.directions[(link.b, link.b_port)])
@@ -184,8 +237,9 @@ class LinkMonitor:
             if dead is not None:
                 self._fall(state, now)
                 log.warning("link=%s event=down a=%s:%d b=%s:%d dead_from=%s:%d missing=%d patience_ms=%.0f "
-                            "next_recovery_checks=%d", link.name, link.a, link.a_port, link.b, link.b_port, dead.src,
-                            dead.src_port, dead.unanswered, self.patience(dead) * 1000, state.need)
+                            "skew_ms=%.1f next_recovery_checks=%d", link.name, link.a, link.a_port, link.b, link.b_port,
+                            dead.src, dead.src_port, dead.unanswered, self.patience(dead) * 1000,
+                            max(dead.skew, default=0.0) / 1e6, state.need)
                 if self.detection_listeners:
                     # the evidence begins with the first probe that never arrived
                     took = now - dead.sent_time(dead.rx_seq + 1)
@@ -228,19 +282,53 @@ class LinkMonitor:
         ran_on = int((min(self.emitted_after[d.src], self.delivered_after[d.dst]) - s.probe_interval / 2) * 1e9)
         # ...and the probe is older than its ends' packet paths now take (a lagging source sends
         # the missing probe late, and a lagging destination passes it on late).
-        ran_on = min(ran_on, int((now - self.patience(d)) * 1e9))
+        stamped = s.probe_ingress_stamps and d.skew and self.clocks.known(d.dst)
+        if stamped:
+            # ...or rather, by the switches' clocks: the source emitted it, and the destination ran
+            # past the moment it would have arrived (see the module docstring)
+            ran_past = self.clocks.earliest(d.dst, self.stamped_until[d.dst]) - max(d.skew) - s.probe_stamp_margin * 1e9
+            lost_below = self._emitted_by(d.src, ran_past)
+            ran_on = _NEVER
+        else:
+            lost_below = 0
+            ran_on = min(ran_on, int((now - self.patience(d)) * 1e9))
         shown = 0
         for i in range(len(d.sent_at) - 1, max(-1, len(d.sent_at) - 1 - _ROUNDS_KEPT), -1):  # newest first
-            seq, sent_ns = d.sent_at[i]
+            seq, sent_ns, out_no = d.sent_at[i]
             if seq <= d.rx_seq:
                 break
+            if sent_ns >= ran_on:
+                continue
+            if stamped and out_no >= lost_below:
+                continue
             # ...and the probe's own round went through both: neither end was silent then.
-            r = self.rounds.get(sent_ns) if sent_ns < ran_on else None
+            r = self.rounds.get(sent_ns)
             shown += r is not None and d.src in r.emitted and d.dst in r.delivered
             if shown >= s.probe_misses:
                 return True
         late = d.sent_time(d.rx_seq + s.probe_misses) + s.probe_keepalive_proof_delay
         return self._alive_after(d.src, late) and self._alive_after(d.dst, late)
+
+    def _emitted_by(self, src: str, moment: float) -> int:
+        """The newest packet-out of `src` that had arrived somewhere by `moment` (latest reading);
+        every one it was given before that had been emitted by then (0: none known)."""
+        newest = 0
+        latest = self.clocks.latest
+        for no, peer, stamp_ns in self.arrivals[src]:
+            if no > newest and latest(peer, stamp_ns) < moment:
+                newest = no
+        return newest
+
+    def _compare(self, arrived: list[tuple[_Direction, int]], d: _Direction, stamp_ns: int) -> None:
+        """Lateness samples of a probe that arrived and of those its source sent in the same round
+        that arrived before it, each against the other: how much later (earliest reading) than
+        the other (latest reading) it reached its peer, never below 0."""
+        clocks = self.clocks
+        early, late = clocks.earliest(d.dst, stamp_ns), clocks.latest(d.dst, stamp_ns)
+        for o, t in arrived:
+            d.skew.append(max(0.0, early - clocks.latest(o.dst, t)))
+            o.skew.append(max(0.0, clocks.earliest(o.dst, t) - late))
+        arrived.append((d, stamp_ns))
 
     def patience(self, d: _Direction) -> float:
         """How old a probe of `d` must be to count as missing: the longest recent send-to-packet-in
@@ -278,11 +366,32 @@ class LinkMonitor:
         self.counters["received"] += 1
         if probe.seq > d.rx_seq:
             d.rx_seq = probe.seq
-        if r := self.rounds.get(probe.sent_ns):
+        now_ns = self.clock_ns()
+        r = self.rounds.get(probe.sent_ns)
+        if r is not None:
             r.emitted.add(d.src)
             r.delivered.add(d.dst)
+        stamp_us = meta.get("ingress_ts")
+        arrival: float | None = None
+        if stamp_us:
+            stamp_ns = stamp_us * 1000
+            self.clocks.observe(d.dst, stamp_ns, probe.sent_ns, now_ns)
+            if stamp_ns > self.stamped_until[d.dst]:
+                self.stamped_until[d.dst] = stamp_ns
+                misses = self.settings.probe_misses
+                if any(o.unanswered >= misses for o in self._into[d.dst]):
+                    self._evidence_at.add(d.dst)
+                    self._evidence.set()
+            first = d.sent_at[0][0] if d.sent_at else probe.seq + 1
+            if first <= probe.seq < first + len(d.sent_at):
+                self.arrivals[d.src].append((d.sent_at[probe.seq - first][2], d.dst, stamp_ns))
+            if r is not None:
+                self._compare(r.arrived.setdefault(d.src, []), d, stamp_ns)
+            arrival = self.clocks.best(d.dst, stamp_ns)
+        for arrival_listener in self.arrival_listeners:
+            arrival_listener(d.link, probe.sent_ns, arrival, now_ns)
         sent = probe.sent_ns / 1e9
-        lag = self._now() - sent
+        lag = now_ns / 1e9 - sent
         self.emit_lag[d.src].append(lag)
         for listener in self.rtt_listeners:
             listener(d.link, lag)
@@ -295,6 +404,10 @@ class LinkMonitor:
     async def _on_switch_state(self, client: SwitchClient, up: bool, reason: str) -> None:
         """A switch's links go down with it, and come back only after probes cross them again:
         a returning switch is verified before paths use its links."""
+        # a returning switch may be another process with another clock (BMv2 counts from its start)
+        self.clocks.forget(client.name)
+        self.arrivals[client.name].clear()
+        self.stamped_until[client.name] = _NO_STAMP
         if up:
             for d in self.directions.values():
                 if client.name in (d.src, d.dst):

@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -107,7 +108,10 @@ class SwitchClient:
         self._election = U128.encode(settings.election_id)
         self._channel: grpc.aio.Channel | None = None
         self._stub: p4r_grpc.P4RuntimeStub | None = None
-        self._outbox: asyncio.Queue[p4r.StreamMessageRequest] = asyncio.Queue()
+        self._outbox: asyncio.Queue[tuple[p4r.StreamMessageRequest, int]] = asyncio.Queue()
+        # how long recent stream messages (packet-outs, mostly probes) waited from packet_out()
+        # until gRPC took them (ns): the controller's own share of a probe's way out
+        self.outbox_waits: deque[int] = deque(maxlen=1024)
         self._pending: list[_PendingWrite] = []
         self._pending_event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -215,8 +219,11 @@ class SwitchClient:
         )
 
     async def _send_loop(self, stream: grpc.aio.StreamStreamCall) -> None:
+        waits = self.outbox_waits
         while True:
-            await stream.write(await self._outbox.get())
+            msg, queued_ns = await self._outbox.get()
+            await stream.write(msg)
+            waits.append(time.monotonic_ns() - queued_ns)
 
     async def _receive_loop(self, stream: grpc.aio.StreamStreamCall) -> None:
         while True:
@@ -504,4 +511,4 @@ class SwitchClient:
         msg = p4r.StreamMessageRequest(
             packet=p4r.PacketOut(payload=payload, metadata=self.schema.packet_metadata("packet_out", metadata))
         )
-        self._outbox.put_nowait(msg)
+        self._outbox.put_nowait((msg, time.monotonic_ns()))

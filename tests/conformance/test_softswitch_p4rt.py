@@ -762,9 +762,9 @@ async def test_dataplane_callbacks_and_packet_in() -> None:
             await asyncio.sleep(0.01)
         assert packets == [(b"out-frame", {"egress_port": 4, "_pad": 0})]
 
-        server.packet_in(b"in-frame", {"ingress_port": 7})
+        server.packet_in(b"in-frame", {"ingress_port": 7, "ingress_ts": 123456})
         payload, meta = await asyncio.to_thread(primary.packet_in, 2.0)
-        assert (payload, meta) == (b"in-frame", {"ingress_port": 7, "_pad": 0})
+        assert (payload, meta) == (b"in-frame", {"ingress_port": 7, "_pad": 0, "ingress_ts": 123456})
         with pytest.raises(queue.Empty):
             await asyncio.to_thread(backup.packet_in, 0.3)
 
@@ -772,6 +772,42 @@ async def test_dataplane_callbacks_and_packet_in() -> None:
         assert commits[-1] == (None, "generic")
         await asyncio.to_thread(primary.close)
         await asyncio.to_thread(backup.close)
+    finally:
+        await server.stop(0.1)
+
+
+async def test_a_small_write_goes_through_in_one_piece_and_a_big_one_lets_the_data_plane_run() -> None:
+    """What the loop's other work (the data plane, packet-ins) sees of a Write in progress: a heal
+    round's switch-over (a few hundred updates) not at all, a 30,000-entry one between its slices."""
+    from softswitch.server import SoftSwitchServer
+
+    commits: list[tuple[object, str]] = []
+    server = SoftSwitchServer(1, 255, lambda state, program: commits.append((state, program)), lambda p, m: None)
+    address = f"127.0.0.1:{free_port()}"
+    await server.start(address)
+    seen: list[int] = []  # label_fwd's size at each turn the loop gave to other work
+
+    async def other_work() -> None:
+        while True:
+            seen.append(len(commits[-1][0].tables["FabricIngress.label_fwd"].exact))  # type: ignore[attr-defined]
+            await asyncio.sleep(0)
+
+    try:
+        client = await asyncio.to_thread(P4RTTestClient, address, 1, 10)
+        await asyncio.to_thread(client.set_pipeline)
+        watcher = asyncio.create_task(other_work())
+        for first, count in ((1, 300), (1000, 30_000)):
+            seen.clear()
+            entries = [client.table_entry("label_fwd", {"label": i}, "forward", {"port": 1}) for i in range(first, first + count)]
+            before = len(commits[-1][0].tables["FabricIngress.label_fwd"].exact)  # type: ignore[attr-defined]
+            await asyncio.to_thread(client.insert, entries)
+            partial = [n for n in seen if before < n < before + count]
+            if count == 300:
+                assert not partial, partial[:5]
+            else:
+                assert partial, "a big Write ran in one piece"
+        watcher.cancel()
+        await asyncio.to_thread(client.close)
     finally:
         await server.stop(0.1)
 

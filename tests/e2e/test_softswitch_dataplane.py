@@ -151,12 +151,17 @@ def test_probe_reaches_the_controller_with_its_port_and_is_not_forwarded(one: On
     drain(one.sw)
     from_h1 = bytes(Ether(src=SRC, dst=DST, type=PROBE_TYPE) / Raw(padded(b"probe-p1", 14)))
     from_nbr = bytes(Ether(src=DST, dst=SRC, type=PROBE_TYPE) / Raw(padded(b"probe-p3", 14)))
+    sent_us = time.monotonic_ns() // 1000
     one.h1.send("eth0", [from_h1])
     one.nbr.send("eth0", [from_nbr])
     punted = {}
     for _ in range(2):
         payload, metadata = one.sw.client.packet_in(timeout=ARRIVAL_TIMEOUT)
         punted[payload] = metadata
+    read_us = time.monotonic_ns() // 1000
+    # ingress_ts: when the frame reached the port, on CLOCK_MONOTONIC (the kernel's receive time)
+    stamps = {payload: meta.pop("ingress_ts") for payload, meta in punted.items()}
+    assert all(sent_us <= ts <= read_us for ts in stamps.values()), (sent_us, stamps, read_us)
     assert punted == {from_h1: {"ingress_port": 1, "_pad": 0}, from_nbr: {"ingress_port": 3, "_pad": 0}}
     nothing_arrives([(one.h2, "eth0"), (one.h1, "eth0"), (one.nbr, "eth0")], b"probe-p")
 
@@ -165,7 +170,8 @@ def test_probe_survives_a_data_queue_overflow_and_arrives_once(one: OneSwitch) -
     """Control frames have a queue of their own: a probe that arrives behind more data than the
     port's data queue holds still reaches the controller (sharing that queue, it was dropped
     with the overflow, and a busy link looked dead), exactly once, and the data that fitted is
-    still forwarded."""
+    still forwarded. Its ingress_ts is when it reached the port, not when the switch got to it
+    (it could not, frozen until after the probe was sent)."""
     drain(one.sw)
     burst = [labelled(3000, 64, tagged(100, b"OVF-bulk-%05d" % i, src=DST, dst=SRC)) for i in range(12000)]
     probe = bytes(Ether(src=DST, dst=SRC, type=PROBE_TYPE) / Raw(padded(b"probe-behind", 14)))
@@ -174,9 +180,11 @@ def test_probe_survives_a_data_queue_overflow_and_arrives_once(one: OneSwitch) -
     try:
         one.nbr.send("eth0", [*burst, probe])
     finally:
+        continued_us = time.monotonic_ns() // 1000
         os.kill(pid, signal.SIGCONT)
     payload, metadata = one.sw.client.packet_in(timeout=ARRIVAL_TIMEOUT)
     assert payload == probe and metadata["ingress_port"] == 3
+    assert metadata["ingress_ts"] < continued_us
     with pytest.raises(queue.Empty):
         one.sw.client.packet_in(timeout=MISS_WAIT)
     forwarded = one.h2.take("eth0", b"OVF-bulk-", count=len(burst), timeout=2)

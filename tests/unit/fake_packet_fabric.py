@@ -8,7 +8,11 @@ writes and reads are tests/unit/fake_switch.py's business.
 A frame's way: the packet-out crosses the controller's stream to the source switch (`wire`), waits
 its turn in that switch's packet path (FIFO, `service` per frame, `lag` added), crosses the link (its direction's
 latency) to the peer, waits its turn in the peer's packet path and crosses the peer's stream back
-as a packet-in. A switch's packet path serves both its packet-outs and the frames its ports
+as a packet-in, stamped (`ingress_ts`, microseconds of the virtual clock) with the moment it
+reached the peer's port, before any wait in the peer's packet path, as the softswitch (the
+kernel's receive time) and v1model do; `stamps=False` gives a target without the field, and
+`own_clocks` stamps each switch by a clock of its own (BMv2 counts from its start).
+A switch's packet path serves both its packet-outs and the frames its ports
 receive, as one process does, so a stalled switch neither emits nor delivers.
 """
 
@@ -110,10 +114,10 @@ class FakePacketSwitch:
             raise SwitchError(self.name, grpc.StatusCode.UNAVAILABLE, "switch is not up")
         self._fabric.packet_out(self.name, metadata["egress_port"], payload)
 
-    def deliver(self, payload: bytes, ingress_port: int) -> None:
+    def deliver(self, payload: bytes, meta: dict[str, int]) -> None:
         client = cast(SwitchClient, self)  # the listeners take a SwitchClient; this is its packet side
         for listener in self.packet_listeners:
-            listener(client, payload, {"ingress_port": ingress_port})
+            listener(client, payload, meta)
 
 
 class FakePacketFabric:
@@ -121,16 +125,19 @@ class FakePacketFabric:
 
     Knobs: `cut` a direction (its frames vanish), `set_latency` of a direction, `rewire` a
     direction to another switch port than the topology says, `set_lag` of a switch's packet
-    path, `stall`/`resume` a switch's packet path (frames held or lost; keepalives answered or
+    path, `busy_controller` (the controller's loop), `stall`/`resume` a switch's packet path (frames held or lost; keepalives answered or
     not), `set_up` as the client reports a switch lost or back, `inject` a frame into a switch
     port from outside."""
 
     def __init__(self, graph: FabricGraph, settings: Settings, *, wire: float = 0.0003, latency: float = 0.001,
-                 service: float = 0.00005) -> None:
+                 service: float = 0.00005, stamps: bool = True, own_clocks: bool = False) -> None:
         self.graph = graph
         self.settings = settings
         self.wire = wire  # controller <-> switch stream, each way
         self.service = service  # a packet path handles one frame at a time: a round's frames leave one after another
+        self.stamps = stamps
+        # microseconds each switch's clock is behind the controller's: started at other moments
+        self.clock_behind_us = {name: (i + 1) * 97_000_003 if own_clocks else 0 for i, name in enumerate(sorted(graph.g.nodes))}
         self._loop = asyncio.get_running_loop()
         self.switches = {name: FakePacketSwitch(self, SwitchTarget(name, f"fake:{name}", i + 1, b"", b"", 0))
                          for i, name in enumerate(sorted(graph.g.nodes))}
@@ -211,9 +218,17 @@ class FakePacketFabric:
             if result is not None:
                 await result
 
+    def busy_controller(self, seconds: float) -> None:
+        """The controller's loop runs one callback for `seconds` (call it from the loop): time
+        passes and nothing else runs, so timers fire late and packet-ins wait unread."""
+        loop = self._loop
+        assert isinstance(loop, VirtualTimeLoop)
+        loop.now_ns += round(seconds * 1e9)
+
     def inject(self, switch: str, port: int, frame: bytes) -> None:
         """A frame arrives at a switch port from outside the fabric (a host); the switch punts it."""
-        self._turn(switch, lambda: self._punt(switch, port, frame))
+        arrived = self._loop.time()
+        self._turn(switch, lambda: self._punt(switch, port, frame, arrived))
 
     # --- the frames' way -------------------------------------------------------------------------
 
@@ -248,10 +263,17 @@ class FakePacketFabric:
             self.dropped["cut"] += 1
             return
         dst, dst_port = self.rewired.get(end, (link.other(src), link.port_of(link.other(src))))
-        self._loop.call_later(self.latency[end], self._turn, dst, lambda: self._punt(dst, dst_port, frame))
+        self._loop.call_later(self.latency[end], self._arrive, dst, dst_port, frame)
 
-    def _punt(self, switch: str, port: int, frame: bytes) -> None:
-        self._loop.call_later(self.wire, self.switches[switch].deliver, frame, port)
+    def _arrive(self, switch: str, port: int, frame: bytes) -> None:
+        arrived = self._loop.time()
+        self._turn(switch, lambda: self._punt(switch, port, frame, arrived))
+
+    def _punt(self, switch: str, port: int, frame: bytes, arrived: float) -> None:
+        meta = {"ingress_port": port}
+        if self.stamps:
+            meta["ingress_ts"] = round(arrived * 1e6) - self.clock_behind_us[switch]
+        self._loop.call_later(self.wire, self.switches[switch].deliver, frame, meta)
 
     async def _keepalive_loop(self, switch: str) -> None:
         """As the client's keepalive loop: a liveness RPC every interval; its answer proves the

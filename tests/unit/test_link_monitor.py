@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import random
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -22,6 +23,14 @@ from controller.settings import Settings
 from tests.unit.fake_packet_fabric import FakePacketFabric, VirtualTimeLoop, diamond, run_virtual
 
 DEFAULTS = Settings.model_validate({})  # the defaults, whatever P4NSM_* the environment sets
+# whether the fake switches stamp ingress_ts, and by which clocks: every rule runs each way
+STAMPED = {"stamps": True, "own_clocks": False}
+
+
+@pytest.fixture(autouse=True, params=[(True, False), (True, True), (False, False)],
+                ids=["ingress-stamps", "own-clocks", "no-stamps"])
+def _stamps(request: pytest.FixtureRequest) -> None:
+    STAMPED["stamps"], STAMPED["own_clocks"] = request.param
 
 
 @dataclasses.dataclass
@@ -118,7 +127,7 @@ def run(body: Body, graph: FabricGraph | None = None, **settings: object) -> Non
     async def main() -> None:
         loop = asyncio.get_running_loop()
         assert isinstance(loop, VirtualTimeLoop)
-        fabric = FakePacketFabric(graph or diamond(), s)
+        fabric = FakePacketFabric(graph or diamond(), s, stamps=bool(STAMPED["stamps"]), own_clocks=bool(STAMPED["own_clocks"]))
         changes: list[tuple[str, bool]] = []
 
         async def on_change(link: Link, up: bool) -> None:
@@ -288,6 +297,71 @@ def test_short_stalls_below_the_keepalive_timeout_take_no_link_down() -> None:
             await b.until(resumed + gap)
         assert trapped, "the test's timing does not make the trap"
         assert b.all_up() and not b.changes
+
+    run(body)
+
+
+# --- under load ----------------------------------------------------------------------------------
+
+
+async def load(b: Bench, seconds: float, rng: random.Random, *, busy_max: float = 0.03, lag_max: float = 0.015) -> None:
+    """The benchmark's load as the monitor sees it: the controller's loop busy about half the
+    time in callbacks of up to `busy_max`, and every switch's packet path lagging by up to
+    `lag_max`, each its own, changing every 50 ms, and now and then one of them by four times
+    that at once (a big Write, a collection)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    next_lag = loop.time()
+    while loop.time() < end:
+        if loop.time() >= next_lag:
+            for name in b.fabric.switches:
+                b.fabric.set_lag(name, rng.uniform(0, lag_max) if rng.random() > 0.05 else 4 * lag_max)
+            next_lag += 0.05
+        b.fabric.busy_controller(rng.uniform(0, busy_max))
+        await asyncio.sleep(rng.uniform(0.005, busy_max))
+    for name in b.fabric.switches:
+        b.fabric.set_lag(name, 0.0)
+
+
+def test_a_loaded_controller_and_lagging_switches_take_no_link_down() -> None:
+    """Ten seconds of the load: probes read up to tens of ms late, switches lagging by turns."""
+
+    async def body(b: Bench) -> None:
+        await load(b, 10.0, random.Random(16))
+        await b.after_check(b.round_now() + 5)
+        assert b.all_up() and not b.changes
+        assert b.monitor.counters["received"] > 0.9 * b.monitor.counters["sent"]
+
+    run(body)
+
+
+def test_under_load_a_cut_is_found_without_waiting_for_the_slowest_recent_probe() -> None:
+    """s2 lagged by 150 ms a moment ago (its probes took that long); then the usual load, and
+    s1-s2 is cut. By the switches' stamps the cut is found in a few rounds plus what the busy
+    loop adds; a patience of the slowest recent probes (the rule without stamps) waits ~300 ms."""
+    rng = random.Random(7)
+    quick = (DEFAULTS.probe_misses + 3) * DEFAULTS.probe_interval + 2 * 0.03  # rounds, plus two busy callbacks
+
+    async def body(b: Bench) -> None:
+        b.fabric.set_lag("s2", 0.15)
+        await b.until(b.round_at(b.round_now() + 30))
+        b.fabric.set_lag("s2", 0.0)
+        await load(b, 0.2, rng)
+        loop = asyncio.get_running_loop()
+        background = asyncio.create_task(load(b, 2.0, rng))
+        await asyncio.sleep(0)
+        cut_at = loop.time()
+        b.fabric.cut("s1", "s2")
+        b.fabric.cut("s2", "s1")
+        while b.up("s1", "s2"):
+            await asyncio.sleep(0.001)
+        took = loop.time() - cut_at
+        await background
+        assert b.changes == [(b.name("s1", "s2"), False)]
+        if STAMPED["stamps"]:
+            assert took < quick, f"found {took * 1000:.0f} ms after the cut"
+        else:
+            assert took > 2 * quick, "the test's timing does not make the trap"
 
     run(body)
 
