@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from controller.aio import freeze_startup_heap
 from controller.identity import load_svid
 from controller.runtime import Controller
 from controller.settings import Settings
@@ -101,6 +102,7 @@ def run_lab(topo: Topology, settings: Settings, switch_kind: str | None, admin_p
         runner = _LoopThread()
         ctl = Controller(topo, settings, admin_path=admin_path)
         runner.run(ctl.start())
+        freeze_startup_heap()  # the lab's controller lives until the lab ends (controller/aio.py)
         ready = runner.run(ctl.wait_ready(60), timeout=90)
         print(f"p4nsm lab {topo.name}: switches {'ready' if ready else 'NOT all ready'}; logs in {run_dir}")
         print("commands: connect h1 h3 | connections | entries s1 | switches | disconnect ID | (all Mininet commands)")

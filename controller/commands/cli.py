@@ -69,6 +69,7 @@ def run(
 ) -> None:
     """Run the controller for a topology until interrupted (mTLS with certificates, or
     `--set plaintext=true`)."""
+    from controller.aio import freeze_startup_heap
     from controller.fabric.store import StoreVersionError
     from controller.identity import IdentityError
     from controller.runtime import Controller
@@ -83,6 +84,8 @@ def run(
         stopping = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
         await ctl.start()
+        # This process is the controller until it stops: its start-up heap is for good.
+        freeze_startup_heap()
         try:
             await stopping.wait()
         finally:
