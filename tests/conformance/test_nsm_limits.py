@@ -67,7 +67,7 @@ async def mute(tmp_path) -> AsyncIterator[tuple[MuteEndpoint, str]]:
     servicer = MuteEndpoint()
     server = grpc.aio.server()
     networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(servicer, server)
-    url = bind(server, f"unix://{tmp_path}/mute.sock")
+    url = bind(server, f"unix://{tmp_path}/mute.sock", None)  # plaintext, as the served controller
     await server.start()
     yield servicer, url
     servicer.release.set()
@@ -186,7 +186,7 @@ async def test_p4nsm_nse_with_an_ethernet_payload_is_found_by_an_ethernet_client
     env = {**os.environ, "P4NSM_NSM_RUN_DIR": str(tmp_path / "run"), "P4NSM_NSM_RETRY_INTERVAL": "0.05"}
     proc = await asyncio.create_subprocess_exec(
         str(REPO_ROOT / ".venv" / "bin" / "p4nsm"), "nse", "--service", "l2", "--netns", "h3",
-        "--cidr", "10.70.0.0/24", "--payload", "ETHERNET", "--name", "l2-nse", "--nsm-address", looped.server.address,
+        "--cidr", "10.70.0.0/24", "--payload", "ETHERNET", "--name", "l2-nse", "--plaintext", "--nsm-address", looped.server.address,
         cwd=REPO_ROOT, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     try:
         await until(lambda: looped.server.endpoints.get("l2-nse") is not None or proc.returncode is not None, 30)
