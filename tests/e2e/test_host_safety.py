@@ -27,14 +27,19 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
 from controller.host import kernel_iface, vlan_emu
-from controller.nsm.base.channels import dial_target
+from controller.identity import lab_settings, load_svid
+from controller.nsm.base.channels import dial
+from controller.nsm.base.metadata import Credentials
+from controller.nsm.base.tokens import Signer, TokenSource
 from controller.nsm.elements.chain import CallContext, Connection, Element, Next, Request
+from controller.settings import Settings
 from nsm_api import connectioncontext_pb2, networkservice_pb2_grpc
 from tests.conformance.nsm_support import nsc_request
 from tests.e2e.lab_fixtures import scratch_netns, veth_pair  # noqa: F401
@@ -246,12 +251,19 @@ async def _hostile_endpoint(make_endpoint, host: str, **routes: list[connectionc
 
 
 async def _request(ctl, iface: str = "", netns: str = "h1") -> grpc.aio.AioRpcError:
+    """A hand-made Request from the lab's NSC, over mTLS with its certificate and a token it
+    signed, as a real client sends: what it is refused with is the host side's answer."""
     req = nsc_request("icmp", netns)
     if iface:
         req.mechanism_preferences[0].parameters["name"] = iface
-    async with grpc.aio.insecure_channel(dial_target(ctl.nsm.address)) as channel:
+    certs = Path(ctl.settings.tls_cert_file).parent  # the lab's certificate directory
+    nsc = load_svid(Settings.model_validate({**ctl.settings.model_dump(), **lab_settings(certs, "nsc")}))
+    assert nsc is not None
+    token = TokenSource.of("", 60.0, Signer.of(nsc)).issue(ctl.settings.nsm_spiffe_id)
+    async with dial(ctl.nsm.address, nsc) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await networkservice_pb2_grpc.NetworkServiceStub(channel).Request(req, timeout=20)
+            await networkservice_pb2_grpc.NetworkServiceStub(channel).Request(
+                req, timeout=20, metadata=Credentials(*token).as_metadata())
     return caught.value
 
 
