@@ -33,9 +33,11 @@ NSC = "spiffe://p4nsm/nsc"  # the identity of segment("nsc", ...)'s token
 
 
 def creds(identity: str, expires_in: float = 60.0) -> tuple[tuple[str, str], ...]:
-    """The per-RPC token and expiry an NSM client of `identity` sends (docs/nsm_contract.md §6.1)."""
-    token, expires = TokenSource(identity, expires_in).issue()
-    return Credentials(token, expires).as_metadata()
+    """The per-RPC token and expiry an NSM client of `identity` sends (docs/nsm_contract.md §6.1).
+    The token itself lives a minute whatever `expires_in` says: its `exp` is whole seconds, and a
+    sub-second one could be past on arrival, refused as expired before the rule under test."""
+    token, _ = TokenSource(identity, 60.0).issue()
+    return Credentials(token, clock.now() + expires_in).as_metadata()
 
 
 class _AsClient:
