@@ -494,6 +494,9 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
 
     async def GetForwardingPipelineConfig(self, request, context):
         await self._check_device(request.device_id, context)
+        if request.response_type not in GET.ResponseType.values():
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                               f"response_type {request.response_type} is not a GetForwardingPipelineConfigRequest.ResponseType")
         out = p4r.GetForwardingPipelineConfigResponse()
         pipeline = self.pipeline
         if pipeline is None:

@@ -248,6 +248,8 @@ MALFORMED: dict[str, tuple[Callable[[P4RTTestClient], None], grpc.StatusCode]] =
     "Read bytes that are no message": (lambda c: list(c.channel.unary_stream("/p4.v1.P4Runtime/Read")(
         b"\xff\xff\xff\xff", timeout=5)), grpc.StatusCode.INVALID_ARGUMENT),
     "gNMI Get bytes that are no message": (_raw("/gnmi.gNMI/Get"), grpc.StatusCode.INVALID_ARGUMENT),
+    "GetForwardingPipelineConfig response_type 99": (lambda c: c.get_pipeline(response_type=99),
+                                                     grpc.StatusCode.INVALID_ARGUMENT),
 }
 
 
