@@ -58,6 +58,7 @@ from benchmarks.bench_controller_setup import ReaderProcess, check_installed, li
 from benchmarks.bench_nsm_requests import _loop_lag, _read_all, pct  # noqa: E402
 from benchmarks.heal import scenario  # noqa: E402
 from benchmarks.heal.traffic import Stream, Traffic  # noqa: E402
+from controller.aio import freeze_startup_heap  # noqa: E402
 from controller.nsm.base import clock  # noqa: E402
 from controller.nsm.base.channels import dial_target  # noqa: E402
 from controller.nsm.base.metadata import EXPIRES_KEY, TOKEN_KEY, Credentials  # noqa: E402
@@ -616,7 +617,7 @@ async def orchestrate(topo, lab, work: Path, args: argparse.Namespace) -> dict: 
     from controller.settings import Settings
     from controller.topology import host_ifname
 
-    settings = Settings.load({"metrics_address": "127.0.0.1:0", "web_address": "127.0.0.1:0",
+    settings = Settings.load({"metrics_address": "127.0.0.1:0", "web_address": "127.0.0.1:0", "plaintext": "true",
                               "store_path": str(work / "store.sqlite"), "nsm_run_dir": str(work / "nsm"),
                               **dict(o.split("=", 1) for o in args.set)})
     address = f"unix://{work / 'nsm.sock'}"
@@ -629,7 +630,7 @@ async def orchestrate(topo, lab, work: Path, args: argparse.Namespace) -> dict: 
             raise SystemExit("switches not ready")
         with open(work / "nse.log", "w") as nse_log:
             nse = subprocess.Popen([str(REPO / ".venv" / "bin" / "p4nsm"), "nse", "--service", SERVICE, "--netns", "h3",
-                                    "--cidr", "10.80.0.0/16", "--nsm-address", address, "--name", f"{SERVICE}-h3"],
+                                    "--cidr", "10.80.0.0/16", "--nsm-address", address, "--name", f"{SERVICE}-h3", "--plaintext"],
                                    env={**os.environ, "P4NSM_NSM_RUN_DIR": str(work / "nsm")},
                                    stdout=subprocess.DEVNULL, stderr=nse_log)
         assert ctl.nsm is not None
@@ -643,11 +644,10 @@ async def orchestrate(topo, lab, work: Path, args: argparse.Namespace) -> dict: 
                           {h.name: host_ifname(h.name) for h in topo.hosts}, work)
         await traffic.start()
         await scenario.settle(ctl, 60)
-        if args.gc_freeze:
-            # What the controller could do once started: the heap it has built lives as long as
-            # it does, and a full collection need not scan it again and again.
-            gc.collect()
-            gc.freeze()
+        if not args.no_gc_freeze:
+            # As `p4nsm run` does once started (controller/aio.py): the start-up heap is left
+            # out of every later collection.
+            freeze_startup_heap()
         baseline = Baseline(traffic)
         before = await _state(ctl)
         mem_before = {"controller": rss_mib(), **{s.name: rss_mib(lab.switch_pid(s.name) or 0) for s in topo.switches}}
@@ -717,7 +717,7 @@ def report(r: dict, args: argparse.Namespace, began: str, load: tuple[float, flo
         "# Hostile input against a running lab",
         "",
         f"`sudo .venv/bin/python benchmarks/bench_fuzz.py --nsm {args.nsm} --p4rt {args.p4rt} --flood-rate {args.flood_rate:g} "
-        f"--flood-seconds {args.flood_seconds:g}{' --gc-freeze' if args.gc_freeze else ''}`, {began}, {platform.node()} ({os.cpu_count()} cores, load "
+        f"--flood-seconds {args.flood_seconds:g}{' --no-gc-freeze' if args.no_gc_freeze else ''}`, {began}, {platform.node()} ({os.cpu_count()} cores, load "
         f"{load[0]:.1f} → {load[1]:.1f}; other work shared the machine). Diamond of softswitches in Mininet, the "
         f"controller with the NSM API in one process (default settings: keepalive {0.05:g} s, timeout 0.15 s), a "
         f"`p4nsm nse` on h3, and one connection h1 → h3 carrying a {STREAM_RATE:.0f} frames/s stream throughout.",
@@ -761,7 +761,8 @@ def main() -> None:
     parser.add_argument("--p4rt", type=int, default=5000, help="malformed P4Runtime messages")
     parser.add_argument("--flood-rate", type=float, default=200.0, help="refused NSM Requests per second in the flood phase")
     parser.add_argument("--flood-seconds", type=float, default=60.0, help="length of the flood phase (0: none)")
-    parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() the controller's process once the lab is up")
+    parser.add_argument("--no-gc-freeze", action="store_true",
+                        help="leave the controller's start-up heap to the collector (p4nsm run freezes it once started)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="controller setting override")
     parser.add_argument("--lock-timeout", type=float, default=1800.0, help="seconds to wait for another lab on this machine")
     parser.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results alone")
@@ -790,7 +791,9 @@ def main() -> None:
     with open(work / "controller.log", "w") as log_file:
         setup_logging("WARNING", log_file)
         try:
-            with Lab(topo, work / "lab", lock_timeout=args.lock_timeout) as lab:
+            # Plaintext switches and NSM API: the hostile messages must reach the code that parses
+            # them, not stop at a TLS handshake (the TLS refusals have tests of their own).
+            with Lab(topo, work / "lab", lock_timeout=args.lock_timeout, tls=False) as lab:
                 result = asyncio.run(orchestrate(topo, lab, work, args))
         finally:
             print(f"controller log: {work / 'controller.log'} (kept)" if args.no_write else "", flush=True)
