@@ -212,7 +212,7 @@ class Controller:
         try:
             for host, name, vlan, addr in ((a, name_a, plan.a.vlan, addr_a), (b, name_b, plan.b.vlan, addr_b)):
                 parent = await asyncio.to_thread(host_parent_iface, host)
-                await asyncio.to_thread(ensure_vlan_iface, host, parent, vlan, name, [addr], [])
+                await asyncio.to_thread(ensure_vlan_iface, host, parent, vlan, name, [addr], [], owner=plan.id)
         except Exception:
             await self.fabric.disconnect(plan.id)
             raise
@@ -221,7 +221,7 @@ class Controller:
         relabelled = await self.fabric.relabel(plan.id, labels)
         if relabelled is None:
             for host, name in ((a, name_a), (b, name_b)):
-                await asyncio.to_thread(remove_iface, host, name)
+                await asyncio.to_thread(remove_iface, host, name, owner=plan.id)
             raise RuntimeError(f"connection {plan.id} was removed while its host interfaces were made")
         return describe(relabelled)
 
@@ -232,8 +232,9 @@ class Controller:
         if plan is None:
             return False
         if plan.labels.get("kind") == "direct":
-            await asyncio.to_thread(remove_iface, plan.a.host, plan.labels["a_iface"])
-            await asyncio.to_thread(remove_iface, plan.b.host, plan.labels["b_iface"])
+            # each connection's interfaces carry its own mark: only they are removed
+            await asyncio.to_thread(remove_iface, plan.a.host, plan.labels["a_iface"], owner=conn_id)
+            await asyncio.to_thread(remove_iface, plan.b.host, plan.labels["b_iface"], owner=conn_id)
         return await self.fabric.disconnect(conn_id)
 
     def _admin_handlers(self) -> dict[str, Any]:

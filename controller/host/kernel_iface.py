@@ -98,8 +98,8 @@ def _check_existing_ifname(field: str, value: str) -> None:
 
 
 def mark(owner: str) -> str:
-    """The alias that says an interface is p4nsm's, made for `owner` ('' for the controller's
-    own direct connections)."""
+    """The alias that says an interface is p4nsm's, made for `owner` (the connection's id, NSM
+    and direct connections alike)."""
     if len(owner) <= _MARK_MAX and owner.isprintable() and not any(c.isspace() for c in owner):
         return MARK_PREFIX + owner
     return MARK_PREFIX + "#" + hashlib.sha256(owner.encode()).hexdigest()[:32]

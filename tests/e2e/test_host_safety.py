@@ -327,3 +327,17 @@ async def test_a_request_failing_while_routes_are_set_leaves_nothing_in_either_n
     assert await snapshots("h1", "h3") == before
     assert nsm_controller.fabric.plans == {} and await switch_entries(nsm_controller) == entries
 
+
+
+@lab
+async def test_a_direct_connection_carries_its_own_mark_and_leaves_nothing(nsm_controller) -> None:
+    """`p4nsm connect`: the interfaces of a direct connection are marked as that connection's
+    (not as the controller's in general), carry traffic, and go with it."""
+    before = await snapshots("h1", "h3")
+    made = await nsm_controller.connect_hosts("h1", "h3")
+    for ns, iface in (("h1", made["a_iface"]), ("h3", made["b_iface"])):
+        aliases = [alias or "" for name, alias, *_ in snapshot(ns)[0] if name == iface]
+        assert aliases and aliases[0].endswith(kernel_iface.mark(made["id"])), (ns, iface, aliases)
+    assert await ping("h1", made["b_addr"].split("/")[0])
+    assert await nsm_controller.disconnect(made["id"])
+    assert await snapshots("h1", "h3") == before

@@ -34,7 +34,7 @@ async def ctl(tmp_path):  # type: ignore[no-untyped-def]
 async def test_a_reroute_while_the_host_side_is_made_is_kept(ctl, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     reached, release = threading.Event(), threading.Event()
 
-    def ensure_vlan_iface(host, parent, vlan, name, addrs, routes):  # type: ignore[no-untyped-def]
+    def ensure_vlan_iface(host, parent, vlan, name, addrs, routes, *, owner):  # type: ignore[no-untyped-def]
         reached.set()
         assert release.wait(30), "the test never released the host side"
 
