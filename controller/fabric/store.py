@@ -28,8 +28,20 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 """
 
+# Version 2: records of other owners (registrations, pipeline revisions, ...), each under its
+# kind, so that a feature that must survive a restart needs no schema change of its own.
+_SCHEMA_V2 = """
+CREATE TABLE IF NOT EXISTS records (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+"""
+
 # _MIGRATIONS[v] turns a store of version v into one of version v + 1.
-_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
@@ -119,3 +131,28 @@ class Store:
     def get_meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
+
+    # --- records: state other owners keep across restarts, one kind each -------------------
+
+    def put_record(self, kind: str, key: str, value: str) -> None:
+        self.db.execute(
+            "INSERT INTO records (kind, key, value, updated) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(kind, key) DO UPDATE SET value=excluded.value, updated=excluded.updated",
+            (kind, key, value, time.time()))
+
+    def delete_record(self, kind: str, key: str) -> None:
+        self.db.execute("DELETE FROM records WHERE kind = ? AND key = ?", (kind, key))
+
+    def get_record(self, kind: str, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM records WHERE kind = ? AND key = ?", (kind, key)).fetchone()
+        return row[0] if row else None
+
+    def records(self, kind: str) -> dict[str, str]:
+        """Every record of one kind, by key."""
+        return dict(self.db.execute("SELECT key, value FROM records WHERE kind = ? ORDER BY key", (kind,)).fetchall())
+
+    async def durable(self) -> None:
+        """Returns once every write made so far is stored for good. SQLite's writes above are
+        durable when they return; a replicated store (etcd) makes its callers wait here, and
+        raises here when the write was refused (leadership lost, no quorum)."""
+        return None

@@ -52,3 +52,26 @@ def test_store_from_a_newer_controller_is_refused_naming_both_versions(tmp_path)
     assert f"this controller's {SCHEMA_VERSION}" in str(refused.value)
     # Refused means untouched: the newer controller's store keeps its version.
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 5
+
+
+def test_version_1_store_gains_records_and_keeps_its_connections(tmp_path):
+    path = tmp_path / "v1.sqlite"
+    plan = plan_on_line()
+    db = sqlite3.connect(path)
+    db.executescript(_UNVERSIONED)
+    db.execute("INSERT INTO connections VALUES (?, ?, ?, ?, ?)", (plan.id, plan.state, plan.revision,
+                                                                  plan.model_dump_json(), 0.0))
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    store = Store(path)
+    assert store.version() == SCHEMA_VERSION
+    assert [p.id for p in store.all()] == [plan.id]
+    store.put_record("registration", "nse-1", '{"name": "nse-1"}')
+    store.put_record("registration", "nse-1", '{"name": "nse-1", "v": 2}')
+    store.put_record("revision", "nse-1", "other kind, same key")
+    assert store.records("registration") == {"nse-1": '{"name": "nse-1", "v": 2}'}
+    store.delete_record("registration", "nse-1")
+    assert store.get_record("registration", "nse-1") is None
+    assert store.get_record("revision", "nse-1") == "other kind, same key"
+    store.close()
