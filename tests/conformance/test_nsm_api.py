@@ -43,6 +43,7 @@ from tests.conformance.nsm_support import (
     segment,
 )
 from tests.e2e.nsm_fixtures import Endpoints
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -265,10 +266,16 @@ async def test_a_request_whose_caller_gave_up_leaves_no_connection(controller, t
         nse = await endpoints(slow)
         err = await refused(slow.ns.Request(nsc_request(), timeout=0.2))
         assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        await asyncio.sleep(1.0)  # the chain ran to its end, then closed what it made
-        assert slow.recorder is not None and [why for _, why in slow.recorder.closes] == ["caller gone"]
-        assert slow.server.begin.states == {} and slow.server.hub.connections == {}
-        assert nse.begin.states == {} and len(nse.pool) == 0
+        recorder = slow.recorder
+        assert recorder is not None
+        server = slow.server
+
+        def cleaned(recorder: Recorder = recorder, server: NsmServer = server, nse: Endpoint = nse) -> bool:
+            return bool(recorder.closes) and not server.begin.states and not nse.begin.states
+
+        await until(cleaned, "the chain to run to its end and close what it made")
+        assert [why for _, why in recorder.closes] == ["caller gone"]
+        assert server.hub.connections == {} and len(nse.pool) == 0
 
 
 async def test_close_of_an_unknown_connection_is_ok(looped: Served) -> None:
@@ -280,28 +287,37 @@ async def test_close_of_an_unknown_connection_is_ok(looped: Served) -> None:
 
 async def test_without_refresh_the_server_closes_at_the_callers_expiry(looped: Served, endpoints) -> None:
     nse = await endpoints(looped)
+    asked = time.monotonic()
     resp = await looped.ns.Request(nsc_request(expires_in=1.0))
     own = resp.path.path_segments[1].id
-    await asyncio.sleep(1.5)
-    assert looped.recorder is not None and looped.recorder.closes == [(own, "expired")]
-    assert looped.server.begin.states == {} and nse.begin.states == {} and len(nse.pool) == 0
+    assert looped.recorder is not None
+    await until(lambda: looped.recorder.closes, "the close at expiry")
+    assert time.monotonic() - asked >= 0.99  # not before the caller's expiry
+    assert looped.recorder.closes == [(own, "expired")]
+    await until(lambda: not looped.server.begin.states and not nse.begin.states, "both sides to forget it")
+    assert len(nse.pool) == 0
 
 
 async def test_refresh_replaces_the_expiry_timer(looped: Served, endpoints) -> None:
     await endpoints(looped)
     resp = await looped.ns.Request(nsc_request(expires_in=1.0))
-    await asyncio.sleep(0.5)
     await looped.ns.Request(refresh_of(resp, expires_in=3.0))
-    await asyncio.sleep(1.0)  # past the first expiry
-    assert looped.recorder is not None and looped.recorder.closes == []
+    refreshed = time.monotonic()
     assert resp.path.path_segments[1].id in looped.server.begin.states
+    assert looped.recorder is not None
+    await until(lambda: looped.recorder.closes, "the close at the refreshed expiry")
+    # The first timer (1 s) would have closed it two seconds early.
+    assert time.monotonic() - refreshed >= 2.99
 
 
 async def test_deadline_of_the_request_is_taken_off_the_expiry(looped: Served, endpoints) -> None:
     await endpoints(looped)
+    asked = time.monotonic()
     await looped.ns.Request(nsc_request(expires_in=2.0), timeout=1.8)
-    await asyncio.sleep(0.6)  # 2.0 - ~1.8 has passed
-    assert looped.recorder is not None and len(looped.recorder.closes) == 1
+    assert looped.recorder is not None
+    await until(lambda: looped.recorder.closes, "the close at the shortened expiry")
+    # 2.0 s minus the ~1.8 s of deadline the request carried; the full 2.0 s would be too late.
+    assert time.monotonic() - asked < 1.5 and len(looped.recorder.closes) == 1
 
 
 # --- monitor --------------------------------------------------------------------------------------
@@ -487,7 +503,6 @@ async def test_registry_register_find_unregister(looped: Served) -> None:
 
 async def test_refresh_keeps_the_initial_registration_time(looped: Served) -> None:
     first = await looped.nse_registry.Register(_nse())
-    await asyncio.sleep(0.05)
     second = await looped.nse_registry.Register(_nse())
     assert second.initial_registration_time == first.initial_registration_time
     assert clock.to_seconds(second.expiration_time) > clock.to_seconds(first.expiration_time)
@@ -609,15 +624,10 @@ async def test_sdk_client_refreshes_then_heals_onto_another_endpoint(looped: Ser
     client = Client(looped.server.address, settings, token_lifetime=2.0)
     try:
         conn = await client.request("icmp", "h1", iface="nsm0", give_up_after=5)
-        await asyncio.sleep(1.5)
-        assert client.history.count("refreshed") >= 2
+        await until(lambda: client.history.count("refreshed") >= 2, "two refreshes")
         serving = a if conn.network_service_endpoint_name == a.name else b
         await serving.stop()  # the endpoint goes away
-        for _ in range(50):
-            if "healed" in client.history:
-                break
-            await asyncio.sleep(0.1)
-        assert "healed" in client.history, client.history
+        await until(lambda: "healed" in client.history, "the client to heal onto the other endpoint")
         assert client.connection is not None and client.connection.network_service_endpoint_name != serving.name
         assert client.connection.id == conn.id  # the client's own segment survives a reselect
     finally:
@@ -639,14 +649,8 @@ async def test_sdk_endpoint_registers_again_when_its_registration_goes(looped: S
     nse = await endpoints(looped)
     first = looped.server.endpoints.get(nse.name)
     assert first is not None and looped.server.services.get("icmp") is not None
-    for _ in range(50):  # until the endpoint's watch of its own registration is in place
-        if len(looped.server.endpoints.watchers):
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: len(looped.server.endpoints.watchers), "the endpoint's watch of its own registration")
     looped.server.endpoints.unregister(nse.name)
-    for _ in range(50):
-        if looped.server.endpoints.get(nse.name) is not None:
-            break
-        await asyncio.sleep(0.1)
+    await until(lambda: looped.server.endpoints.get(nse.name) is not None, "the endpoint to register again")
     again = looped.server.endpoints.get(nse.name)
     assert again is not None and again.initial_registration_time != first.initial_registration_time

@@ -12,7 +12,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -27,6 +27,7 @@ from controller.settings import REPO_ROOT
 from nsm_api import connection_pb2, networkservice_pb2_grpc, registry_pb2
 from tests.conformance.nsm_support import Recorder, code_of, nsc_request, nsm_settings
 from tests.conformance.test_nsm_api import Served, _serve, controller, endpoints, looped, settings  # noqa: F401 (fixtures)
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,13 +35,6 @@ pytestmark = pytest.mark.timeout(120)
 def as_caller(sub: str) -> tuple[tuple[str, str], ...]:
     """The per-RPC credentials of a caller whose identity is `sub`."""
     return Credentials(*TokenSource(sub, 60.0).issue()).as_metadata()
-
-
-async def until(what: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not what():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 class MuteEndpoint(networkservice_pb2_grpc.NetworkServiceServicer):
@@ -99,7 +93,7 @@ async def test_one_caller_cannot_take_every_admission_slot(controller, tmp_path,
         attacker = as_caller("spiffe://p4nsm/nsc/attacker")
         calls = [asyncio.ensure_future(served.ns.Request(nsc_request("mute"), metadata=attacker, timeout=60))
                  for _ in range(40)]
-        await until(lambda started=calls: sum(c.done() for c in started) == 30)
+        await until(lambda started=calls: sum(c.done() for c in started) == 30, "30 calls done")
         assert servicer.waiting == 10  # the attacker's share, and not one more
         refused = [c.exception() for c in calls if c.done()]
         assert {code_of(e) for e in refused if e is not None} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -122,7 +116,7 @@ async def test_requests_waiting_for_one_endpoint_are_bounded_and_not_its_failure
         live = await endpoints(served)
         # Five wait for the mute endpoint; more asking for it by name are refused at once.
         waiting = [asyncio.ensure_future(served.ns.Request(nsc_request_named("mute-1"), timeout=60)) for _ in range(5)]
-        await until(lambda: servicer.waiting == 5)
+        await until(lambda: servicer.waiting == 5, "5 calls waiting")
         started = time.monotonic()
         extra = await outcomes([asyncio.ensure_future(served.ns.Request(nsc_request_named("mute-1"), timeout=60))
                                 for _ in range(10)])
@@ -189,7 +183,7 @@ async def test_p4nsm_nse_with_an_ethernet_payload_is_found_by_an_ethernet_client
         "--cidr", "10.70.0.0/24", "--payload", "ETHERNET", "--name", "l2-nse", "--plaintext", "--nsm-address", looped.server.address,
         cwd=REPO_ROOT, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     try:
-        await until(lambda: looped.server.endpoints.get("l2-nse") is not None or proc.returncode is not None, 30)
+        await until(lambda: looped.server.endpoints.get("l2-nse") is not None or proc.returncode is not None, "the l2 endpoint registered", 30)
         assert proc.returncode is None, (await proc.stderr.read()).decode()  # type: ignore[union-attr]
         ns = looped.server.services.get("l2")
         assert ns is not None and ns.payload == "ETHERNET"

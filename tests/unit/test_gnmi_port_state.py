@@ -17,18 +17,11 @@ from softswitch.ports import Ports
 from softswitch.server import SoftSwitchServer
 from tests.support.fixtures import free_port
 from tests.support.settings import settings_for_test
+from tests.support.waiting import until
 from tests.unit.fabric_rig import Rig
 from tests.unit.test_web_view import rig  # noqa: F401 (the fixture: diamond, heal rounds on)
 
 FAST = {"reconnect_backoff_min": 0.05, "reconnect_backoff_max": 0.2, "rpc_timeout": 2.0, "gnmi_up_hold_down": 0.2}
-
-
-async def until(predicate, what: str, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < end, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 class Switch:

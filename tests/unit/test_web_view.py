@@ -16,6 +16,7 @@ from controller.operators.drawing_svg import render_svg
 from controller.operators.web import WebView
 from controller.operators.web_page import SCRIPT
 from controller.topology import Topology
+from tests.support.waiting import until
 from tests.unit.fabric_rig import DIAMOND, Rig
 
 HOSTILE = '<script>alert("x")</script> & \'quoted\' </svg>'
@@ -65,14 +66,6 @@ async def get_json(web: WebView, path: str):
     # every character a client chose travels escaped: no markup in the bytes at all
     assert b"<" not in raw and b">" not in raw
     return json.loads(raw)
-
-
-async def until(predicate, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < end, "timed out"
-        await asyncio.sleep(0.01)
 
 
 async def test_json_api_follows_a_heal(view) -> None:
