@@ -68,7 +68,7 @@ def init_lab_certs(directory: Path, *, trust_domain: str = TRUST_DOMAIN, switche
     certificate already there is kept unless `renew` (a process may be reading it): calling
     this twice on one directory, from the lab and from the switches' side, is harmless."""
     directory.mkdir(parents=True, exist_ok=True)
-    _ca(directory, trust_domain, days)
+    init_ca(directory, trust_domain, days)
     switches = tuple(switches)
     paths = {**ROLES, **{s: f"switch/{s}" for s in switches}, **(extra or {})}
     for name, path in paths.items():
@@ -78,16 +78,17 @@ def init_lab_certs(directory: Path, *, trust_domain: str = TRUST_DOMAIN, switche
     return LabCerts(directory, trust_domain, tuple(paths))
 
 
-def issue(directory: Path, name: str, spiffe_id: str, *, dns: Iterable[str] = (), ips: Iterable[str] = (),
+def issue(directory: Path, name: str, spiffe_id: str | None, *, dns: Iterable[str] = (), ips: Iterable[str] = (),
           days: float = 30.0) -> tuple[Path, Path]:
     """A certificate `<name>.crt` and key `<name>.key` for `spiffe_id`, signed by the CA of
-    `directory` (init_lab_certs made it); returns their paths."""
+    `directory` (init_ca made it); returns their paths. Without a SPIFFE id it is a plain
+    server certificate (DNS and IP SANs only), as a switch's own tooling makes them."""
     ca_cert = x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes())
     ca_key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     key = ec.generate_private_key(ec.SECP256R1())
     start, end = _validity(days)
-    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(spiffe_id)]
+    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(spiffe_id)] if spiffe_id else []
     sans += [x509.DNSName(d) for d in (*dns, *LOCAL_NAMES)]
     sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in (*ips, *LOCAL_IPS)]
     cert = (x509.CertificateBuilder()
@@ -112,7 +113,8 @@ def issue(directory: Path, name: str, spiffe_id: str, *, dns: Iterable[str] = ()
     return cert_path, key_path
 
 
-def _ca(directory: Path, trust_domain: str, days: float) -> None:
+def init_ca(directory: Path, trust_domain: str = TRUST_DOMAIN, days: float = 30.0) -> None:
+    """`ca.crt` and `ca.key` in `directory`, unless a CA is there already."""
     if (directory / "ca.crt").exists() and (directory / "ca.key").exists():
         return
     key = ec.generate_private_key(ec.SECP256R1())
