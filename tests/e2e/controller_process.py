@@ -14,7 +14,8 @@ controller (SIGKILL, SIGTERM) and start it again on the same store.
 Ready is what the controller logs, not a delay: `event=nsm_listening` and one
 `switch=<name> event=reconciled` per switch of the topology (a reconcile is a diff of what the
 switch holds against the store: its counts are the entity writes of that start). Each start's
-log (stderr) is kept in `<run_dir>/controller-<n>.log`; `lines` holds the last start's.
+log is kept in `<run_dir>/controller-<n>.log`; `lines` holds the last start's. `LoggedProcess`
+runs any other command the same way (`p4nsm nse`, `p4nsm nsc request`).
 """
 
 from __future__ import annotations
@@ -55,50 +56,39 @@ def write_topology(topo: Topology, path: Path) -> Path:
     return path
 
 
-class ControllerProcess:
-    """One controller (`p4nsm run`) over a topology file and a store in `run_dir`, started and
-    stopped as often as a test likes; every start uses the same store and NSM address."""
+class LoggedProcess:
+    """A command whose output (stdout and stderr) goes to `<run_dir>/<name>-<n>.log`, read back
+    as it grows; started, awaited on what it logs, and killed as often as a test likes."""
 
-    def __init__(self, topology: Path, run_dir: Path, *, sets: Mapping[str, object] | None = None,
-                 env: Mapping[str, str] | None = None, nsm_address: str | None = None) -> None:
-        self.topology_path = topology
-        self.switches = {s.name for s in load_topology(topology).switches}
+    def __init__(self, name: str, run_dir: Path, env: Mapping[str, str] | None = None) -> None:
+        self.name = name
         self.run_dir = run_dir
-        self.store_path = run_dir / "store.sqlite"
-        self.nsm_address = nsm_address or f"unix://{run_dir / 'nsm.sock'}"
-        self.sets: dict[str, str] = {"store_path": str(self.store_path), "metrics_address": "127.0.0.1:0",
-                                     "web_address": "127.0.0.1:0", **{k: str(v) for k, v in (sets or {}).items()}}
         self.env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = run_dir / "controller-0.log"
-        self._offset = 0
+        self.log_path = run_dir / f"{name}-0.log"
         self.starts = 0
         self.lines: list[str] = []
-        self.reconciled: dict[str, tuple[int, int, int]] = {}
-        self.metrics_url = ""
+        self._offset = 0
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
 
-    def argv(self) -> list[str]:
-        sets = [arg for name, value in self.sets.items() for arg in ("--set", f"{name}={value}")]
-        return [str(P4NSM), "run", "-t", str(self.topology_path), "--nsm-address", self.nsm_address, *sets]
-
-    async def start(self, timeout: float = READY_TIMEOUT_S) -> None:
-        """Start `p4nsm run` and return once it serves NSM and has reconciled every switch."""
-        assert self.pid is None, "already running"
+    def launch(self, argv: list[str], *, stdin: bool = False) -> None:
+        """Start `argv`; with `stdin`, its stdin is a pipe this object holds (close_stdin() ends it)."""
+        assert self.pid is None, f"{self.name} is already running"
         self.starts += 1
-        self.lines, self.reconciled, self.metrics_url = [], {}, ""
-        self.log_path = self.run_dir / f"controller-{self.starts}.log"
-        # The log goes to a file, not a pipe: a pipe stays open as long as any process the
-        # controller started holds it, and a test must see the controller's own exit.
+        self.lines, self._offset = [], 0
+        self.log_path = self.run_dir / f"{self.name}-{self.starts}.log"
+        # A file, not a pipe: a pipe stays open as long as any process the command started holds
+        # it, and a test must see the command's own exit.
         with self.log_path.open("w") as log:
-            self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-                                         env=self.env, cwd=self.run_dir)
-        self._offset = 0
-        await self.wait_for(lambda: bool(self.logged("event=nsm_listening")) and set(self.reconciled) >= self.switches,
-                            timeout, "ready")
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, env=self.env, cwd=self.run_dir)
+
+    def close_stdin(self) -> None:
+        if self.proc is not None and self.proc.stdin is not None:
+            self.proc.stdin.close()
 
     async def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
         """Until `condition()` holds over what the log says (read again every POLL_S); fails
@@ -110,17 +100,22 @@ class ControllerProcess:
             if condition():
                 return
             if self.proc is None or self.proc.poll() is not None:
-                raise AssertionError(f"controller exited before {what}: rc={self.proc and self.proc.returncode}\n"
+                raise AssertionError(f"{self.name} exited before {what}: rc={self.proc and self.proc.returncode}\n"
                                      + "".join(self.lines[-30:]))
             if loop.time() > deadline:
-                raise AssertionError(f"controller not {what} within {timeout}s; last lines:\n" + "".join(self.lines[-30:]))
+                raise AssertionError(f"{self.name} not {what} within {timeout}s; last lines:\n" + "".join(self.lines[-30:]))
             await asyncio.sleep(POLL_S)
 
     def logged(self, needle: str) -> list[str]:
         self._read_log()
         return [line for line in self.lines if needle in line]
 
+    def on_line(self, line: str) -> None:
+        """Each complete line of the log as it is read (subclasses parse what they need)."""
+
     def _read_log(self) -> None:
+        if not self.log_path.exists():
+            return
         with self.log_path.open("rb") as f:
             f.seek(self._offset)
             chunk = f.read()
@@ -128,10 +123,7 @@ class ControllerProcess:
         self._offset += complete
         for line in chunk[:complete].decode(errors="replace").splitlines(keepends=True):
             self.lines.append(line)
-            if m := RECONCILED.search(line):
-                self.reconciled[m[1]] = (int(m[2]), int(m[3]), int(m[4]))
-            elif m := METRICS_URL.search(line):
-                self.metrics_url = f"{m[1]}/metrics"
+            self.on_line(line)
 
     async def kill(self, sig: int = signal.SIGKILL, timeout: float = EXIT_TIMEOUT_S) -> int:
         """Send `sig` and wait until the process is gone; its exit status."""
@@ -144,7 +136,7 @@ class ControllerProcess:
             if loop.time() > deadline:
                 self.proc.kill()
                 self.proc.wait()
-                raise AssertionError(f"controller did not exit within {timeout}s of signal {sig}")
+                raise AssertionError(f"{self.name} did not exit within {timeout}s of signal {sig}")
             await asyncio.sleep(POLL_S)
         self._read_log()
         return self.proc.returncode
@@ -156,3 +148,37 @@ class ControllerProcess:
                 await self.kill(signal.SIGTERM, 30)
             except AssertionError:
                 pass
+
+
+class ControllerProcess(LoggedProcess):
+    """One controller (`p4nsm run`) over a topology file and a store in `run_dir`, started and
+    stopped as often as a test likes; every start uses the same store and NSM address."""
+
+    def __init__(self, topology: Path, run_dir: Path, *, sets: Mapping[str, object] | None = None,
+                 env: Mapping[str, str] | None = None, nsm_address: str | None = None) -> None:
+        super().__init__("controller", run_dir, env)
+        self.topology_path = topology
+        self.switches = {s.name for s in load_topology(topology).switches}
+        self.store_path = run_dir / "store.sqlite"
+        self.nsm_address = nsm_address or f"unix://{run_dir / 'nsm.sock'}"
+        self.sets: dict[str, str] = {"store_path": str(self.store_path), "metrics_address": "127.0.0.1:0",
+                                     "web_address": "127.0.0.1:0", **{k: str(v) for k, v in (sets or {}).items()}}
+        self.reconciled: dict[str, tuple[int, int, int]] = {}
+        self.metrics_url = ""
+
+    def argv(self) -> list[str]:
+        sets = [arg for name, value in self.sets.items() for arg in ("--set", f"{name}={value}")]
+        return [str(P4NSM), "run", "-t", str(self.topology_path), "--nsm-address", self.nsm_address, *sets]
+
+    async def start(self, timeout: float = READY_TIMEOUT_S) -> None:
+        """Start `p4nsm run` and return once it serves NSM and has reconciled every switch."""
+        self.reconciled, self.metrics_url = {}, ""
+        self.launch(self.argv())
+        await self.wait_for(lambda: bool(self.logged("event=nsm_listening")) and set(self.reconciled) >= self.switches,
+                            timeout, "ready")
+
+    def on_line(self, line: str) -> None:
+        if m := RECONCILED.search(line):
+            self.reconciled[m[1]] = (int(m[2]), int(m[3]), int(m[4]))
+        elif m := METRICS_URL.search(line):
+            self.metrics_url = f"{m[1]}/metrics"
