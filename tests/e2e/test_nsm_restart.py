@@ -26,21 +26,37 @@ import signal
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import grpc
 import pytest
 
 from controller.commands.inspect import read_entries
 from controller.fabric.store import Store
 from controller.identity import LabCerts
-from controller.settings import REPO_ROOT
+from controller.nsm.base import clock
+from controller.nsm.elements.timeout import EXPIRY_KIND, StoredExpiry
+from controller.runtime import Controller
+from controller.sdk.client import Client
+from controller.sdk.liveness import ping_liveness
+from controller.settings import REPO_ROOT, Settings
 from controller.topology import Topology, load_topology
-from lab.certs import lab_certs
+from lab.certs import as_role, lab_certs
+from nsm_api import networkservice_pb2
 from tests.e2e.controller_process import P4NSM, ControllerProcess, LoggedProcess, on_free_ports, write_topology
-from tests.e2e.nsm_fixtures import DIAMOND, LAB_KEEPALIVE_TIMEOUT_S, LAB_WAIT_S
+from tests.e2e.nsm_fixtures import (
+    DIAMOND,
+    LAB_KEEPALIVE_TIMEOUT_S,
+    LAB_WAIT_S,
+    Endpoints,
+    iface_addresses,
+    nsm_test_settings,
+    ping,
+    switch_entries,
+)
 from tests.e2e.switch_kinds import SOFTSWITCH, require
 from tests.support.settings import settings_for_test
 
@@ -57,6 +73,7 @@ DOWN_FOR_S = 2.0  # between the controller's death and its new start
 # third of it); short enough that the test sees a refresh after the restart.
 TOKEN_LIFETIME_S = 24.0
 WAIT_S = 90.0  # for anything to come up on a loaded two-core machine
+SHORT_LIFETIME_S = 12.0  # a connection whose client goes away: its deadline comes within the test
 REQUESTS_OK = 'p4nsm_nsm_requests_total{code="OK"}'
 
 
@@ -222,3 +239,123 @@ async def test_restart_loses_no_packet_writes_nothing_and_adopts(restart_lab: Re
     finally:
         for proc in (send, recv, nsc, nse, ctl):
             await proc.stop()
+
+
+# --- in-process controllers over the same store: what the restarted one does with what it finds ---
+
+@dataclass
+class Run:
+    """Two controllers in turn over one store and one NSM socket, with SDK parts in this process."""
+
+    lab: RestartLab
+    settings: Settings
+    ctl: Controller | None = None
+
+    @property
+    def address(self) -> str:
+        return f"unix://{self.settings.nsm_run_dir / 'nsm.sock'}"
+
+    def as_role(self, role: str, **overrides: object) -> Settings:
+        return as_role(self.settings, self.lab.certs, role).model_copy(update=overrides)
+
+    async def start(self) -> Controller:
+        self.ctl = Controller(self.lab.topo, self.settings, nsm_address=self.address)
+        await self.ctl.start()
+        assert await self.ctl.wait_ready(WAIT_S), "switches did not come up"
+        return self.ctl
+
+    async def stop(self) -> None:
+        ctl, self.ctl = self.ctl, None
+        if ctl is not None:
+            await ctl.stop()
+
+
+@pytest.fixture
+async def run(restart_lab: RestartLab, tmp_path: Path) -> AsyncIterator[Run]:
+    settings = nsm_test_settings(tmp_path, keepalive_timeout=LAB_KEEPALIVE_TIMEOUT_S,
+                                 probe_keepalive_proof_delay=LAB_KEEPALIVE_TIMEOUT_S,
+                                 **restart_lab.certs.settings("controller"))
+    made = Run(restart_lab, settings)
+    try:
+        yield made
+    finally:
+        if made.ctl is not None:  # whatever a failed test left
+            for conn_id in list(made.ctl.fabric.plans):
+                await made.ctl.fabric.disconnect(conn_id)
+        await made.stop()
+
+
+async def connected(run: Run, endpoints: Endpoints, *, lifetime: float = TOKEN_LIFETIME_S, heal: bool = False,
+                    liveness: bool = False) -> tuple[Client, str]:
+    await endpoints.start(run.address, SERVICE, "h4", CIDR, name="nse-h4")
+    client = Client(run.address, run.as_role("nsc"), refresh=heal, heal=heal, token_lifetime=lifetime,
+                    liveness=ping_liveness("h1") if liveness else None)
+    conn = await client.request(SERVICE, "h1", iface="nsm0", give_up_after=WAIT_S)
+    assert run.ctl is not None
+    (conn_id,) = run.ctl.fabric.plans
+    assert await ping("h1", conn.context.ip_context.dst_ip_addrs[0].split("/")[0])
+    return client, conn_id
+
+
+async def test_a_failed_request_for_an_adopted_connection_removes_nothing(run: Run) -> None:
+    """After a restart, a Request for the stored connection that fails in the host side (its
+    interface name is another, whose VLAN the stored interface holds) leaves the connection as
+    the earlier run made it: interfaces, entries, store row; traffic flows on."""
+    endpoints = Endpoints(run.as_role("nse"))
+    await run.start()
+    client, conn_id = await connected(run, endpoints)
+    try:
+        await run.stop()
+        ctl = await run.start()
+        plan = ctl.fabric.plans[conn_id]
+        ifaces = {"h1": ifindex("h1", "nsm0"), "h4": ifindex("h4", plan.labels["b_iface"])}
+        before = await switch_entries(ctl)
+        assert client.connection is not None
+        req = networkservice_pb2.NetworkServiceRequest(connection=client.connection)
+        req.connection.mechanism.parameters["name"] = "other0"
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await client.stub.Request(req, timeout=WAIT_S, metadata=client._metadata())
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION, info.value.details()
+        assert ctl.fabric.plans.get(conn_id) == plan and ctl.store.get(conn_id) is not None
+        assert {"h1": ifindex("h1", "nsm0"), "h4": ifindex("h4", plan.labels["b_iface"])} == ifaces
+        assert iface_addresses("h1", "other0") is None
+        assert await switch_entries(ctl) == before
+        assert await ping("h1", client.connection.context.ip_context.dst_ip_addrs[0].split("/")[0])
+        # and the client's own Request, as it was, adopts it
+        adopted = await client.stub.Request(networkservice_pb2.NetworkServiceRequest(connection=client.connection),
+                                            timeout=WAIT_S, metadata=client._metadata())
+        assert adopted.id == client.connection.id and conn_id in ctl.nsm.begin.states  # type: ignore[union-attr]
+        assert {"h1": ifindex("h1", "nsm0"), "h4": ifindex("h4", plan.labels["b_iface"])} == ifaces
+        assert await switch_entries(ctl) == before
+    finally:
+        await client.close()
+        await endpoints.stop_all()
+
+
+async def test_a_client_gone_while_down_expires_at_its_stored_deadline_and_is_removed_everywhere(run: Run) -> None:
+    """Nobody re-requests the stored connection after the restart: it is closed at the deadline
+    its last Request had (the expiry of the path's tokens), not a guess from the restart, and
+    nothing of it is left: entries read back from the switches, interfaces, store row, record."""
+    endpoints = Endpoints(run.as_role("nse"))
+    ctl = await run.start()
+    empty = await switch_entries(ctl)
+    client, conn_id = await connected(run, endpoints, lifetime=SHORT_LIFETIME_S)
+    plan = ctl.fabric.plans[conn_id]
+    deadline = StoredExpiry.model_validate_json(ctl.store.get_record(EXPIRY_KIND, conn_id) or "").expires
+    try:
+        await run.stop()
+        await client.channel.close()  # gone: it never refreshes or closes
+        ctl = await run.start()
+        assert conn_id in ctl.fabric.plans, "removed before its deadline"
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + (deadline - clock.now()) + WAIT_S
+        while conn_id in ctl.fabric.plans:
+            assert loop.time() < give_up, "the stored connection outlived its deadline"
+            await asyncio.sleep(0.1)
+        assert clock.now() >= deadline - 0.5, "removed before its stored deadline"
+        assert clock.now() < deadline + 0.5 * SHORT_LIFETIME_S + 5, "removed long after its stored deadline"
+        assert ctl.store.get(conn_id) is None and ctl.store.get_record(EXPIRY_KIND, conn_id) is None
+        assert iface_addresses("h1", "nsm0") is None and iface_addresses("h4", plan.labels["b_iface"]) is None
+        assert await switch_entries(ctl) == empty
+    finally:
+        await endpoints.stop_all()
