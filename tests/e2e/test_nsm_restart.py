@@ -359,3 +359,39 @@ async def test_a_client_gone_while_down_expires_at_its_stored_deadline_and_is_re
         assert await switch_entries(ctl) == empty
     finally:
         await endpoints.stop_all()
+
+
+async def test_an_endpoint_gone_while_down_makes_the_client_reselect_another(run: Run) -> None:
+    """The endpoint died while the controller was down; its registration is still stored (not
+    yet expired). The client's Requests with the same path are refused by a controller that
+    serves (the endpoint does not answer), so the SDK reselects, NSM's way: the stored
+    connection is removed first (its interface on the dead endpoint's host with it) and the new
+    one goes to the other endpoint; traffic flows again."""
+    endpoints = Endpoints(run.as_role("nse"))
+    await run.start()
+    dying = await endpoints.start(run.address, SERVICE, "h4", CIDR, name="nse-h4")
+    await endpoints.start(run.address, SERVICE, "h3", "10.61.0.0/24", name="nse-h3")
+    client = Client(run.address, run.as_role("nsc"), token_lifetime=TOKEN_LIFETIME_S, liveness=ping_liveness("h1"))
+    try:
+        conn = await client.request(SERVICE, "h1", iface="nsm0", endpoint="nse-h4", give_up_after=WAIT_S)
+        assert run.ctl is not None
+        (conn_id,) = run.ctl.fabric.plans
+        old_iface = run.ctl.fabric.plans[conn_id].labels["b_iface"]
+        assert await ping("h1", conn.context.ip_context.dst_ip_addrs[0].split("/")[0])
+        await run.stop()
+        await dying.stop()  # its Unregister fails: the controller is down, the registration stays stored
+        ctl = await run.start()
+        assert "nse-h4" in ctl.nsm.endpoints.entries  # type: ignore[union-attr]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT_S
+        while client.connection is None or client.connection.network_service_endpoint_name != "nse-h3" \
+                or "healed" not in client.history:
+            assert loop.time() < deadline, f"the client did not reselect: {client.history}"
+            await asyncio.sleep(0.1)
+        healed = client.connection
+        assert ctl.fabric.plans[conn_id].b.host == "h3"
+        assert iface_addresses("h4", old_iface) is None, "the dead endpoint's side was left behind"
+        assert await ping("h1", healed.context.ip_context.dst_ip_addrs[0].split("/")[0])
+    finally:
+        await client.close()
+        await endpoints.stop_all()
