@@ -1,7 +1,9 @@
 """An NSC: Request a network service for a netns, keep the connection refreshed (docs/nsm_contract.md §8.1)
 and healed (§8.4): it watches its own connection on the server's MonitorConnections, and on
 DOWN, DELETE or a broken stream requests again: with reselect (a new endpoint), or, when a
-liveness check says the data plane still works, with the same path."""
+liveness check says the data plane still works, with the same path (after a controller restart,
+the controller adopts the connection it holds); a serving controller that keeps refusing the same
+path makes it reselect."""
 
 from __future__ import annotations
 
