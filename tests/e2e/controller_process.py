@@ -141,11 +141,12 @@ class LoggedProcess:
         self._read_log()
         return self.proc.returncode
 
-    async def stop(self) -> None:
-        """SIGTERM (an orderly stop), SIGKILL if that does not end it; idempotent."""
+    async def stop(self, sig: int = signal.SIGTERM) -> None:
+        """`sig` (an orderly stop: SIGINT for a command that stops in order only on Ctrl-C),
+        SIGKILL if that does not end it; idempotent."""
         if self.pid is not None:
             try:
-                await self.kill(signal.SIGTERM, 30)
+                await self.kill(sig, 30)
             except AssertionError:
                 pass
 

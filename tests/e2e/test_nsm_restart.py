@@ -237,7 +237,10 @@ async def test_restart_loses_no_packet_writes_nothing_and_adopts(restart_lab: Re
               f"max_gap_ms={received['max_gap_ms']} reconcile={ctl.reconciled} "
               f"writes={total(samples, 'p4nsm_switch_writes_total'):.0f}")
     finally:
-        for proc in (send, recv, nsc, nse, ctl):
+        for proc in (send, recv, ctl):
+            if proc is ctl:  # the client closes its connection and the endpoint unregisters, on Ctrl-C
+                await nsc.stop(signal.SIGINT)
+                await nse.stop(signal.SIGINT)
             await proc.stop()
 
 
