@@ -143,7 +143,7 @@ class Controller:
         if self.admin:
             await self.admin.start()
         if self.nsm_address is not None:
-            self.nsm = NsmServer(self.fabric, self.settings, svid=self.svid)
+            self.nsm = NsmServer(self.fabric, self.settings, svid=self.svid, store=self.store)
             await self.nsm.start(self.nsm_address)
         if self.metrics is not None:
             if self.nsm is not None:

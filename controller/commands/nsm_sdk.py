@@ -114,14 +114,18 @@ def request(
     tls_key: KeyOpt = None,
     tls_ca: CaOpt = None,
     plaintext: PlaintextOpt = False,
+    liveness: Annotated[bool, typer.Option(help="Heal with a data-plane check (ping the endpoint's addresses): while it "
+                                                "answers, a broken monitor stream (the controller restarted) re-requests "
+                                                "the same path instead of reselecting")] = True,
 ) -> None:
     """Request SERVICE for NETNS, keep the connection refreshed and healed until Ctrl-C, then Close."""
     from controller.sdk.client import Client
+    from controller.sdk.liveness import ping_liveness
 
     settings = _settings("nsc", certs, tls_cert, tls_key, tls_ca, plaintext)
 
     async def main() -> None:
-        client = Client(nsm_address or settings.nsm_address, settings)
+        client = Client(nsm_address or settings.nsm_address, settings, liveness=ping_liveness(netns) if liveness else None)
         try:
             conn = await client.request(service, netns, iface=name, labels=_labels(label), give_up_after=give_up_after)
             table = Table(title=f"connection {conn.id}", show_header=False)

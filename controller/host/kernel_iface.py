@@ -233,6 +233,20 @@ def remove_iface(netns: str, name: str, *, owner: str = "") -> bool:
     return removed
 
 
+def marked_ifaces(netns: str, owner: str) -> list[str]:
+    """The interfaces of `netns` that carry `owner`'s mark: what p4nsm made for that connection,
+    found again by a controller that restarted. Empty when the netns is gone."""
+    _check_netns_name(netns)
+    if netns not in _existing_netns():
+        return []
+    own = mark(owner)
+    with _netns_route(netns) as ipr:
+        try:
+            return sorted(link.get("ifname") for link in ipr.link("dump") if mark_of(link) == own)
+        except NetlinkError as exc:
+            raise HostIfaceError(f"netns {netns}: {exc}") from exc
+
+
 def host_parent_iface(netns: str) -> str:
     """The host's fabric-facing interface: its one interface that is neither loopback nor a
     VLAN subinterface (native or emulated)."""

@@ -22,6 +22,7 @@ from controller.nsm.base.serving import bind, grpc_options, serve_health
 from controller.nsm.base.tasks import Tasks
 from controller.nsm.base.tokens import Signer, TokenSource, Verifier
 from controller.nsm.elements.admission import Admission, ClientAdmission
+from controller.nsm.elements.adopt import Adopt
 from controller.nsm.elements.authorize import Authorize, Policy, path_tokens
 from controller.nsm.elements.begin import Begin
 from controller.nsm.elements.chain import Chain, Element
@@ -46,6 +47,7 @@ from controller.nsm.orphans import OrphanReaper
 from controller.nsm.registry.memory import Bounds
 from controller.nsm.registry.ns_registry import NsRegistry
 from controller.nsm.registry.nse_registry import NseRegistry
+from controller.nsm.registry.stored import Records
 from controller.nsm.service import NetworkServiceServicer
 from controller.settings import Settings
 from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc, registry_pb2_grpc
@@ -71,11 +73,13 @@ class NsmServer:
         ejected: Ejected | None = None,
         report: Report | None = None,
         svid: Svid | None = None,
+        store: Records | None = None,
     ) -> None:
         """`dataplane` replaces the fabric and host-side elements (tests that must not touch
         switches); `ejected`/`report` are the outlier-ejection hook of endpoint selection.
         The settings' SVID also signs this hop's tokens, and its trust bundle checks the callers'
-        (authorize.path_tokens unless `policy` replaces it)."""
+        (authorize.path_tokens unless `policy` replaces it). With `store`, the registries keep
+        their registrations in its records and start() loads them back before serving."""
         self.settings = settings
         # mTLS with this SVID (`svid`, else the settings') on the server and on every channel it
         # dials; None only when the settings say plaintext (IdentityError otherwise: no silent
@@ -97,8 +101,8 @@ class NsmServer:
         bounds = Bounds(settings.nsm_registry_default_expiration, settings.nsm_registry_max_entries,
                         settings.nsm_registry_max_bytes)
         self.services = NsRegistry(self.tokens, limits, self.tasks, bounds, self.access,
-                                   in_use=lambda name: bool(self.endpoints.offering(name)))
-        self.endpoints = NseRegistry(self.tokens, limits, self.tasks, bounds, self.access)
+                                   in_use=lambda name: bool(self.endpoints.offering(name)), records=store)
+        self.endpoints = NseRegistry(self.tokens, limits, self.tasks, bounds, self.access, records=store)
         self.hub = MonitorHub(settings.nsm_name)
         self.channels = Channels(grpc_options(settings), self.svid, settings.nsm_tls_server_name)
         self.begin = Begin()
@@ -107,7 +111,7 @@ class NsmServer:
         self.host_pool = HostPool(settings.nsm_host_workers)
         if dataplane is None:
             dataplane = [FabricConnect(fabric, self.hub), HostSide(self.host_pool)]
-            self.reaper = OrphanReaper(fabric, self.begin, self.tasks, self.host_pool, settings.nsm_token_lifetime)
+            self.reaper = OrphanReaper(fabric, self.begin, self.tasks, self.host_pool, settings.nsm_token_lifetime, store)
         # (call, code, seconds) of every Request and Close, as the caller sees it (metrics)
         self.call_listeners: list[CallObserver] = []
         self.chain = Chain([
@@ -119,8 +123,9 @@ class NsmServer:
             UpdateToken(self.tokens, settings.nsm_max_token_lifetime),
             Authorize(policy),
             Ownership(self.access, functools.partial(stored_owner, fabric)),
+            Adopt(fabric, self.host_pool),
             ClientAdmission(settings.nsm_max_requests_per_client),
-            Timeout(self.tasks),
+            Timeout(self.tasks, store),
             Monitor(self.hub),
             ClientMechanism(hosts),
             Discover(self.services, self.endpoints),
@@ -140,6 +145,10 @@ class NsmServer:
 
     async def start(self, address: str | None = None) -> str:
         """Serve on `address` (default: the nsm_address setting); returns the bound address."""
+        # The registries as the store has them before any call is served: endpoints first, so
+        # that a service's expiry finds the endpoints that keep it alive.
+        self.endpoints.load()
+        self.services.load()
         server = grpc.aio.server(options=grpc_options(self.settings), interceptors=[RefuseUndecodable()])
         networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(self.network_service, server)
         connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorServicer(self.hub, self.access), server)

@@ -1,7 +1,9 @@
 """An NSC: Request a network service for a netns, keep the connection refreshed (docs/nsm_contract.md §8.1)
 and healed (§8.4): it watches its own connection on the server's MonitorConnections, and on
 DOWN, DELETE or a broken stream requests again: with reselect (a new endpoint), or, when a
-liveness check says the data plane still works, with the same path."""
+liveness check says the data plane still works, with the same path (after a controller restart,
+the controller adopts the connection it holds); a serving controller that keeps refusing the same
+path makes it reselect."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controller.identity import require_svid
 from controller.nsm.base import kernel
@@ -28,6 +31,11 @@ log = logging.getLogger("p4nsm.sdk")
 
 Liveness = Callable[[connection_pb2.Connection], Awaitable[bool]]
 MY_INDEX = 0
+# Plain Requests a serving controller refuses before the client gives up its path and reselects:
+# after a restart the same path is adopted, unless its endpoint went away meanwhile.
+REFUSALS_BEFORE_RESELECT = 2
+HEALTH_TIMEOUT_S = 2.0
+NETWORK_SERVICE = networkservice_pb2.DESCRIPTOR.services_by_name["NetworkService"].full_name
 
 
 class Client:
@@ -131,6 +139,7 @@ class Client:
         self._healing = True
         try:
             reselect = self.liveness is None or self.connection is None or not await self.liveness(self.connection)
+            refusals = 0
             while not self._closed:
                 try:
                     if reselect:
@@ -142,10 +151,23 @@ class Client:
                     return
                 except grpc.aio.AioRpcError as e:
                     log.info("connection=%s event=heal_failed code=%s error=%s", self.id, e.code().name, e.details())
+                    # The controller is up and still refuses the same path: its endpoint is gone.
+                    if not reselect and await self._serving():
+                        refusals += 1
+                        reselect = refusals >= REFUSALS_BEFORE_RESELECT
                     # Go retries with no pause; a pause keeps a dead server from being hammered.
                     await asyncio.sleep(self.settings.nsm_retry_interval)
         finally:
             self._healing = False
+
+    async def _serving(self) -> bool:
+        """Whether the controller answers that it serves NetworkService (grpc.health.v1)."""
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        try:
+            answer = await stub.Check(health_pb2.HealthCheckRequest(service=NETWORK_SERVICE), timeout=HEALTH_TIMEOUT_S)
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
     async def _close_quietly(self) -> None:
         if self.connection is None:

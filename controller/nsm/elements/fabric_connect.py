@@ -15,6 +15,7 @@ from controller.fabric.connections import ConnectError, Fabric
 from controller.fabric.model import ConnectionPlan
 from controller.nsm.base import kernel
 from controller.nsm.base.errors import CandidateFailed, NsmError, invalid, not_found
+from controller.nsm.elements.adopt import CLIENT_IFACE, ENDPOINT, ENDPOINT_IFACE, KIND
 from controller.nsm.elements.begin import is_refresh
 from controller.nsm.elements.chain import CallContext, Connection, Element, Key, Next, Request
 from controller.nsm.elements.client_mechanism import client_host_of
@@ -27,7 +28,6 @@ from nsm_api import connection_pb2
 log = logging.getLogger("p4nsm.nsm")
 
 _PLAN: Key[ConnectionPlan] = Key("fabric_connect.plan")
-KIND = "nsm"
 OWNER = "owner"  # the label that keeps who made the connection across a restart (ownership)
 _STATES = {"down": connection_pb2.DOWN, "removed": connection_pb2.DOWN, "up": connection_pb2.UP,
            "rerouted": connection_pb2.UP}
@@ -70,9 +70,9 @@ class FabricConnect(Element):
         answer = answer_of(ctx)
         ip = conn.context.ip_context
         return {
-            "kind": KIND, "service": conn.network_service, "endpoint": conn.network_service_endpoint_name,
-            "a_iface": conn.mechanism.parameters[kernel.NAME_KEY],
-            "b_iface": answer.mechanism.parameters[kernel.NAME_KEY],
+            "kind": KIND, "service": conn.network_service, ENDPOINT: conn.network_service_endpoint_name,
+            CLIENT_IFACE: conn.mechanism.parameters[kernel.NAME_KEY],
+            ENDPOINT_IFACE: answer.mechanism.parameters[kernel.NAME_KEY],
             "a_addr": ",".join(ip.src_ip_addrs), "b_addr": ",".join(ip.dst_ip_addrs),
             OWNER: owner_of(ctx),
         }
@@ -105,7 +105,8 @@ class FabricConnect(Element):
         try:
             return await nxt.request(req, ctx)
         except BaseException:
-            if existing is None or not is_refresh(ctx):
+            # Only what this call made: a refresh's or an adopted connection's plan was there before.
+            if existing is None:
                 await self._disconnect(conn.id)
             raise
 

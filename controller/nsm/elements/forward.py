@@ -26,6 +26,7 @@ from controller.nsm.base.channels import Channels
 from controller.nsm.base.errors import CandidateFailed, EndpointFailed
 from controller.nsm.base.metadata import Credentials
 from controller.nsm.base.tokens import TokenSource
+from controller.nsm.elements.adopt import ENDPOINT, ENDPOINT_IFACE, adopted_of
 from controller.nsm.elements.begin import is_refresh, state_of
 from controller.nsm.elements.chain import CallContext, Connection, Element, Key, Next, Request
 from controller.nsm.elements.endpoint_watch import EndpointWatch
@@ -59,6 +60,15 @@ def set_answer(ctx: CallContext, answer: Connection) -> None:
     ctx.values[_ANSWER] = answer
 
 
+def _adopted_iface(ctx: CallContext, endpoint: str, host: str) -> str:
+    """The endpoint-side interface of the connection this call adopts, when it goes to the same
+    endpoint on the same host; "" otherwise."""
+    plan = adopted_of(ctx)
+    if plan is None or plan.labels.get(ENDPOINT) != endpoint or plan.b.host != host:
+        return ""
+    return plan.labels.get(ENDPOINT_IFACE, "")
+
+
 class Forward(Element):
     def __init__(self, channels: Channels, hosts: Collection[str], watch: EndpointWatch, timeout: float,
                  tokens: TokenSource, max_in_flight: int | None = None) -> None:
@@ -76,8 +86,13 @@ class Forward(Element):
         out.connection.ClearField("mechanism")
         st = state_of(ctx)
         previous = st.values.get(_ANSWER) if st is not None and is_refresh(ctx) else None
+        adopted = _adopted_iface(ctx, endpoint_of(ctx).name, host)
         if previous is not None:
             out.connection.mechanism.CopyFrom(previous.mechanism)
+        elif adopted:
+            # The name its side has had since an earlier run: a new name would be a second
+            # interface on the VLAN the first still holds.
+            out.connection.mechanism.CopyFrom(kernel.mechanism(host, adopted))
         else:
             out.mechanism_preferences.append(kernel.mechanism(host, kernel.default_ifname(req.connection.network_service)))
         return out
@@ -102,7 +117,8 @@ class Forward(Element):
         try:
             resp = await nxt.request(req, ctx)
         except BaseException:
-            if not is_refresh(ctx):
+            # An adopted connection's endpoint side was not made by this call: it stays.
+            if not is_refresh(ctx) and not _adopted_iface(ctx, nse.name, host):
                 await self._close_endpoint(nse.url, audience, answer, conn.id)
             raise
         st = state_of(ctx)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import multiprocessing
+import os
 import signal
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -20,9 +21,12 @@ T = TypeVar("T")
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     # A controller killed without a chance to shut the pool down must not leave workers behind.
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    # Killed before this worker got here (a spawn takes a while), the parent sent no signal.
+    if os.getppid() != parent:
+        os._exit(0)
 
 
 class HostPool:
@@ -37,7 +41,7 @@ class HostPool:
     async def call(self, fn: Callable[..., T], *args: object) -> T:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_die_with_parent)
+                                             initializer=_die_with_parent, initargs=(os.getpid(),))
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def close(self) -> None:

@@ -28,10 +28,12 @@ from controller.host.kernel_iface import (
     IfaceExists,
     ensure_vlan_iface,
     host_parent_iface,
+    marked_ifaces,
     remove_iface,
 )
 from controller.nsm.base import kernel
 from controller.nsm.base.errors import CandidateFailed, EndpointFailed, NsmError
+from controller.nsm.elements.adopt import adopted_of
 from controller.nsm.elements.begin import state_of
 from controller.nsm.elements.chain import CallContext, Connection, Element, Key, Next, Request
 from controller.nsm.elements.fabric_connect import plan_of
@@ -112,6 +114,9 @@ class HostSide(Element):
         assert st is not None, "hostside needs begin before it"
         have: tuple[Iface, ...] = st.values.get(_APPLIED, ())
         want = self._wanted(conn, ctx)
+        # An adopted connection's interfaces were made by an earlier run: found by their marks,
+        # converged (nothing changes when they are as wanted) and never removed by this call.
+        found = await self._marked(want, conn.id) if not have and adopted_of(ctx) is not None else frozenset()
         if want != have:
             # Both sides at once: they are in different namespaces and independent.
             results = await asyncio.gather(*(self._ensure_side(side, iface) for side, iface in zip(("client", "endpoint"), want)),
@@ -124,19 +129,31 @@ class HostSide(Element):
                 if have:
                     await self._restore(done, have, conn.id)
                 else:
-                    await self._undo(done, conn.id, st.values)
+                    await self._undo([i for i in done if (i.netns, i.name) not in found], conn.id, st.values)
                 raise failures[0]
             for stale in {i for i in have if (i.netns, i.name) not in {(w.netns, w.name) for w in want}}:
                 await self._remove(stale, conn.id)
             st.values[_APPLIED] = want
-            log.info("connection=%s event=host_side client=%s/%s vlan=%d endpoint=%s/%s vlan=%d", conn.id,
-                     want[0].netns, want[0].name, want[0].vlan, want[1].netns, want[1].name, want[1].vlan)
+            adopted = all((i.netns, i.name) in found for i in want)
+            log.info("connection=%s event=%s client=%s/%s vlan=%d endpoint=%s/%s vlan=%d", conn.id,
+                     "host_side_adopted" if adopted else "host_side", want[0].netns, want[0].name, want[0].vlan,
+                     want[1].netns, want[1].name, want[1].vlan)
         try:
             return await nxt.request(req, ctx)
         except BaseException:
             if not have:
-                await self._undo(want, conn.id, st.values)
+                await self._undo([i for i in want if (i.netns, i.name) not in found], conn.id, st.values)
             raise
+
+    async def _marked(self, want: Sequence[Iface], conn_id: str) -> frozenset[tuple[str, str]]:
+        """(netns, name) of the interfaces the kernel holds with this connection's mark."""
+        out: set[tuple[str, str]] = set()
+        for netns in dict.fromkeys(i.netns for i in want):
+            try:
+                out.update((netns, name) for name in await self.pool.call(marked_ifaces, netns, conn_id))
+            except (HostIfaceError, ValueError) as e:
+                log.warning("connection=%s netns=%s event=marks_unreadable error=%s", conn_id, netns, e)
+        return frozenset(out)
 
     async def _ensure_side(self, side: str, iface: Iface) -> None:
         try:

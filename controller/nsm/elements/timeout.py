@@ -1,23 +1,39 @@
 """timeout (docs/nsm_contract.md §7.2): a connection lives until its caller's segment expires, minus the time
 its Request was allowed to take; every successful Request re-arms the timer, and a connection
-that is not refreshed is closed by the server itself."""
+that is not refreshed is closed by the server itself.
+
+With `records` (the store), each connection's deadline is also a record of kind `nsm_expiry`,
+written before the Request is answered and removed when it closes: a restarted controller's
+orphan reaper (nsm/orphans.py) closes a connection whose client went away while it was down at
+that deadline, NSM's own schedule, instead of guessing."""
 
 from __future__ import annotations
 
 import asyncio
+
+from pydantic import BaseModel, ConfigDict
 
 from controller.nsm.base import clock
 from controller.nsm.base.errors import invalid
 from controller.nsm.base.tasks import Tasks
 from controller.nsm.elements.begin import state_of
 from controller.nsm.elements.chain import CallContext, Connection, Element, Key, Next, Request
+from controller.nsm.registry.stored import Records
 
 _TIMER: Key[asyncio.TimerHandle] = Key("timeout.timer")  # per connection: its expiry
+EXPIRY_KIND = "nsm_expiry"
+
+
+class StoredExpiry(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    expires: float  # epoch seconds: when the server closes the connection unless it is refreshed
 
 
 class Timeout(Element):
-    def __init__(self, tasks: Tasks) -> None:
+    def __init__(self, tasks: Tasks, records: Records | None = None) -> None:
         self.tasks = tasks
+        self.records = records
 
     async def request(self, req: Request, ctx: CallContext, nxt: Next) -> Connection:
         conn = req.connection
@@ -43,10 +59,17 @@ class Timeout(Element):
 
         handle = self.tasks.later(expires - allowed - clock.now(), lambda: st.close("expired", due), f"expire:{st.id}")
         st.values[_TIMER] = handle
+        if self.records is not None:
+            self.records.put_record(EXPIRY_KIND, st.id, StoredExpiry(expires=expires - allowed).model_dump_json())
+            await self.records.durable()
         return resp
 
     async def close(self, conn: Connection, ctx: CallContext, nxt: Next) -> None:
         st = state_of(ctx)
         if st is not None:
             self.tasks.cancel(st.values.pop(_TIMER, None))
-        await nxt.close(conn, ctx)
+        try:
+            await nxt.close(conn, ctx)
+        finally:
+            if self.records is not None and st is not None:
+                self.records.delete_record(EXPIRY_KIND, st.id)

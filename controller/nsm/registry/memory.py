@@ -6,7 +6,11 @@ A name belongs to the identity that registered it first (`access.servicer_caller
 peer, else the `sub` of the path's first token, as NSM's `registry_client_allowed` has it):
 Register over it or Unregister it from another identity is PERMISSION_DENIED (`Access`). A
 registry holds at most `entries` names (RESOURCE_EXHAUSTED beyond) of at most `max_bytes` each
-(INVALID_ARGUMENT), so what a caller can make it keep is bounded and expires."""
+(INVALID_ARGUMENT), so what a caller can make it keep is bounded and expires.
+
+With `records` (the store), each registration is also a record of the registry's `record_kind`
+(registry/stored.py), written before Register and Unregister answer; `load()` rebuilds the
+registry from them at start-up."""
 
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from controller.nsm.base.metadata import PATH_KEY, Credentials, credentials, las
 from controller.nsm.base.tasks import Tasks
 from controller.nsm.base.tokens import TokenSource
 from controller.nsm.registry import path
+from controller.nsm.registry.stored import Records, StoredRegistration
 from controller.nsm.registry.watch import Watchers
 
 log = logging.getLogger("p4nsm.registry")
@@ -52,11 +57,14 @@ class MemoryRegistry(Generic[M, R]):
     kind = ""  # NetworkService or NetworkServiceEndpoint
     field = ""  # the message's field in queries and responses
     response_type: Callable[..., R]  # the response message class, called with keyword fields
+    message_type: Callable[[], M]  # the registration message class
+    record_kind = ""  # the store's record kind of its registrations
     matches: Callable[[M, M], bool]  # (query, stored)
 
     def __init__(self, tokens: TokenSource, limits: Limits, tasks: Tasks, bounds: Bounds = Bounds(),
-                 access: Access = Access()) -> None:
+                 access: Access = Access(), records: Records | None = None) -> None:
         self.tokens = tokens
+        self.records = records
         self.limits = limits
         self.tasks = tasks
         self.bounds = bounds
@@ -79,6 +87,7 @@ class MemoryRegistry(Generic[M, R]):
         """`name`'s time is up (its timer was not re-armed since)."""
         log.info("%s=%s event=expired", self.log_key, name)
         self.unregister(name)
+        await self.durable()
 
     log_key = ""  # how logs name a registration: service or endpoint
 
@@ -95,11 +104,57 @@ class MemoryRegistry(Generic[M, R]):
         self.owners.pop(name, None)
         msg = self.entries.pop(name, None)
         if msg is not None:
+            if self.records is not None:
+                self.records.delete_record(self.record_kind, name)
             self.watchers.publish(name, self.response(msg, deleted=True))
         return msg
 
     def keep(self, name: str, msg: M, expires: float) -> None:
         """Hold `msg` under `name` until `expires` (epoch seconds) unless kept again."""
+        if self.records is not None:
+            record = StoredRegistration.of(msg.SerializeToString(deterministic=True), expires, self.owners.get(name, ""))
+            self.records.put_record(self.record_kind, name, record.model_dump_json())
+        self._arm(name, msg, expires)
+
+    def load(self) -> tuple[int, int]:
+        """The registrations of the store, each with its expiry timer armed for the stored
+        deadline; one whose deadline passed while the controller was down is dropped (its record
+        too). Before the server serves a call. Returns (kept, dropped)."""
+        if self.records is None:
+            return 0, 0
+        kept = dropped = 0
+        for name, value in self.records.records(self.record_kind).items():
+            try:
+                record = StoredRegistration.model_validate_json(value)
+                msg = self.message_type()
+                msg.ParseFromString(record.message_bytes())
+            except ValueError as e:  # pydantic's and protobuf's DecodeError are both ValueErrors
+                log.error("%s=%s event=stored_unreadable error=%s", self.log_key, name, e)
+                self.records.delete_record(self.record_kind, name)
+                dropped += 1
+                continue
+            if record.expires <= clock.now():
+                log.info("%s=%s event=expired_while_down expired_ago=%.1fs", self.log_key, name, clock.now() - record.expires)
+                self.records.delete_record(self.record_kind, name)
+                dropped += 1
+                continue
+            self.owners[name] = record.owner
+            self._arm(name, msg, record.expires)
+            kept += 1
+        if kept or dropped:
+            log.info("event=registry_loaded kind=%s kept=%d dropped=%d", self.kind, kept, dropped)
+        return kept, dropped
+
+    async def durable(self) -> None:
+        """What was written so far is stored for good (before a caller hears it was)."""
+        if self.records is None:
+            return
+        try:
+            await self.records.durable()
+        except Exception as e:  # the store says why (no quorum, leadership lost); the caller may retry
+            raise NsmError(grpc.StatusCode.UNAVAILABLE, "", f"the registration could not be stored: {e}") from e
+
+    def _arm(self, name: str, msg: M, expires: float) -> None:
         self.entries[name] = msg
         self.tasks.cancel(self._timers.pop(name, None))
 
@@ -146,6 +201,11 @@ class MemoryRegistry(Generic[M, R]):
             raise  # abort raised already; this satisfies the type checker
         request.path_ids[:] = ids
         stored = self.store(request, creds, context.time_remaining() or 0.0)
+        try:
+            await self.durable()
+        except NsmError as e:
+            await abort(context, e)
+            raise
         await context.send_initial_metadata(((PATH_KEY, echoed.to_json()),))
         return stored
 
@@ -157,6 +217,11 @@ class MemoryRegistry(Generic[M, R]):
             await abort(context, e)
             raise
         self.unregister(request.name)
+        try:
+            await self.durable()
+        except NsmError as e:
+            await abort(context, e)
+            raise
         await context.send_initial_metadata(((PATH_KEY, echoed.to_json()),))
         return empty_pb2.Empty()
 

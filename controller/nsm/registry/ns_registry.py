@@ -18,6 +18,7 @@ from controller.nsm.base.tasks import Tasks
 from controller.nsm.base.tokens import TokenSource
 from controller.nsm.registry.matching import ns_matches
 from controller.nsm.registry.memory import Bounds, MemoryRegistry, require_name
+from controller.nsm.registry.stored import Records
 from nsm_api import registry_pb2, registry_pb2_grpc
 
 log = logging.getLogger("p4nsm.registry")
@@ -43,13 +44,16 @@ class NsRegistry(MemoryRegistry[NS, Response], registry_pb2_grpc.NetworkServiceR
     kind = "NetworkService"
     field = "network_service"
     response_type = Response
+    message_type = NS
+    record_kind = "ns"
     matches = staticmethod(ns_matches)
     log_key = "service"
 
     def __init__(self, tokens: TokenSource, limits: Limits, tasks: Tasks, bounds: Bounds = Bounds(),
-                 access: Access = Access(), in_use: Callable[[str], bool] = lambda name: False) -> None:
+                 access: Access = Access(), in_use: Callable[[str], bool] = lambda name: False,
+                 records: Records | None = None) -> None:
         """`in_use(name)`: whether a registered endpoint offers the service."""
-        super().__init__(tokens, limits, tasks, bounds, access)
+        super().__init__(tokens, limits, tasks, bounds, access, records)
         self.in_use = in_use
 
     def check(self, msg: NS) -> None:

@@ -37,6 +37,8 @@ class NseRegistry(MemoryRegistry[NSE, Response], registry_pb2_grpc.NetworkServic
     kind = "NetworkServiceEndpoint"
     field = "network_service_endpoint"
     response_type = Response
+    message_type = NSE
+    record_kind = "nse"
     matches = staticmethod(nse_matches)
     log_key = "endpoint"
 
