@@ -11,9 +11,10 @@ from scapy.contrib.mpls import MPLS
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
+from controller.topology import Topology
 from tests.e2e.hosts import Host
 from tests.e2e.netns import Lab
-from tests.support.fixtures import SoftSwitchProcess, start_softswitch
+from tests.support.fixtures import SoftSwitchProcess, free_port, start_softswitch
 from tests.support.p4rt import P4RTTestClient
 
 SRC = "02:00:00:00:0a:01"
@@ -141,3 +142,11 @@ class Net:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def with_free_ports(topo: Topology) -> Topology:
+    """The topology with every switch on a free loopback port: labs of other worktrees may hold
+    the ports its file names. Validated again, as lab.p4c.with_switch_kind does."""
+    data = topo.model_dump(mode="json")
+    data["switches"] = [{**s, "grpc_addr": f"127.0.0.1:{free_port()}"} for s in data["switches"]]
+    return Topology.model_validate(data)
