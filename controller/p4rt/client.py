@@ -120,6 +120,7 @@ class SwitchClient:
         self._ready_task: asyncio.Task[None] | None = None
         self.sessions = 0  # how many times the stream came up (tests and `p4nsm switches` show it)
         self.pipeline_pushes = 0  # 0 after a restart that found its program on the switch
+        self.pipeline_rpcs = 0  # SetForwardingPipelineConfig calls of any action, pushes and rollouts
         # monotonic time of the last sign of life: a keepalive answer or any stream message
         self.last_alive = 0.0
         # when the newest answered keepalive was SENT: proof the switch ran after that moment,
@@ -291,18 +292,42 @@ class SwitchClient:
             return
         log.info("switch=%s event=pipeline_push cookie=%s->%#x", self.name, cookie, self.target.cookie)
         self.pipeline_pushes += 1
-        config = p4r.ForwardingPipelineConfig(p4_device_config=self.target.device_config)
-        config.p4info.ParseFromString(self.target.p4info)
-        config.cookie.cookie = self.target.cookie
+        await self._set_pipeline_rpc(p4r.SetForwardingPipelineConfigRequest.VERIFY_AND_COMMIT, self.target)
+
+    async def _set_pipeline_rpc(self, action: p4r.SetForwardingPipelineConfigRequest.Action.ValueType,
+                                target: SwitchTarget) -> None:
+        assert self._stub is not None
+        config = p4r.ForwardingPipelineConfig(p4_device_config=target.device_config)
+        config.p4info.ParseFromString(target.p4info)
+        config.cookie.cookie = target.cookie
+        self.pipeline_rpcs += 1
         await self._rpc(self._stub.SetForwardingPipelineConfig(
             p4r.SetForwardingPipelineConfigRequest(
-                device_id=self.target.device_id,
+                device_id=target.device_id,
                 election_id=self._election,
-                action=p4r.SetForwardingPipelineConfigRequest.VERIFY_AND_COMMIT,
+                action=action,
                 config=config,
             ),
-            timeout=timeout,
+            timeout=self.settings.rpc_timeout,
         ))
+
+    async def set_pipeline(self, action: p4r.SetForwardingPipelineConfigRequest.Action.ValueType,
+                           target: SwitchTarget) -> None:
+        """One SetForwardingPipelineConfig of `target`'s program (VERIFY, VERIFY_AND_COMMIT...)
+        on the live session; SwitchError with the switch's status when it refuses or is away.
+        A commit does not change what this client pushes on its next session: `adopt` does."""
+        if self._stub is None or not self.up.is_set():
+            raise SwitchError(self.name, grpc.StatusCode.UNAVAILABLE, "switch is not up")
+        try:
+            await self._set_pipeline_rpc(action, target)
+        except grpc.aio.AioRpcError as e:
+            raise SwitchError(self.name, e.code(), e.details() or e.code().name) from None
+
+    def adopt(self, target: SwitchTarget, schema: P4Schema) -> None:
+        """From now on this switch runs `target`'s program: writes, reads and packet metadata go
+        through `schema`, and a new session finds or pushes that program (by its cookie)."""
+        self.target = target
+        self.schema = schema
 
     async def _keepalive_loop(self) -> None:
         """A frozen switch keeps its TCP connection; only silence reveals it.

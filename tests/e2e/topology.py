@@ -125,6 +125,20 @@ class Net:
     def link(self) -> tuple[str, str]:
         return self.lab.veth()
 
+    def wire(self, hosts: dict[str, tuple[str, int]], links: list[tuple[str, int, str, int]]
+             ) -> tuple[dict[str, Host], dict[tuple[str, int], str]]:
+        """Hosts (name -> switch, port; each listening on its eth0) and links between switch
+        ports: the hosts, and each switch port's interface."""
+        ifnames: dict[tuple[str, int], str] = {}
+        made = {}
+        for name, (sw, port) in hosts.items():
+            host = made[name] = self.host(name)
+            ifnames[(sw, port)] = self.attach(host, "eth0")
+            host.listen("eth0")
+        for a, ap, b, bp in links:
+            ifnames[(a, ap)], ifnames[(b, bp)] = self.link()
+        return made, ifnames
+
     def switch(self, device_id: int, ports: dict[int, str]) -> Switch:
         process = self.stack.enter_context(
             start_softswitch(device_id, CPU_PORT, [f"{n}@{name}" for n, name in ports.items()])
