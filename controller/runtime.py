@@ -256,13 +256,13 @@ class Controller:
             ]
 
         async def pipeline_apply(req: dict[str, Any]) -> Any:
-            return await self.pipeline.apply(req["p4info"], req["configs"], req.get("caller", "unknown"))
+            return await self.pipeline.apply(req.get("p4info"), req.get("configs"), req.get("caller", "unknown"))
 
         async def pipeline_revisions(req: dict[str, Any]) -> Any:
             return self.pipeline.view()
 
         async def pipeline_delete(req: dict[str, Any]) -> Any:
-            return await self.pipeline.delete(req["revision"])
+            return await self.pipeline.delete(str(req.get("revision", "")))
 
         return {"connect": connect, "disconnect": disconnect, "connections": connections, "switches": switches,
                 "pipeline_apply": pipeline_apply, "pipeline_revisions": pipeline_revisions, "pipeline_delete": pipeline_delete}

@@ -419,8 +419,8 @@ class SwitchClient:
 
     @contextlib.asynccontextmanager
     async def pipeline_change(self) -> AsyncIterator[None]:
-        """While the block runs (a SetForwardingPipelineConfig commit) writes are refused as
-        UNAVAILABLE, once those already sent or queued have ended: BMv2 loses track of its
+        """While the block runs (a SetForwardingPipelineConfig commit) writes and reads are refused
+        as UNAVAILABLE, once the writes already sent or queued have ended: BMv2 loses track of its
         tables and groups when a Write races a pipeline change (seen here, then it crashed),
         and an update encoded for the old P4Info must not reach the new program."""
         self._changing = True
@@ -521,6 +521,8 @@ class SwitchClient:
     async def read(self, entities: Sequence[p4r.Entity]) -> list[p4r.Entity]:
         if self._stub is None:
             raise SwitchError(self.name, grpc.StatusCode.UNAVAILABLE, "not connected")
+        if self._changing:
+            raise SwitchError(self.name, grpc.StatusCode.UNAVAILABLE, "its pipeline is being changed")
         out: list[p4r.Entity] = []
         call = self._stub.Read(p4r.ReadRequest(device_id=self.target.device_id, entities=entities), timeout=self.settings.rpc_timeout)
 

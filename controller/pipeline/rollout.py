@@ -81,7 +81,7 @@ class Rollout:
         log.info("event=pipeline_revision_deleted revision=%s state=%s", rev.id, rev.state)
         return {"deleted": rev.id, "number": rev.number, "state": rev.state}
 
-    async def apply(self, p4info_text: str, configs_b64: dict[str, str], asked_by: str) -> dict:
+    async def apply(self, p4info_text: object, configs_b64: object, asked_by: str) -> dict:
         """Publish a revision and roll it out; returns its view with the outcome in `state`."""
         schema, configs = self._parse(p4info_text, configs_b64)
         async with self._lock:
@@ -95,7 +95,11 @@ class Rollout:
                      time.monotonic() - started, sum(c.pipeline_rpcs for c in self.clients.values()))
             return {**rev.view(), "seconds": round(time.monotonic() - started, 3)}
 
-    def _parse(self, p4info_text: str, configs_b64: dict[str, str]) -> tuple[P4Schema, dict[str, bytes]]:
+    def _parse(self, p4info_text: object, configs_b64: object) -> tuple[P4Schema, dict[str, bytes]]:
+        if not isinstance(p4info_text, str):
+            raise Refused("p4info: expected the P4Info in text format")
+        if not isinstance(configs_b64, dict) or not all(isinstance(v, str) for v in configs_b64.values()):
+            raise Refused("configs: expected target kind -> base64 of its device config")
         try:
             schema = P4Schema(text_format.Parse(p4info_text, p4i.P4Info()))
         except (text_format.ParseError, UnicodeDecodeError) as e:

@@ -3,16 +3,24 @@ restarted controller settles a rollout the last run left unfinished."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
+import pytest
 from finsy.proto import p4i
+from google.protobuf import text_format
 
+from controller import admin
 from controller.fabric import entries as E
 from controller.fabric.store import Store
 from controller.p4rt.schema import P4Schema
 from controller.pipeline.fit import misfits
 from controller.pipeline.revisions import RevisionBook, State, make_revision, pipeline_cookie
+from controller.runtime import Controller
+from controller.topology import Topology
+from tests.support.fixtures import free_port
 from tests.support.revisions import SOFTSWITCH_CONFIG, base, renumbered, resized
+from tests.support.settings import settings_for_test
 
 SPECS = [
     E.EntrySpec("s1", E.LABEL_TABLE, (("label", 1024),), "FabricIngress.forward", (("port", 2),)),
@@ -92,3 +100,48 @@ def test_a_rollout_every_switch_committed_is_the_fabrics_after_a_restart(tmp_pat
     assert again.revisions[one].state == State.SUPERSEDED
     # and it stays so: the settings' program does not replace a revision an operator applied
     assert _restart(again).current().id == two
+
+
+BASE_TEXT = text_format.MessageToString(base())
+CONFIG = base64.b64encode(SOFTSWITCH_CONFIG).decode()
+
+
+# --- bad input through the admin socket, answered before any switch is asked -------------------
+
+TOPO = {
+    "name": "pair",
+    # never started: every answer below comes before a switch would be asked
+    "switches": [{"name": n, "device_id": i + 1, "grpc_addr": f"127.0.0.1:{free_port()}", "cpu_port": 255,
+                  "ports": [1, 2]} for i, n in enumerate(("s1", "s2"))],
+    "links": [{"a": "s1:2", "b": "s2:2"}],
+}
+
+
+@pytest.mark.parametrize(("request_args", "error"), [
+    ({"configs": {}}, "p4info: expected the P4Info in text format"),
+    ({"p4info": "tables {", "configs": {}}, "p4info: not a P4Info in text format"),
+    ({"p4info": BASE_TEXT, "configs": {}}, "config: no device config for target kind softswitch (switches s1, s2)"),
+    ({"p4info": BASE_TEXT, "configs": {"nope": ""}}, "config: unknown target kind 'nope'"),
+    ({"p4info": BASE_TEXT, "configs": {"softswitch": "%%%"}}, "config softswitch: not base64"),
+    ({"p4info": BASE_TEXT, "configs": {"softswitch": CONFIG, "bmv2": CONFIG}},
+     "config bmv2: no switch of this fabric is of target kind bmv2"),
+    ({"p4info": BASE_TEXT, "configs": {"softswitch": CONFIG}}, "switches: s1, s2 not up"),
+])
+async def test_bad_input_is_refused_naming_the_field(tmp_path: Path, request_args: dict, error: str) -> None:
+    ctl = Controller(Topology.model_validate(TOPO), settings_for_test(store_path=str(tmp_path / "s.sqlite")),
+                     admin_path=tmp_path / "admin.sock")
+    assert ctl.admin is not None
+    await ctl.admin.start()
+    try:
+        with pytest.raises(RuntimeError) as refused:
+            await admin.call(ctl.admin.path, "pipeline_apply", **request_args)
+        assert str(refused.value).startswith(error), refused.value
+        with pytest.raises(RuntimeError, match="revision: no revision matches 'zz'"):
+            await admin.call(ctl.admin.path, "pipeline_delete", revision="zz")
+        one = ctl.pipeline.view()[0]["id"]
+        with pytest.raises(RuntimeError, match=f"revision: {one} \\(number 1\\) is the fabric's revision, in use"):
+            await admin.call(ctl.admin.path, "pipeline_delete", revision="1")
+        assert sum(c.pipeline_rpcs for c in ctl.clients.values()) == 0
+    finally:
+        await ctl.admin.stop()
+        ctl.store.close()
