@@ -24,6 +24,8 @@ from controller.operators.metrics import ControllerMetrics
 from controller.operators.web import WebView
 from controller.p4rt.client import SwitchClient, SwitchTarget, switch_tls
 from controller.p4rt.schema import P4Schema
+from controller.pipeline.revisions import RevisionBook, make_revision
+from controller.pipeline.rollout import Rollout
 from controller.settings import Settings
 from controller.targets import profile
 from controller.topology import Topology
@@ -41,14 +43,6 @@ def fabric_graph(topo: Topology, only: set[str] | None = None) -> FabricGraph:
     return FabricGraph([s.name for s in topo.switches if s.name in keep], links)
 
 
-def pipeline_cookie(p4info: bytes, device_configs: list[bytes]) -> int:
-    """Same program, same cookie: a restarted controller finds it on the switch and keeps it."""
-    crc = zlib.crc32(p4info)
-    for cfg in device_configs:
-        crc = zlib.crc32(cfg, crc)
-    return crc or 1
-
-
 class Controller:
     def __init__(self, topo: Topology, settings: Settings, admin_path: Path | None = None,
                  nsm_address: str | None = None) -> None:
@@ -57,13 +51,21 @@ class Controller:
         # One SVID for the NSM server and the operators' HTTPS; with the NSM API served and neither
         # certificates nor plaintext configured, refused here, before anything is made.
         self.svid = require_svid(settings, "NSM server") if nsm_address is not None else load_svid(settings)
-        self.schema = P4Schema.from_file(settings.p4info_path)
-        p4info = self.schema.p4info.SerializeToString(deterministic=True)
+        settings_schema = P4Schema.from_file(settings.p4info_path)
         profiles = {s.name: profile(s.target) for s in topo.switches}
         # Bad input is refused here, before any RPC: a P4Info of the wrong port width, build
         # outputs missing or of the wrong kind (the device config builders).
         for kind_profile in {p.kind: p for p in profiles.values()}.values():
-            kind_profile.check_p4info(self.schema.p4info, str(settings.p4info_path))
+            kind_profile.check_p4info(settings_schema.p4info, str(settings.p4info_path))
+        kind_configs = {p.kind.value: p.device_config(settings) for p in profiles.values()}
+        self.store = Store(settings.store_path)
+        # The program the switches get: the settings' on a fresh store (revision 1), else the
+        # fabric's revision in the store (pipeline/revisions.py), an unfinished rollout settled.
+        self.revisions = RevisionBook(self.store)
+        from_settings = make_revision(settings_schema, kind_configs, "settings", "settings", self.revisions.next_number())
+        revision = self.revisions.start(from_settings, set(profiles))
+        self.schema = settings_schema if revision.id == from_settings.id else revision.p4_schema()
+        p4info = revision.p4info_bytes()
         # The same SVID is the client certificate towards every switch that asks for one: a
         # switch's allow-list names the controller's SPIFFE id, whichever switch it is.
         tls = {s.name: switch_tls(s, self.svid) for s in topo.switches}
@@ -71,14 +73,12 @@ class Controller:
             log.warning("switch=%s event=no_tls target=%s: its P4Runtime server speaks TLS by default; give the "
                         "switch tls_ca in the topology, or start it insecure (infrap4d --grpc_open_insecure_mode=true)",
                         name, profiles[name].kind)
-        configs = {name: p.device_config(settings) for name, p in profiles.items()}
-        cookie = pipeline_cookie(p4info, sorted(set(configs.values())))
         self.clients = {
-            s.name: SwitchClient(SwitchTarget(s.name, s.grpc_addr, s.device_id, p4info, configs[s.name], cookie, tls[s.name]),
+            s.name: SwitchClient(SwitchTarget(s.name, s.grpc_addr, s.device_id, p4info, revision.config(profiles[s.name].kind.value),
+                                              revision.cookie, tls[s.name]),
                                  self.schema, settings)
             for s in topo.switches
         }
-        self.store = Store(settings.store_path)
         hosts = {h.name: (h.attach.switch, h.attach.port) for h in topo.hosts}
         watch_ports = {name for name, p in profiles.items() if p.honours_watch_ports}
         self.fabric = Fabric(
@@ -86,6 +86,7 @@ class Controller:
             fast_failover=frozenset(watch_ports if settings.fast_failover else ()),
             group_watch_unreliable=frozenset(name for name, p in profiles.items() if not p.group_read_back_reliable),
         )
+        self.pipeline = Rollout(self.fabric, self.clients, self.revisions, profiles, self.schema)
         self.rerouter = Rerouter(self.fabric)
         self.fabric.graph_listeners.append(self.rerouter.kick)
         self.anti_entropy = AntiEntropy(self.fabric, lambda: not self.rerouter.idle, settings.anti_entropy_interval)
@@ -254,7 +255,17 @@ class Controller:
                 for c in self.clients.values()
             ]
 
-        return {"connect": connect, "disconnect": disconnect, "connections": connections, "switches": switches}
+        async def pipeline_apply(req: dict[str, Any]) -> Any:
+            return await self.pipeline.apply(req.get("p4info"), req.get("configs"), req.get("caller", "unknown"))
+
+        async def pipeline_revisions(req: dict[str, Any]) -> Any:
+            return self.pipeline.view()
+
+        async def pipeline_delete(req: dict[str, Any]) -> Any:
+            return await self.pipeline.delete(str(req.get("revision", "")))
+
+        return {"connect": connect, "disconnect": disconnect, "connections": connections, "switches": switches,
+                "pipeline_apply": pipeline_apply, "pipeline_revisions": pipeline_revisions, "pipeline_delete": pipeline_delete}
 
 
 def describe(plan: Any) -> dict[str, Any]:

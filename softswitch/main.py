@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from softswitch.p4info_index import Capacity
 from softswitch.pipeline import Pipeline
 from softswitch.ports import Ports
 from softswitch.profiles import PROFILES, SOFTSWITCH
@@ -78,6 +79,13 @@ def parser() -> argparse.ArgumentParser:
                    help="largest request accepted; a larger one is refused (RESOURCE_EXHAUSTED) before it is parsed")
     p.add_argument("--grpc-open-insecure-mode", action="store_true",
                    help="infrap4d's switch: serve without TLS under a profile that has TLS by default")
+    # Ours: what this one switch can hold, as a hardware target's memory limits it. A pipeline
+    # that does not fit is refused with INVALID_ARGUMENT naming the table (tests make one switch
+    # of a fabric refuse a revision the others take).
+    p.add_argument("--max-table-size", type=int, default=0, metavar="N",
+                   help="refuse a P4Info with a table or action profile of more than N entries (0: no limit)")
+    p.add_argument("--refuse-table", action="append", default=[], metavar="NAME",
+                   help="refuse a P4Info that declares this table, e.g. FabricIngress.label_fwd (repeatable)")
     p.add_argument("config", nargs="?", help="ignored: the controller pushes the pipeline")
     return p
 
@@ -106,6 +114,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     options.tls = options.grpc_server_ssl or (profile.tls_by_default and not options.grpc_open_insecure_mode)
     # infrap4d also requires a client certificate by default (REQUIRE_CLIENT_CERT_AND_VERIFY).
     options.client_auth = options.grpc_server_with_client_auth or (options.tls and profile.client_auth_by_default)
+    if options.max_table_size < 0:
+        p.error("--max-table-size: give 0 (no limit) or more")
     if options.grpc_max_recv_msg_size < 1024:
         p.error("--grpc-max-recv-msg-size: give at least 1024 bytes")
     if options.tls and not (options.grpc_server_cert and options.grpc_server_key):
@@ -141,6 +151,10 @@ def server_credentials(options: argparse.Namespace) -> grpc.ServerCredentials | 
         return grpc.ssl_server_credentials([pair], root_certificates=ca.read(), require_client_auth=True)
 
 
+def capacity(options: argparse.Namespace) -> Capacity:
+    return Capacity(options.max_table_size, frozenset(options.refuse_table))
+
+
 def trust(options: argparse.Namespace) -> Trust:
     return Trust(options.client_auth, options.grpc_server_allow)
 
@@ -162,7 +176,8 @@ async def serve(options: argparse.Namespace) -> None:
 
     pipeline = Pipeline(device_id, options.cpu_port, ports, packet_in)
     server = SoftSwitchServer(device_id, options.cpu_port, on_commit=pipeline.load, on_packet_out=pipeline.packet_out,
-                              profile=profile, trust=trust(options), max_receive_bytes=options.grpc_max_recv_msg_size)
+                              profile=profile, trust=trust(options), max_receive_bytes=options.grpc_max_recv_msg_size,
+                              capacity=capacity(options))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -293,6 +293,10 @@ class Program:
     # P4Info carries only const defaults; the program's other initial defaults live here.
     initial_defaults: dict[str, str]
     forwards: bool = True
+    # What a table the program does not apply may match on: the header fields its parser
+    # extracts, (name, bitwidth), exact only. Such a table (a later revision's, say) is held and
+    # read back like any other; the data plane runs only the tables in `tables`.
+    match_vocabulary: tuple[tuple[str, int], ...] = ()
 
 
 NSM_FABRIC = Program(
@@ -325,6 +329,7 @@ NSM_FABRIC = Program(
         "FabricIngress.edge_classify": "FabricIngress.drop",
         "FabricIngress.label_fwd": "FabricIngress.drop",
     },
+    match_vocabulary=(("ingress_port", 9), ("vlan_id", 12), ("label", 20)),
 )
 
 GENERIC = Program(name="generic", tables={}, actions={}, packet_metadata={}, initial_defaults={}, forwards=False)
@@ -367,5 +372,65 @@ def check_program(index: P4InfoIndex, program: Program) -> None:
         for field in fields:
             if field not in have:
                 missing.append(f"controller packet metadata {header}.{field[0]} ({field[1]} bits)")
+    problems = []
     if missing:
-        raise invalid(f"P4Info lacks what program {program.name} needs: " + "; ".join(missing))
+        problems.append(f"P4Info lacks what program {program.name} needs: " + "; ".join(missing))
+    if program.forwards:
+        unknown = _outside_vocabulary(index, program)
+        if unknown:
+            problems.append(f"P4Info has what program {program.name} cannot run: " + "; ".join(unknown))
+    if problems:
+        raise invalid(". ".join(problems))
+
+
+def _outside_vocabulary(index: P4InfoIndex, program: Program) -> list[str]:
+    """Actions, action profiles and added tables whose meaning the program does not know: the
+    data plane could not do what such a P4Info says, so it is refused rather than half run."""
+    out: list[str] = []
+    for action in index.actions.values():
+        if action.name != NO_ACTION and action.name not in program.actions:
+            out.append(f"action {action.name} (known: {', '.join(sorted(program.actions))}, {NO_ACTION})")
+    profiles = {shape.profile for shape in program.tables.values() if shape.profile is not None}
+    for profile in index.profiles.values():
+        if profile.name not in profiles:
+            out.append(f"action profile {profile.name} (known: {', '.join(sorted(profiles))})")
+    vocabulary = set(program.match_vocabulary)
+    for table in index.tables.values():
+        if table.name in program.tables:
+            continue
+        for f in table.fields:
+            if f.kind != EXACT or (f.name, f.bitwidth) not in vocabulary:
+                out.append(
+                    f"table {table.name} match field {f.name} ({f.bitwidth} bits, {MATCH_KIND_NAMES[f.kind]}): an added "
+                    f"table may match exactly on {', '.join(f'{n} ({w} bits)' for n, w in program.match_vocabulary)}"
+                )
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Capacity:
+    """What one switch can hold, whatever its program allows (--max-table-size, --refuse-table):
+    a hardware target refuses a table that does not fit its memory, and tests use this to make
+    one switch refuse a revision the others take."""
+
+    max_table_size: int = 0  # 0: no limit
+    refused_tables: frozenset[str] = frozenset()
+
+    def check(self, index: P4InfoIndex) -> None:
+        """INVALID_ARGUMENT naming every table this switch cannot hold."""
+        problems: list[str] = []
+        for table in index.tables.values():
+            if table.name in self.refused_tables:
+                problems.append(f"table {table.name} is refused by this switch (--refuse-table)")
+            if self.max_table_size and table.size > self.max_table_size:
+                problems.append(f"table {table.name} size {table.size} exceeds this switch's capacity "
+                                f"{self.max_table_size} (--max-table-size)")
+        for profile in index.profiles.values():
+            if self.max_table_size and profile.size > self.max_table_size:
+                problems.append(f"action profile {profile.name} size {profile.size} exceeds this switch's capacity "
+                                f"{self.max_table_size} (--max-table-size)")
+        if problems:
+            raise invalid("P4Info does not fit this switch: " + "; ".join(problems))
+
+
+UNLIMITED = Capacity()

@@ -19,10 +19,13 @@ import grpc
 from finsy.proto import U128, p4r, p4r_grpc, rpc_code, rpc_status
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from softswitch.carry_over import carry_over
 from softswitch.decoding import MalformedRequest, add_servicer
 from softswitch.model import DataplaneState
 from softswitch.p4info_index import (
     PROGRAMS,
+    UNLIMITED,
+    Capacity,
     P4InfoIndex,
     P4RTError,
     PacketMetadataInfo,
@@ -41,6 +44,7 @@ log = logging.getLogger("p4nsm.softswitch.p4rt")
 # We implement the 1.4 semantics; finsy's protos also carry 1.5 additions we do not serve.
 P4RUNTIME_API_VERSION = "1.4.0"
 DEVICE_CONFIG_TARGET = "p4nsm-softswitch"
+DEVICE_CONFIG_KEYS = frozenset({"target", "program"})
 READ_CHUNK = 512  # entities per ReadResponse
 PACKET_IN_QUEUE_LIMIT = 4096  # per stream; beyond it packet-ins are dropped, not buffered
 WRITE_SLICE = 1024  # updates a Write applies before the data plane gets a turn (~10-25 ms)
@@ -260,6 +264,11 @@ def parse_device_config(data: bytes) -> Program:
         raise invalid("p4_device_config: expected a JSON object")
     if doc.get("target") != DEVICE_CONFIG_TARGET:
         raise invalid(f"p4_device_config: target {doc.get('target')!r} is not {DEVICE_CONFIG_TARGET!r}")
+    unknown = sorted(set(doc) - DEVICE_CONFIG_KEYS)
+    if unknown:
+        # Another compiler's or a newer release's config: better refused than half understood.
+        raise invalid(f"p4_device_config: unknown key(s) {', '.join(map(repr, unknown))}; "
+                      f"a softswitch config has {', '.join(sorted(DEVICE_CONFIG_KEYS))}")
     name = doc.get("program")
     program = PROGRAMS.get(name) if isinstance(name, str) else None  # an unhashable JSON value must not raise
     if program is None:
@@ -267,12 +276,15 @@ def parse_device_config(data: bytes) -> Program:
     return program
 
 
-def verify_pipeline(config: p4r.ForwardingPipelineConfig) -> Pipeline:
+def verify_pipeline(config: p4r.ForwardingPipelineConfig, capacity: Capacity = UNLIMITED) -> Pipeline:
+    """A pipeline the switch could run, or INVALID_ARGUMENT naming what does not fit: the device
+    config, the P4Info's consistency, the program's vocabulary, this switch's capacity."""
     if not config.HasField("p4info"):
         raise invalid("config: p4info missing")
     program = parse_device_config(config.p4_device_config)
     index = P4InfoIndex(config.p4info)
     check_program(index, program)
+    capacity.check(index)
     kept = p4r.ForwardingPipelineConfig()
     kept.CopyFrom(config)
     return Pipeline(kept, index, program, EntityStore(index, program))
@@ -305,8 +317,10 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
         profile: Profile = SOFTSWITCH,
         trust: Trust = TRUST_EVERYONE,
         max_receive_bytes: int = DEFAULT_MAX_RECEIVE_BYTES,
+        capacity: Capacity = UNLIMITED,
     ) -> None:
         self.device_id = device_id
+        self.capacity = capacity
         self.cpu_port = cpu_port
         self.profile = profile
         self.trust = trust
@@ -436,6 +450,7 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
         await self._check_device(request.device_id, context, request.election_id)
         await self._require_primary(request.role, request.election_id, context, "SetForwardingPipelineConfig")
         action = request.action
+        kept = 0
         try:
             if action == SVC.RECONCILE_AND_COMMIT and not self.profile.reconcile_supported:
                 raise P4RTError(rpc_code.UNIMPLEMENTED, "RECONCILE_AND_COMMIT is not supported")
@@ -444,7 +459,10 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
                     raise P4RTError(rpc_code.FAILED_PRECONDITION, "COMMIT: no config saved with VERIFY_AND_SAVE")
                 candidate, self._saved = self._saved, None
             elif action in (SVC.VERIFY, SVC.VERIFY_AND_SAVE, SVC.VERIFY_AND_COMMIT, SVC.RECONCILE_AND_COMMIT):
-                candidate = verify_pipeline(request.config)
+                candidate = verify_pipeline(request.config, self.capacity)
+                if action == SVC.RECONCILE_AND_COMMIT and self.pipeline is not None:
+                    # Before the swap and without an await: no frame sees a half-filled pipeline.
+                    kept = carry_over(self.pipeline.store, candidate.store)
             elif action == SVC.UNSPECIFIED:
                 raise invalid("SetForwardingPipelineConfig: action is unspecified")
             else:
@@ -462,32 +480,20 @@ class SoftSwitchServer(p4r_grpc.P4RuntimeServicer):
         if action == SVC.VERIFY_AND_SAVE:
             self._saved = candidate
             return p4r.SetForwardingPipelineConfigResponse()
-        self._commit(candidate, reconcile=action == SVC.RECONCILE_AND_COMMIT)
+        self._commit(candidate, reconcile=action == SVC.RECONCILE_AND_COMMIT, kept=kept)
         return p4r.SetForwardingPipelineConfigResponse()
 
-    def _commit(self, candidate: Pipeline, reconcile: bool) -> None:
-        old = self.pipeline
-        kept = dropped = 0
-        if reconcile and old is not None:
-            # p4c derives ids from names, so an entry whose table and action survive keeps its ids.
-            for update in old.store.snapshot():
-                try:
-                    candidate.store.write(update)
-                    kept += 1
-                except P4RTError as err:
-                    dropped += 1
-                    log.debug("event=reconcile_drop device=%d reason=%r", self.device_id, err.message)
+    def _commit(self, candidate: Pipeline, reconcile: bool, kept: int) -> None:
         self.pipeline = candidate
         self._packet_in_header = candidate.index.packet_metadata.get("packet_in")
         cookie = candidate.config.cookie.cookie if candidate.config.HasField("cookie") else None
         log.info(
-            "event=pipeline_committed device=%d program=%s cookie=%s reconcile=%s kept=%d dropped=%d",
+            "event=pipeline_committed device=%d program=%s cookie=%s reconcile=%s kept=%d",
             self.device_id,
             candidate.program.name,
             cookie,
             reconcile,
             kept,
-            dropped,
         )
         state = candidate.store.dataplane_state() if candidate.program.forwards else None
         self._on_commit(state, candidate.program.name)

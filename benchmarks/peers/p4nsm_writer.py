@@ -28,7 +28,7 @@ from finsy.proto import p4r  # noqa: E402
 
 from controller.p4rt.client import SwitchClient, SwitchTarget  # noqa: E402
 from controller.p4rt.schema import P4Schema, update  # noqa: E402
-from controller.runtime import pipeline_cookie  # noqa: E402
+from controller.pipeline.revisions import pipeline_cookie  # noqa: E402
 from controller.settings import Settings  # noqa: E402
 
 

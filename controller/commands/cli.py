@@ -196,10 +196,12 @@ def main() -> None:
     group, so that the controller never imports them."""
     from controller.commands.certs import certs_app
     from controller.commands.nsm_sdk import nsc_app, nse_app
+    from controller.commands.pipeline import pipeline_app
 
     app.add_typer(certs_app, name="certs")
     app.add_typer(nse_app, name="nse")
     app.add_typer(nsc_app, name="nsc")
+    app.add_typer(pipeline_app(ADMIN_SOCKET), name="pipeline")
     for ep in entry_points(group=COMMAND_GROUP):
         ep.load()(app)
     app()

@@ -49,6 +49,9 @@ class FabricGraph:
         # evidence that they forward, so they are not taken for dead (a restart must not move or
         # drop working connections), but no new path uses them until they are reconciled.
         self.unknown_switches: set[str] = set()
+        # Switches being upgraded (controller/fabric/drain.py): alive, and the paths still on them
+        # (their own hosts') stay, but no path crosses them, except one that starts or ends there.
+        self.drained_switches: set[str] = set()
 
     def fabric_ports(self, switch: str) -> list[int]:
         return sorted(p for (s, p) in self.port_link if s == switch)
@@ -76,13 +79,20 @@ class FabricGraph:
         (self.unknown_switches.discard if known else self.unknown_switches.add)(switch)
         return before != known
 
+    def set_switch_drained(self, switch: str, drained: bool) -> bool:
+        """Returns True when the state changed."""
+        before = switch in self.drained_switches
+        (self.drained_switches.add if drained else self.drained_switches.discard)(switch)
+        return before != drained
+
     def usable(self, switch: str) -> bool:
         return switch not in self.down_switches
 
-    def live_view(self) -> nx.Graph:
-        """A simple graph of the usable elements; each edge remembers its first live link."""
+    def live_view(self, ends: tuple[str, ...] = ()) -> nx.Graph:
+        """A simple graph of the usable elements; each edge remembers its first live link. A
+        drained switch is in it only if it is one of `ends` (a path's own first or last switch)."""
         view = nx.Graph()
-        gone = self.down_switches | self.unknown_switches
+        gone = self.down_switches | self.unknown_switches | (self.drained_switches - set(ends))
         view.add_nodes_from(n for n in self.g.nodes if n not in gone)
         for a, b, key in self.g.edges(keys=True):
             if key in self.down_links or key in self.unknown_links or a in gone or b in gone:

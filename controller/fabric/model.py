@@ -75,6 +75,17 @@ class ConnectionPlan(BaseModel):
     def legs(self) -> list[Leg]:
         return [leg for leg in (self.a_to_b, self.b_to_a, self.a_to_b_backup, self.b_to_a_backup) if leg is not None]
 
+    def on_backup(self) -> ConnectionPlan:
+        """The plan switched over to its pre-installed backup legs (which it must have): only
+        the head entries change on the switches, and it has no backup until one is found."""
+        assert self.a_to_b_backup is not None and self.b_to_a_backup is not None
+        return self.model_copy(update={"a_to_b": self.a_to_b_backup, "b_to_a": self.b_to_a_backup,
+                                       "a_to_b_backup": None, "b_to_a_backup": None, "state": "up",
+                                       "revision": self.revision + 1})
+
+    def without_backup(self) -> ConnectionPlan:
+        return self.model_copy(update={"a_to_b_backup": None, "b_to_a_backup": None, "revision": self.revision + 1})
+
     def crosses(self, switch: str | None = None, link: str | None = None) -> bool:
         for leg in (self.a_to_b, self.b_to_a):
             if switch is not None and switch in leg.path.switches:

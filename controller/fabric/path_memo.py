@@ -22,9 +22,9 @@ class PathMemo:
         self._paths: dict[tuple, Paths] = {}
         self._backups: dict[tuple, Path | None] = {}
 
-    def _liveness(self) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+    def _liveness(self) -> tuple[frozenset[str], ...]:
         g = self.graph
-        return frozenset(g.down_switches), frozenset(g.down_links), frozenset(g.unknown_links)
+        return frozenset(g.down_switches), frozenset(g.down_links), frozenset(g.unknown_links), frozenset(g.drained_switches)
 
     def paths(self, a: Attachment, b: Attachment) -> Paths:
         """Primary, its reverse, backup, its reverse. Raises NoPath."""

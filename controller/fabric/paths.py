@@ -31,7 +31,7 @@ def _to_path(view: nx.Graph, nodes: list[str], src: Attachment, dst: Attachment,
 
 
 def shortest(graph: FabricGraph, src: Attachment, dst: Attachment) -> Path:
-    view = graph.live_view()
+    view = graph.live_view((src.switch, dst.switch))
     try:
         nodes = nx.shortest_path(view, src.switch, dst.switch)
     except (nx.NetworkXNoPath, nx.NodeNotFound):
@@ -44,7 +44,7 @@ def backup_for(graph: FabricGraph, primary: Path, src: Attachment, dst: Attachme
     would be the primary itself (nothing to fall back to)."""
     if len(primary.hops) < 2:
         return None
-    view = graph.live_view()
+    view = graph.live_view((src.switch, dst.switch))
     shared_links = set(primary.links)
     inner = set(primary.switches[1:-1])
 

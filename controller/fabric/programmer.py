@@ -32,6 +32,18 @@ class Programmer:
     def __init__(self, clients: dict[str, SwitchClient], codec: SpecCodec) -> None:
         self.clients = clients
         self.codec = codec
+        self._codecs: dict[str, SpecCodec] = {}
+
+    def codec_for(self, switch: str) -> SpecCodec:
+        """The codec of the program the switch runs now: a pipeline rollout gives each switch
+        its new P4Info when it commits there, and names resolve to that P4Info's ids."""
+        client = self.clients.get(switch)
+        if client is None or client.schema is self.codec.schema:
+            return self.codec
+        codec = self._codecs.get(switch)
+        if codec is None or codec.schema is not client.schema:
+            codec = self._codecs[switch] = SpecCodec(client.schema)
+        return codec
 
     async def write_ops(self, ops: list[Op], done: list[Op] | None = None) -> None:
         """One phase: every switch's operations in one batched Write, all switches in parallel.
@@ -65,8 +77,9 @@ class Programmer:
         client = self.clients.get(switch)
         if client is None:
             raise SwitchError(switch, grpc.StatusCode.NOT_FOUND, "unknown switch")
+        codec = self.codec_for(switch)
         try:
-            await client.write([self.codec.to_update(op, spec) for op, spec in ops])
+            await client.write([codec.to_update(op, spec) for op, spec in ops])
         except SwitchError as e:
             stale = [err.index for err in e.errors if (ops[err.index][0], err.code) in _STALE]
             if not stale:
@@ -76,7 +89,7 @@ class Programmer:
                             _STALE[(ops[i][0], e.errors[i].code)])
             errors = list(e.errors)
             try:
-                await client.write([self.codec.to_update(_STALE[(ops[i][0], errors[i].code)], ops[i][1]) for i in stale])
+                await client.write([codec.to_update(_STALE[(ops[i][0], errors[i].code)], ops[i][1]) for i in stale])
                 again = [UpdateError(i, rpc_code.OK, "") for i in stale]
             except SwitchError as e2:
                 if not e2.errors:

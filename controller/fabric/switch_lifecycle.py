@@ -119,7 +119,7 @@ class SwitchLifecycle:
     async def read_back(self, switch: str) -> list[E.Spec]:
         """The entities we own, as the switch reports them."""
         assert self.programmer is not None
-        codec: SpecCodec = self.programmer.codec
+        codec: SpecCodec = self.programmer.codec_for(switch)
         entities = await self.clients[switch].read(codec.read_request())
         out: list[E.Spec] = []
         for i, ent in enumerate(entities):

@@ -173,9 +173,9 @@ class Rerouter:
             if p.state not in ("up", "down"):
                 continue
             if not active_alive(fabric, p) and backup_alive(fabric, p):
-                urgent.append((p, self._swapped(p)))
+                urgent.append((p, p.on_backup()))
             elif active_alive(fabric, p) and has_backup(p) and not backup_alive(fabric, p):
-                urgent.append((p, p.model_copy(update={"a_to_b_backup": None, "b_to_a_backup": None, "revision": p.revision + 1})))
+                urgent.append((p, p.without_backup()))
         t_selected = time.perf_counter()
         t_heads, deferred = await fabric.commit_urgent(urgent, self._heads_acked)
         # Repairs of different connections touch disjoint keys, so they run side by side.
@@ -212,12 +212,6 @@ class Rerouter:
                      len(urgent) - len(deferred), len(deferred), self.last_round["selected_ms"],
                      self.last_round["heads_acked_ms"], self.last_round["round_ms"])
 
-    @staticmethod
-    def _swapped(p: ConnectionPlan) -> ConnectionPlan:
-        assert p.a_to_b_backup and p.b_to_a_backup
-        return p.model_copy(update={"a_to_b": p.a_to_b_backup, "b_to_a": p.b_to_a_backup, "a_to_b_backup": None,
-                                    "b_to_a_backup": None, "state": "up", "revision": p.revision + 1})
-
     def _heads_acked(self, heads: int) -> None:
         acked_ns = self._heads_acked_ns = time.monotonic_ns()
         for listener in self.switchover_listeners:
@@ -229,7 +223,7 @@ class Rerouter:
         if not active_alive(fabric, plan):
             if backup_alive(fabric, plan):
                 # Left out of the urgent pass (its lock was taken then): switch over now.
-                await fabric.commit(plan, self._swapped(plan), "rerouted")
+                await fabric.commit(plan, plan.on_backup(), "rerouted")
                 return
             try:
                 fwd = shortest(fabric.graph, plan.a, plan.b)
@@ -254,8 +248,7 @@ class Rerouter:
         back = better or fabric.backup_path(plan.a_to_b.path, plan.a, plan.b)
         if back is None:
             if has_backup(plan):
-                await fabric.commit(plan, plan.model_copy(update={"a_to_b_backup": None, "b_to_a_backup": None,
-                                                                 "revision": plan.revision + 1}), None)
+                await fabric.commit(plan, plan.without_backup(), None)
             return
         new = plan.model_copy(update={
             "a_to_b_backup": fabric.leg(back), "b_to_a_backup": fabric.leg(back.reversed()),

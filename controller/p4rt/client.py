@@ -11,11 +11,12 @@ The protos are finsy's (the PyPI `p4runtime` package does not import under proto
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -114,12 +115,17 @@ class SwitchClient:
         self.outbox_waits: deque[int] = deque(maxlen=1024)
         self._pending: list[_PendingWrite] = []
         self._pending_event = asyncio.Event()
+        # No write waits or is in flight: what a pipeline change waits for (pipeline_change).
+        self._quiet = asyncio.Event()
+        self._quiet.set()
+        self._changing = False
         self._task: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         # The loop keeps only weak references to tasks: an unreferenced one may vanish mid-push.
         self._ready_task: asyncio.Task[None] | None = None
         self.sessions = 0  # how many times the stream came up (tests and `p4nsm switches` show it)
         self.pipeline_pushes = 0  # 0 after a restart that found its program on the switch
+        self.pipeline_rpcs = 0  # SetForwardingPipelineConfig calls of any action, pushes and rollouts
         # monotonic time of the last sign of life: a keepalive answer or any stream message
         self.last_alive = 0.0
         # when the newest answered keepalive was SENT: proof the switch ran after that moment,
@@ -291,18 +297,42 @@ class SwitchClient:
             return
         log.info("switch=%s event=pipeline_push cookie=%s->%#x", self.name, cookie, self.target.cookie)
         self.pipeline_pushes += 1
-        config = p4r.ForwardingPipelineConfig(p4_device_config=self.target.device_config)
-        config.p4info.ParseFromString(self.target.p4info)
-        config.cookie.cookie = self.target.cookie
+        await self._set_pipeline_rpc(p4r.SetForwardingPipelineConfigRequest.VERIFY_AND_COMMIT, self.target)
+
+    async def _set_pipeline_rpc(self, action: p4r.SetForwardingPipelineConfigRequest.Action.ValueType,
+                                target: SwitchTarget) -> None:
+        assert self._stub is not None
+        config = p4r.ForwardingPipelineConfig(p4_device_config=target.device_config)
+        config.p4info.ParseFromString(target.p4info)
+        config.cookie.cookie = target.cookie
+        self.pipeline_rpcs += 1
         await self._rpc(self._stub.SetForwardingPipelineConfig(
             p4r.SetForwardingPipelineConfigRequest(
-                device_id=self.target.device_id,
+                device_id=target.device_id,
                 election_id=self._election,
-                action=p4r.SetForwardingPipelineConfigRequest.VERIFY_AND_COMMIT,
+                action=action,
                 config=config,
             ),
-            timeout=timeout,
+            timeout=self.settings.rpc_timeout,
         ))
+
+    async def set_pipeline(self, action: p4r.SetForwardingPipelineConfigRequest.Action.ValueType,
+                           target: SwitchTarget) -> None:
+        """One SetForwardingPipelineConfig of `target`'s program (VERIFY, VERIFY_AND_COMMIT...)
+        on the live session; SwitchError with the switch's status when it refuses or is away.
+        A commit does not change what this client pushes on its next session: `adopt` does."""
+        if self._stub is None or not self.up.is_set():
+            raise SwitchError(self.name, grpc.StatusCode.UNAVAILABLE, "switch is not up")
+        try:
+            await self._set_pipeline_rpc(action, target)
+        except grpc.aio.AioRpcError as e:
+            raise SwitchError(self.name, e.code(), e.details() or e.code().name) from None
+
+    def adopt(self, target: SwitchTarget, schema: P4Schema) -> None:
+        """From now on this switch runs `target`'s program: writes, reads and packet metadata go
+        through `schema`, and a new session finds or pushes that program (by its cookie)."""
+        self.target = target
+        self.schema = schema
 
     async def _keepalive_loop(self) -> None:
         """A frozen switch keeps its TCP connection; only silence reveals it.
@@ -376,13 +406,29 @@ class SwitchClient:
             return
         if not self.up.is_set():
             raise SwitchError(self.name, grpc.StatusCode.UNAVAILABLE, "switch is not up")
+        if self._changing:
+            raise SwitchError(self.name, grpc.StatusCode.UNAVAILABLE, "its pipeline is being changed")
         fut: asyncio.Future[list[UpdateError]] = asyncio.get_running_loop().create_future()
         self._pending.append(_PendingWrite(updates, fut))
+        self._quiet.clear()
         self._pending_event.set()
         errors = await fut
         failed = [e for e in errors if e.code != 0]
         if failed:
             raise SwitchError(self.name, grpc.StatusCode.UNKNOWN, f"{len(failed)} of {len(updates)} updates failed", errors)
+
+    @contextlib.asynccontextmanager
+    async def pipeline_change(self) -> AsyncIterator[None]:
+        """While the block runs (a SetForwardingPipelineConfig commit) writes and reads are refused
+        as UNAVAILABLE, once the writes already sent or queued have ended: BMv2 loses track of its
+        tables and groups when a Write races a pipeline change (seen here, then it crashed),
+        and an update encoded for the old P4Info must not reach the new program."""
+        self._changing = True
+        try:
+            await self._quiet.wait()
+            yield
+        finally:
+            self._changing = False
 
     def _fail_pending(self, code: grpc.StatusCode, message: str) -> None:
         pending, self._pending = self._pending, []
@@ -414,6 +460,8 @@ class SwitchClient:
                     for p in batch:
                         if not p.future.done():
                             p.future.set_exception(SwitchError(self.name, grpc.StatusCode.INTERNAL, repr(e)))
+            if not self._pending:
+                self._quiet.set()
 
     async def _write_batch(self, batch: list[_PendingWrite]) -> None:
         updates = [u for p in batch for u in p.updates]
@@ -473,6 +521,8 @@ class SwitchClient:
     async def read(self, entities: Sequence[p4r.Entity]) -> list[p4r.Entity]:
         if self._stub is None:
             raise SwitchError(self.name, grpc.StatusCode.UNAVAILABLE, "not connected")
+        if self._changing:
+            raise SwitchError(self.name, grpc.StatusCode.UNAVAILABLE, "its pipeline is being changed")
         out: list[p4r.Entity] = []
         call = self._stub.Read(p4r.ReadRequest(device_id=self.target.device_id, entities=entities), timeout=self.settings.rpc_timeout)
 

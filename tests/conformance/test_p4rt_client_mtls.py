@@ -14,7 +14,7 @@ from finsy.proto import p4r
 from controller.identity import LabCerts, Svid, init_lab_certs, load_svid
 from controller.p4rt.client import SwitchClient, SwitchTarget, TlsConfig
 from controller.p4rt.schema import P4Schema
-from controller.runtime import pipeline_cookie
+from controller.pipeline.revisions import pipeline_cookie
 from controller.settings import Settings
 from controller.targets import device_config
 from tests.support.fixtures import SoftSwitchProcess, start_softswitch

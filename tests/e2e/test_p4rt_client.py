@@ -19,7 +19,7 @@ from finsy.proto import p4r
 from controller.p4rt.client import SwitchClient, SwitchTarget
 from controller.p4rt.errors import SwitchError
 from controller.p4rt.schema import P4Schema
-from controller.runtime import pipeline_cookie
+from controller.pipeline.revisions import pipeline_cookie
 from controller.settings import Settings
 from controller.targets import device_config
 from tests.support.fixtures import SoftSwitchProcess, softswitch  # noqa: F401  (fixture)

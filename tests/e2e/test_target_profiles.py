@@ -58,14 +58,7 @@ class Fabric:
 
 
 def start_fabric(net: Net, profile: str, certs: Certs, run_dir: Path) -> Fabric:
-    ifnames: dict[tuple[str, int], str] = {}
-    hosts = {}
-    for name, (sw, port) in HOSTS.items():
-        host = hosts[name] = net.host(name)
-        ifnames[(sw, port)] = net.attach(host, "eth0")
-        host.listen("eth0")
-    for a, ap, b, bp in LINKS:
-        ifnames[(a, ap)], ifnames[(b, bp)] = net.link()
+    hosts, ifnames = net.wire(HOSTS, LINKS)
     client = certs.client("spiffe://p4nsm/controller", f"controller-{profile}")
     # infrap4d: TLS by default, and a client certificate of its CA required
     tls_args = certs.server_args() if profile == "stratum" else [*certs.server_args()[1:], "--grpc-server-cacert",

@@ -11,9 +11,10 @@ from scapy.contrib.mpls import MPLS
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
+from controller.topology import Topology
 from tests.e2e.hosts import Host
 from tests.e2e.netns import Lab
-from tests.support.fixtures import SoftSwitchProcess, start_softswitch
+from tests.support.fixtures import SoftSwitchProcess, free_port, start_softswitch
 from tests.support.p4rt import P4RTTestClient
 
 SRC = "02:00:00:00:0a:01"
@@ -124,6 +125,20 @@ class Net:
     def link(self) -> tuple[str, str]:
         return self.lab.veth()
 
+    def wire(self, hosts: dict[str, tuple[str, int]], links: list[tuple[str, int, str, int]]
+             ) -> tuple[dict[str, Host], dict[tuple[str, int], str]]:
+        """Hosts (name -> switch, port; each listening on its eth0) and links between switch
+        ports: the hosts, and each switch port's interface."""
+        ifnames: dict[tuple[str, int], str] = {}
+        made = {}
+        for name, (sw, port) in hosts.items():
+            host = made[name] = self.host(name)
+            ifnames[(sw, port)] = self.attach(host, "eth0")
+            host.listen("eth0")
+        for a, ap, b, bp in links:
+            ifnames[(a, ap)], ifnames[(b, bp)] = self.link()
+        return made, ifnames
+
     def switch(self, device_id: int, ports: dict[int, str]) -> Switch:
         process = self.stack.enter_context(
             start_softswitch(device_id, CPU_PORT, [f"{n}@{name}" for n, name in ports.items()])
@@ -141,3 +156,11 @@ class Net:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def with_free_ports(topo: Topology) -> Topology:
+    """The topology with every switch on a free loopback port: labs of other worktrees may hold
+    the ports its file names. Validated again, as lab.p4c.with_switch_kind does."""
+    data = topo.model_dump(mode="json")
+    data["switches"] = [{**s, "grpc_addr": f"127.0.0.1:{free_port()}"} for s in data["switches"]]
+    return Topology.model_validate(data)

@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
      "controller.identity"),
     ("controller.fabric",),
     ("controller.heal",),
+    ("controller.pipeline",),
     ("controller.nsm.base",),
     ("controller.nsm.registry",),
     ("controller.nsm.elements",),
