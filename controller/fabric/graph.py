@@ -79,13 +79,15 @@ class FabricGraph:
     def usable(self, switch: str) -> bool:
         return switch not in self.down_switches
 
-    def live_view(self) -> nx.Graph:
-        """A simple graph of the usable elements; each edge remembers its first live link."""
+    def live_view(self, trust_unknown: bool = False) -> nx.Graph:
+        """A simple graph of the usable elements; each edge remembers its first live link. With
+        `trust_unknown`, elements not heard from yet count as usable (only evidence removes one)."""
         view = nx.Graph()
-        gone = self.down_switches | self.unknown_switches
+        gone = self.down_switches if trust_unknown else self.down_switches | self.unknown_switches
+        dead = self.down_links if trust_unknown else self.down_links | self.unknown_links
         view.add_nodes_from(n for n in self.g.nodes if n not in gone)
         for a, b, key in self.g.edges(keys=True):
-            if key in self.down_links or key in self.unknown_links or a in gone or b in gone:
+            if key in dead or a in gone or b in gone:
                 continue
             if not view.has_edge(a, b):
                 view.add_edge(a, b, link=key)
