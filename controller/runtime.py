@@ -95,7 +95,7 @@ class Controller:
         # alone judges links.
         probing = {name for name, p in profiles.items() if p.has_packet_io} if settings.probe_interval > 0 else set()
         self.links = LinkMonitor(fabric_graph(topo, probing), {n: c for n, c in self.clients.items() if n in probing},
-                                 settings, self._on_link)
+                                 settings, self._on_link, store=self.store)
         # gNMI port state, where the target serves it: a port down takes its link down at once
         # (heal/port_state.py joins it with the probes' verdicts).
         self.port_state = {
@@ -136,6 +136,8 @@ class Controller:
     async def start(self) -> None:
         self.fabric.load()
         self.rerouter.start()
+        # the stored verdicts first: no path is placed over a link the last run saw dead
+        self.port_judge.restore(self.links.down_links())
         self.links.start()
         for port_client in self.port_state.values():
             port_client.start()

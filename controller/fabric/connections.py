@@ -88,7 +88,7 @@ class Fabric:
         self._turns: dict[str, _Turn] = {}
         self.path_memo = PathMemo(graph)
         self.switches = SwitchLifecycle(graph, clients, settings, self.programmer, self._specs_on, self.graph_changed,
-                                        group_watch_unreliable)
+                                        group_watch_unreliable, store)
         self.listeners: list[Callable[[ConnectionPlan, str], None]] = []  # (plan, event) for monitor/heal layers
         self.graph_listeners: list[Callable[[], None]] = []  # run after a switch or link changed state
 

@@ -88,14 +88,18 @@ class FabricGraph:
     def usable(self, switch: str) -> bool:
         return switch not in self.down_switches
 
-    def live_view(self, ends: tuple[str, ...] = ()) -> nx.Graph:
+    def live_view(self, ends: tuple[str, ...] = (), trust_unknown: bool = False) -> nx.Graph:
         """A simple graph of the usable elements; each edge remembers its first live link. A
-        drained switch is in it only if it is one of `ends` (a path's own first or last switch)."""
+        drained switch is in it only if it is one of `ends` (a path's own first or last switch).
+        With `trust_unknown`, elements not heard from yet count as usable (only evidence removes one)."""
         view = nx.Graph()
-        gone = self.down_switches | self.unknown_switches | (self.drained_switches - set(ends))
+        gone = self.down_switches | (self.drained_switches - set(ends))
+        if not trust_unknown:
+            gone |= self.unknown_switches
+        dead = self.down_links if trust_unknown else self.down_links | self.unknown_links
         view.add_nodes_from(n for n in self.g.nodes if n not in gone)
         for a, b, key in self.g.edges(keys=True):
-            if key in self.down_links or key in self.unknown_links or a in gone or b in gone:
+            if key in dead or a in gone or b in gone:
                 continue
             if not view.has_edge(a, b):
                 view.add_edge(a, b, link=key)

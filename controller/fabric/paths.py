@@ -30,8 +30,8 @@ def _to_path(view: nx.Graph, nodes: list[str], src: Attachment, dst: Attachment,
     return Path(hops=tuple(hops), links=tuple(links))
 
 
-def shortest(graph: FabricGraph, src: Attachment, dst: Attachment) -> Path:
-    view = graph.live_view((src.switch, dst.switch))
+def shortest(graph: FabricGraph, src: Attachment, dst: Attachment, trust_unknown: bool = False) -> Path:
+    view = graph.live_view((src.switch, dst.switch), trust_unknown)
     try:
         nodes = nx.shortest_path(view, src.switch, dst.switch)
     except (nx.NetworkXNoPath, nx.NodeNotFound):

@@ -33,6 +33,16 @@ stamped, in a packet-in read since, a moment later than that arrival plus the li
 slower wire or a busier peer) plus `probe_stamp_margin`. The destination takes its frames in the
 order they come, so it would have taken the missing probe before, and its packet-ins come in
 order.
+
+A link's verdict is kept in the store (records of kind `link_state`: up or down, and what its
+next rise needs), and a restarted controller starts from it: a link that was down stays down
+until probes cross it for its recovery checks, one that was up carries its stored connections
+until probes show it dead. Fresh evidence only: at a start (and whenever a switch comes up) the
+probes' own history (lags, lateness, rounds) is empty while the switches and the controller are
+at their busiest (pipeline checks, reconcile reads, NSM clients coming back), so a probe sent
+before `probe_startup_grace` has passed since probes began to arrive from or through both ends of
+its link is not counted as missing. An end through which none arrives (cut off on every port)
+has its grace counted from when probes were first sent out of it, twice over.
 """
 
 from __future__ import annotations
@@ -45,8 +55,11 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 
+from pydantic import BaseModel, ValidationError
+
 from controller.aio import cancel_and_wait
 from controller.fabric.graph import FabricGraph, Link
+from controller.fabric.store import Store
 from controller.heal import probe_frame
 from controller.heal.switch_clock import SwitchClocks
 from controller.p4rt.client import SwitchClient
@@ -61,6 +74,7 @@ _SEND_LOG = 1024  # a direction's send times: covers a keepalive proof delay of 
 _NEVER = 2**63  # later than any monotonic ns
 _NO_STAMP = -(2**62)  # earlier than any stamp a clock of any offset gives
 _ARRIVALS_KEPT = 64  # per source switch: where its recent probes arrived, for proof of emission
+LINK_STATE = "link_state"  # store records: each probed link's last verdict
 
 LinkListener = Callable[[Link, bool], Awaitable[None]]
 RttListener = Callable[[str, float], None]  # (link name, seconds from a probe's send to its packet-in)
@@ -104,6 +118,13 @@ class _Round:
     arrived: dict[str, list[tuple[_Direction, int]]] = dataclasses.field(default_factory=dict)
 
 
+class StoredLink(BaseModel):
+    """A link's verdict as the last run left it."""
+
+    up: bool
+    need: int  # healthy checks its next rise needs (doubled by flaps)
+
+
 @dataclasses.dataclass(slots=True)
 class _LinkState:
     link: Link
@@ -115,8 +136,9 @@ class _LinkState:
 
 class LinkMonitor:
     def __init__(self, graph: FabricGraph, clients: dict[str, SwitchClient], settings: Settings, on_change: LinkListener,
-                 clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
+                 clock_ns: Callable[[], int] = time.monotonic_ns, store: Store | None = None) -> None:
         self.graph = graph
+        self.store = store
         # Tests drive the monitor on their event loop's virtual time. Seconds are derived from the
         # same reading, exactly as time.monotonic() derives them from time.monotonic_ns().
         self.clock_ns = clock_ns
@@ -147,6 +169,10 @@ class LinkMonitor:
         self.out_no: dict[str, int] = {name: 0 for name in clients}
         self.arrivals: dict[str, deque[tuple[int, str, int]]] = {name: deque(maxlen=_ARRIVALS_KEPT) for name in clients}
         self.stamped_until: dict[str, int] = {name: _NO_STAMP for name in clients}
+        # Since when (monotonic s) this session of each switch sends probes, and since when probes
+        # arrive from or through it: the start of its grace (module docstring).
+        self.sending_since: dict[str, float | None] = {name: None for name in clients}
+        self.flowing_since: dict[str, float | None] = {name: None for name in clients}
         self.rounds: dict[int, _Round] = {}  # by send time (monotonic ns), oldest first
         self.links: dict[str, _LinkState] = {}
         for link in graph.links.values():
@@ -163,6 +189,35 @@ class LinkMonitor:
         self._into: dict[str, list[_Direction]] = {}
         for direction in self.directions.values():
             self._into.setdefault(direction.dst, []).append(direction)
+        self._restore()
+
+    def _restore(self) -> None:
+        """Start from the stored verdicts (module docstring)."""
+        for name, value in (self.store.records(LINK_STATE) if self.store is not None else {}).items():
+            state = self.links.get(name)
+            if state is None:
+                continue  # a link the topology no longer has
+            try:
+                stored = StoredLink.model_validate_json(value)
+            except ValidationError as e:  # unreadable is no evidence: the link starts as the topology says
+                log.warning("link=%s event=stored_state_unreadable error=%s", name, e.errors()[0]["msg"])
+                continue
+            if stored.up:
+                continue
+            state.up = False
+            state.need = max(stored.need, self.settings.probe_recovery)
+            log.info("link=%s event=down reason=stored_down next_recovery_checks=%d", name, state.need)
+
+    def down_links(self) -> list[str]:
+        """The links whose verdict is down now (at a start: those stored down)."""
+        return sorted(name for name, state in self.links.items() if not state.up)
+
+    async def _changed(self, state: _LinkState) -> None:
+        """A verdict: stored before anyone acts on it, then told."""
+        if self.store is not None:
+            self.store.put_record(LINK_STATE, state.link.name, StoredLink(up=state.up, need=state.need).model_dump_json())
+            await self.store.durable()
+        await self.on_change(state.link, state.up)
 
     def start(self) -> None:
         for client in self.clients.values():
@@ -212,6 +267,8 @@ class LinkMonitor:
             client = self.clients[d.src]
             if not client.up.is_set():
                 continue
+            if self.sending_since[d.src] is None:
+                self.sending_since[d.src] = now_ns / 1e9
             d.seq += 1
             self.out_no[d.src] += 1
             d.sent_at.append((d.seq, now_ns, self.out_no[d.src]))
@@ -245,7 +302,7 @@ class LinkMonitor:
                     took = now - dead.sent_time(dead.rx_seq + 1)
                     for listener in self.detection_listeners:
                         listener(link, took)
-                await self.on_change(link, False)
+                await self._changed(state)
             elif not state.up:
                 # Coming back needs probes that really arrive, in both directions.
                 arriving = all(d.unanswered < s.probe_misses for d in dirs)
@@ -254,7 +311,7 @@ class LinkMonitor:
                     state.up = True
                     state.went_up_at = now
                     log.info("link=%s event=up after_checks=%d", link.name, state.streak)
-                    await self.on_change(link, True)
+                    await self._changed(state)
 
     def _fall(self, state: _LinkState, now: float) -> None:
         s = self.settings
@@ -271,12 +328,26 @@ class LinkMonitor:
             return
         self._fall(state, self._now())
         log.warning("link=%s event=down reason=%r next_recovery_checks=%d", name, reason, state.need)
-        await self.on_change(state.link, False)
+        await self._changed(state)
+
+    def grace_end(self, switch: str) -> float:
+        """Probes sent before this moment (monotonic s) do not count against a link at `switch`."""
+        grace = self.settings.probe_startup_grace
+        if grace <= 0:
+            return float("-inf")
+        flowing, sending = self.flowing_since[switch], self.sending_since[switch]
+        if flowing is not None:
+            return flowing + grace
+        return float("inf") if sending is None else sending + 2 * grace
 
     def _dead(self, d: _Direction, now: float) -> bool:
         s = self.settings
         if d.unanswered < s.probe_misses:
             return False
+        judged_from = max(self.grace_end(d.src), self.grace_end(d.dst))
+        if judged_from > now:
+            return False
+        fresh_ns = int(judged_from * 1e9) if judged_from > float("-inf") else -_NEVER
         # A later round arrived from the source (it emits in order, so the missing probe left
         # before it) and through the destination: both ran on after the probe went missing.
         ran_on = int((min(self.emitted_after[d.src], self.delivered_after[d.dst]) - s.probe_interval / 2) * 1e9)
@@ -295,7 +366,7 @@ class LinkMonitor:
         shown = 0
         for i in range(len(d.sent_at) - 1, max(-1, len(d.sent_at) - 1 - _ROUNDS_KEPT), -1):  # newest first
             seq, sent_ns, out_no = d.sent_at[i]
-            if seq <= d.rx_seq:
+            if seq <= d.rx_seq or sent_ns < fresh_ns:
                 break
             if sent_ns >= ran_on:
                 continue
@@ -306,7 +377,9 @@ class LinkMonitor:
             shown += r is not None and d.src in r.emitted and d.dst in r.delivered
             if shown >= s.probe_misses:
                 return True
-        late = d.sent_time(d.rx_seq + s.probe_misses) + s.probe_keepalive_proof_delay
+        # the probes missed after the grace, as the rounds above count them
+        late = max(d.sent_time(d.rx_seq + s.probe_misses), judged_from + (s.probe_misses - 1) * s.probe_interval)
+        late += s.probe_keepalive_proof_delay
         return self._alive_after(d.src, late) and self._alive_after(d.dst, late)
 
     def _emitted_by(self, src: str, moment: float) -> int:
@@ -367,6 +440,9 @@ class LinkMonitor:
         if probe.seq > d.rx_seq:
             d.rx_seq = probe.seq
         now_ns = self.clock_ns()
+        for end in (d.src, d.dst):
+            if self.flowing_since[end] is None and self.sending_since[end] is not None:
+                self.flowing_since[end] = now_ns / 1e9
         r = self.rounds.get(probe.sent_ns)
         if r is not None:
             r.emitted.add(d.src)
@@ -408,6 +484,7 @@ class LinkMonitor:
         self.clocks.forget(client.name)
         self.arrivals[client.name].clear()
         self.stamped_until[client.name] = _NO_STAMP
+        self.sending_since[client.name] = self.flowing_since[client.name] = None  # a new session's grace
         if up:
             for d in self.directions.values():
                 if client.name in (d.src, d.dst):
@@ -418,4 +495,4 @@ class LinkMonitor:
                 state.up = False
                 state.streak = 0
                 state.need = self.settings.probe_recovery
-                await self.on_change(state.link, False)
+                await self._changed(state)

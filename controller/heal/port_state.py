@@ -56,6 +56,12 @@ class PortStateJudge:
 
     # --- inputs ------------------------------------------------------------------------------
 
+    def restore(self, down: list[str]) -> None:
+        """The probes' verdicts a restarted controller starts from (LinkMonitor.down_links)."""
+        for name in down:
+            self.probe_up[name] = False
+            self._apply(name)
+
     async def on_probe_verdict(self, link: Link, up: bool) -> None:
         """The link monitor's verdict (its on_change)."""
         self.probe_up[link.name] = up

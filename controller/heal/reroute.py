@@ -47,6 +47,15 @@ def backup_alive(fabric: Fabric, plan: ConnectionPlan) -> bool:
     return leg_alive(fabric, plan.a_to_b_backup) and leg_alive(fabric, plan.b_to_a_backup)
 
 
+def _path_once_verified(fabric: Fabric, plan: ConnectionPlan) -> bool:
+    """Whether a path would exist were every element not heard from yet as up as it was."""
+    try:
+        shortest(fabric.graph, plan.a, plan.b, trust_unknown=True)
+    except NoPath:
+        return False
+    return True
+
+
 def has_backup(plan: ConnectionPlan) -> bool:
     return plan.a_to_b_backup is not None or plan.b_to_a_backup is not None
 
@@ -228,6 +237,12 @@ class Rerouter:
             try:
                 fwd = shortest(fabric.graph, plan.a, plan.b)
             except NoPath:
+                if plan.state != "down" and _path_once_verified(fabric, plan):
+                    # Not heard from is not dead (a restart: switches still being reconciled):
+                    # DOWN waits for evidence; the graph's next change brings this repair back.
+                    log.info("connection=%s event=down_deferred reason=path_over_unverified_elements unknown=%s",
+                             plan.id, ",".join(sorted(fabric.graph.unknown_switches | fabric.graph.unknown_links)))
+                    return
                 if plan.state != "down":
                     log.warning("connection=%s event=down reason=no_path", plan.id)
                     await fabric.commit(plan, plan.model_copy(update={"state": "down", "revision": plan.revision + 1}), "down")

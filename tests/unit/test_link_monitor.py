@@ -4,21 +4,24 @@ packet fabric in virtual time: LinkMonitor's own loop of rounds and checks runs 
 
 Times are in rounds: round k is sent at `round_at(k)` and checked half an interval later. A test
 acts between events, never on one (`before_round`, `after_check`), so the order is not left to
-ties. Rounds start when the monitor does and the links start up."""
+ties. Rounds start when the monitor does and the links start up; round 0 of a test is the first
+after the start-up grace (`probe_startup_grace`), whose own rules are tested apart."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable
 
 import pytest
 
 from controller.fabric.graph import FabricGraph, Link, link_name
+from controller.fabric.store import Store
 from controller.heal import probe_frame
-from controller.heal.link_monitor import LinkMonitor
+from controller.heal.link_monitor import LINK_STATE, LinkMonitor, StoredLink
 from controller.settings import Settings
 from tests.unit.fake_packet_fabric import FakePacketFabric, VirtualTimeLoop, diamond, run_virtual
 
@@ -121,7 +124,10 @@ class Bench:
 Body = Callable[[Bench], Awaitable[None]]
 
 
-def run(body: Body, graph: FabricGraph | None = None, **settings: object) -> None:
+def run(body: Body, graph: FabricGraph | None = None, store: Store | None = None,
+        before_start: Callable[[FakePacketFabric], None] | None = None, **settings: object) -> None:
+    """`body` on a started monitor whose links are all up and unchanged once settled; `store`
+    holds the verdicts it starts from, `before_start` shapes the fabric before any probe."""
     s = DEFAULTS.model_copy(update=settings)
 
     async def main() -> None:
@@ -133,13 +139,16 @@ def run(body: Body, graph: FabricGraph | None = None, **settings: object) -> Non
         async def on_change(link: Link, up: bool) -> None:
             changes.append((link.name, up))
 
-        monitor = LinkMonitor(fabric.graph, fabric.clients, s, on_change, clock_ns=loop.clock_ns)
+        monitor = LinkMonitor(fabric.graph, fabric.clients, s, on_change, clock_ns=loop.clock_ns, store=store)
+        if before_start is not None:
+            before_start(fabric)
         fabric.start()
-        bench = Bench(fabric, monitor, s, changes, loop.time())
+        grace_rounds = math.ceil(s.probe_startup_grace / s.probe_interval) + 2 if s.probe_startup_grace else 0
+        bench = Bench(fabric, monitor, s, changes, loop.time() + grace_rounds * s.probe_interval)
         monitor.start()
         try:
             await bench.after_check(10)  # settled: every direction has answered
-            assert bench.all_up() and not changes
+            assert (bench.all_up() and not changes) or store is not None
             await body(bench)
         finally:
             await monitor.stop()
@@ -480,3 +489,107 @@ def test_forged_probes_from_a_host_are_counted_and_change_nothing() -> None:
         assert b.changes == [(b.name("s1", "s2"), False)]
 
     run(body)
+
+
+# --- a start: stored verdicts, and the start-up grace ----------------------------------------------
+
+
+def test_a_link_slow_from_the_start_is_not_taken_down_while_the_probe_history_is_empty() -> None:
+    """s4 takes s2's frames 40 ms late from the first probe on (a peer busy with its start-up
+    reconcile): s2's other probes and s4's other deliveries arrive at once, so s2 -> s4 misses
+    four rounds of probes while both its ends run on, before any of its own lags is known. The
+    grace from when probes began to flow lets the history fill; without it the link falls."""
+
+    async def body(b: Bench) -> None:
+        await b.after_check(b.round_now() + 200)
+        assert b.all_up() and not b.changes
+
+    run(body, before_start=lambda f: f.set_latency("s2", "s4", 0.04))
+
+
+def test_without_the_start_up_grace_a_link_slow_from_the_start_falls() -> None:
+    """What the grace is for: the case above, with `probe_startup_grace` 0."""
+
+    async def body(b: Bench) -> None:
+        pass
+
+    with pytest.raises(AssertionError):
+        run(body, before_start=lambda f: f.set_latency("s2", "s4", 0.04), probe_startup_grace=0.0)
+
+
+def first_change_after_start(store: Store | None = None, cut: tuple[str, str] | None = None,
+                             limit: float = 10.0) -> tuple[list[str], FakePacketFabric, list[tuple[str, bool, float]]]:
+    """A monitor started on diamond (`cut` both ways before the first probe), run until its first
+    verdict changes or `limit` seconds: the links down when it was made, the fabric and (link,
+    up, seconds after the start) of each change."""
+    out: list = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        fabric = FakePacketFabric(diamond(), DEFAULTS, stamps=bool(STAMPED["stamps"]), own_clocks=bool(STAMPED["own_clocks"]))
+        changes: list[tuple[str, bool, float]] = []
+        t0 = loop.time()
+
+        async def on_change(link: Link, up: bool) -> None:
+            changes.append((link.name, up, loop.time() - t0))
+
+        monitor = LinkMonitor(fabric.graph, fabric.clients, DEFAULTS, on_change, clock_ns=loop.clock_ns, store=store)
+        out.extend([monitor.down_links(), fabric, changes])
+        if cut is not None:
+            fabric.cut(*cut)
+            fabric.cut(cut[1], cut[0])
+        fabric.start()
+        monitor.start()
+        try:
+            while not changes and loop.time() < t0 + limit:
+                await asyncio.sleep(DEFAULTS.probe_interval / 2)
+        finally:
+            await monitor.stop()
+            await fabric.stop()
+
+    run_virtual(main)
+    return out[0], out[1], out[2]
+
+
+def test_a_cut_at_the_start_is_found_on_fresh_probes_once_the_grace_has_passed() -> None:
+    """s1-s2 cut before the first probe (a silent cut while the controller was away): it is not
+    judged on probes of the grace, and is down a few rounds after it."""
+    grace, misses = DEFAULTS.probe_startup_grace, DEFAULTS.probe_misses
+    _, fabric, changes = first_change_after_start(cut=("s1", "s2"))
+    assert [(name, up) for name, up, _ in changes] == [(fabric.link("s1", "s2").name, False)]
+    took = changes[0][2]
+    assert grace < took < grace + (misses + 3) * DEFAULTS.probe_interval, f"down {took:.3f} s after the start"
+
+
+def test_a_link_stored_down_starts_down_and_rises_only_after_its_recovery_checks() -> None:
+    """The last run's verdict is evidence: s1-s2 starts down, needing the rise its flaps had made
+    it need; probes cross it, and it is up after that many healthy checks (no grace: arriving
+    probes are evidence at any load). The rise is stored."""
+    need = 2 * DEFAULTS.probe_recovery
+    store = Store(":memory:")
+    graph = diamond()
+    name = next(n for n, l in graph.links.items() if {l.a, l.b} == {"s1", "s2"})
+    store.put_record(LINK_STATE, name, StoredLink(up=False, need=need).model_dump_json())
+    restored, _, changes = first_change_after_start(store=store)
+    assert restored == [name]
+    assert [(n, up) for n, up, _ in changes] == [(name, True)]
+    assert (need - 1) * DEFAULTS.probe_interval <= changes[0][2] < (need + 5) * DEFAULTS.probe_interval
+    assert StoredLink.model_validate_json(store.get_record(LINK_STATE, name) or "") == StoredLink(up=True, need=need)
+
+
+def test_a_verdict_is_stored_before_it_is_told() -> None:
+    store = Store(":memory:")
+
+    async def body(b: Bench) -> None:
+        told: list[str | None] = []
+        inner = b.monitor.on_change
+
+        async def on_change(link: Link, up: bool) -> None:
+            told.append(store.get_record(LINK_STATE, link.name))
+            await inner(link, up)
+
+        b.monitor.on_change = on_change
+        await b.cut_until_down("s1", "s2")
+        assert [StoredLink.model_validate_json(v or "") for v in told] == [StoredLink(up=False, need=DEFAULTS.probe_recovery)]
+
+    run(body, store=store)
