@@ -71,7 +71,8 @@ class Trial:
     write_updates: int
     write_rpcs: int
     pipeline_rpcs: int
-    commits: list[tuple[str, str, int]]  # (switch, action, start ns) in the order they started
+    commits: list[tuple[str, str, int]]  # (switch, drain or commit action, start ns) in the order they started
+    taken: list[tuple[str, str]]  # the commit calls the switches took: (switch, action)
     avoidable_lost: dict[str, int]  # switch -> frames lost by connections that could avoid it
     windows_ms: dict[str, list[float]]  # switch -> per connection that could not avoid it: frames lost x interval
     other_lost: int  # lost before the first commit (the VERIFY round, the first drain)
@@ -80,16 +81,27 @@ class Trial:
 
 
 class Recorder:
-    """What the rollout does to the switches: SetForwardingPipelineConfig calls with their
-    start times (the clients' own method, wrapped), and Write RPCs (the clients' listeners)."""
+    """What the rollout does to the switches: when each switch's turn began (its drain, seen
+    through the fabric's graph listeners, or else its first commit call), the commit calls and
+    whether each was taken (the clients' own method, wrapped), and Write RPCs (their listeners)."""
 
     def __init__(self, ctl: Controller) -> None:
-        self.commits: list[tuple[str, str, int]] = []
+        self.commits: list[tuple[str, str, int]] = []  # (switch, "drain" or the commit action, ns)
+        self.taken: list[tuple[str, str]] = []  # (switch, action) of the commit calls that succeeded
         self.updates = 0
         self.rpcs = 0
+        self._graph = ctl.fabric.graph
+        self._drained: set[str] = set()
+        ctl.fabric.graph_listeners.append(self._on_graph)
         for client in ctl.clients.values():
             client.write_listeners.append(self._on_write)
             self._wrap(client)
+
+    def _on_graph(self) -> None:
+        now = set(self._graph.drained_switches)
+        for switch in sorted(now - self._drained):
+            self.commits.append((switch, "drain", time.monotonic_ns()))
+        self._drained = now
 
     def _wrap(self, client) -> None:  # type: ignore[no-untyped-def]
         inner = client.set_pipeline
@@ -98,9 +110,12 @@ class Recorder:
             from finsy.proto import p4r
 
             name = p4r.SetForwardingPipelineConfigRequest.Action.Name(action)
-            if name in COMMITS:
-                self.commits.append((client.name, name, time.monotonic_ns()))
-            return await inner(action, target)
+            if name not in COMMITS:
+                return await inner(action, target)
+            self.commits.append((client.name, name, time.monotonic_ns()))
+            result = await inner(action, target)
+            self.taken.append((client.name, name))
+            return result
 
         client.set_pipeline = set_pipeline
 
@@ -110,6 +125,7 @@ class Recorder:
 
     def clear(self) -> None:
         self.commits.clear()
+        self.taken.clear()
         self.updates = self.rpcs = 0
 
 
@@ -136,16 +152,19 @@ def lost_send_times(stream: Stream, records: np.ndarray, sent: int) -> np.ndarra
 def charge(trial_traffic: TrialTraffic, streams: list[Stream], ends: dict[str, set[str]],
            commits: list[tuple[str, str, int]]) -> tuple[dict[str, int], dict[str, list[float]], int]:
     """Lost frames per commit: (avoidable per switch, windows per switch, other)."""
+    commits = sorted(commits, key=lambda c: c[2])
     starts = np.array([t for _, _, t in commits], dtype=np.int64)
     switches = [s for s, _, _ in commits]
-    avoidable = {s: 0 for s in switches}
+    avoidable = dict.fromkeys(switches, 0)
     windows: dict[str, list[float]] = {s: [] for s in switches}
     other = 0
     for stream in streams:
         times = lost_send_times(stream, trial_traffic.records, trial_traffic.sent.get(stream.index, 0))
         which = np.searchsorted(starts, times, side="right") - 1 if len(starts) else np.full(len(times), -1)
         other += int((which < 0).sum())
-        lost_at = {switches[i]: int((which == i).sum()) for i in range(len(switches))}
+        lost_at = dict.fromkeys(switches, 0)  # a switch's drain and commit are one turn
+        for i, switch in enumerate(switches):
+            lost_at[switch] += int((which == i).sum())
         for switch, n in lost_at.items():
             if switch in ends[stream.conn_id]:
                 windows[switch].append(n * stream.period_ms)
@@ -213,12 +232,12 @@ class Bench:
         result = Trial(self.trial_no, outcome.get("id", "?")[:12], outcome.get("state", "?"), rollout_s,
                        self.recorder.updates, self.recorder.rpcs,
                        sum(c.pipeline_rpcs for c in ctl.clients.values()) - pipeline_before,
-                       list(self.recorder.commits), avoidable, windows, other,
+                       list(self.recorder.commits), list(self.recorder.taken), avoidable, windows, other,
                        sum(len(lost_send_times(s, done.records, done.sent.get(s.index, 0))) for s in self.streams),
                        short)
         all_windows = [w for ws in windows.values() for w in ws]
         say(f"[{label} {self.trial_no}] {result.state} in {rollout_s:.2f}s; commits "
-            f"{' '.join(f'{s}:{a}' for s, a, _ in result.commits) or '-'}; lost by connections that could avoid "
+            f"{' '.join(f'{s}:{a}' for s, a in result.taken) or '-'}; lost by connections that could avoid "
             f"the switch: {avoidable}; windows of those that could not: p50 {report.ms(report.pct(all_windows, 50))} "
             f"p99 {report.ms(report.pct(all_windows, 99))} ms; other lost {other}; writes {result.write_updates} "
             f"updates in {result.write_rpcs} RPCs; {result.pipeline_rpcs} SetForwardingPipelineConfig"
@@ -248,11 +267,11 @@ def rejected_revision(i: int):  # type: ignore[no-untyped-def]
 def summary(accepted: list[Trial], rejected: list[Trial], args: argparse.Namespace) -> str:
     windows = [w for t in accepted for s, ws in t.windows_ms.items() for w in ws]
     avoid_total = sum(n for t in accepted for n in t.avoidable_lost.values())
-    avoid_pairs = sum(len(t.commits) for t in accepted)
+    avoid_pairs = sum(len({s for s, _ in t.taken}) for t in accepted)
     rollouts = [t.rollout_s for t in accepted]
     taint = [t.rollout_s for t in rejected]
     lost_rejected = [t.total_lost for t in rejected]
-    modes = sorted({a for t in accepted for _, a, _ in t.commits})
+    modes = sorted({a for t in accepted for _, a in t.taken})
     lines = [
         "# Pipeline upgrade under traffic",
         "",
@@ -294,9 +313,9 @@ def summary(accepted: list[Trial], rejected: list[Trial], args: argparse.Namespa
         f"{report.ms(report.pct([x * 1000 for x in taint], 50))} ms, max {report.ms(max(taint, default=0) * 1000)} ms; "
         f"frames lost {sum(lost_rejected):g} in total (target 0).",
         "",
-        "A lost frame is charged to the switch whose commit started last before the frame was sent (its send time "
-        "interpolated from its received neighbours); 'other' are losses before the first commit (the VERIFY round, "
-        "the first drain). A window is frames lost x the stream's interval.",
+        "A lost frame is charged to the switch whose turn (its drain, else its commit) started last before the frame "
+        "was sent (its send time interpolated from its received neighbours); 'other' are losses before the first "
+        "turn (the VERIFY round). A window is frames lost x the stream's interval, per connection and switch.",
     ]
     return "\n".join(lines) + "\n"
 
