@@ -4,7 +4,9 @@ is told to run.
 Before any switch is touched the revision is checked against the stored connections (fit.py).
 Then every switch VERIFYs it: all refuse, it is tainted and never pushed again; some refuse,
 it is held for an operator with every answer kept; all accept, it is committed switch by switch,
-each switch's entities rewritten through the new P4Info and read back. A commit or read-back
+each switch drained first (fabric/drain.py: the connections that can avoid it move off it),
+committed keeping its forwarding state where it can (RECONCILE_AND_COMMIT), its entities
+rewritten through the new P4Info and read back, then given back to paths. A commit or read-back
 that fails after others succeeded sends those back to the previous revision, and the revision is
 tainted: the fabric never stays on two programs. Each step is in the store before the switches
 see it, so a restarted controller settles an unfinished rollout (RevisionBook.start) and every
@@ -16,15 +18,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 from finsy.proto import p4i, p4r
 from google.protobuf import text_format
 
 from controller.fabric.connections import Fabric
+from controller.fabric.drain import drain, restore
 from controller.p4rt.client import SwitchClient, SwitchTarget
 from controller.p4rt.errors import SwitchError
 from controller.p4rt.schema import P4Schema
@@ -212,17 +217,48 @@ class Rollout:
         self._answer(rev, client.name, "verify")
         return None
 
+    @contextlib.asynccontextmanager
+    async def _drained(self, rev: Revision, switch: str) -> AsyncIterator[None]:
+        """The connections that can avoid `switch` are moved off it while its program changes,
+        and may use it again afterwards (also when the change failed)."""
+        report = await drain(self.fabric, switch)
+        rev.answers.append(Answer(switch=switch, step="drain", ok=True, message=f"moved {len(report.moved)}, "
+                                  f"unprotected {len(report.unprotected)}, stuck on it {len(report.stuck)}"))
+        try:
+            yield
+        finally:
+            restore(self.fabric, switch)
+
     async def _commit(self, client: SwitchClient, rev: Revision) -> bool:
         """Commit on one switch, write its entities through the new P4Info, read them back."""
+        async with self._drained(rev, client.name):
+            return await self._commit_drained(client, rev)
+
+    async def _switch_program(self, client: SwitchClient, target: SwitchTarget) -> str:
+        """Commit `target` keeping the forwarding state where the switch can (RECONCILE_AND_COMMIT:
+        the entities carried over by name, no packet lost on it), else replacing it
+        (VERIFY_AND_COMMIT: empty until rewritten). Says which applied; SwitchError if neither."""
+        try:
+            await client.set_pipeline(SVC.RECONCILE_AND_COMMIT, target)
+            return "RECONCILE_AND_COMMIT: forwarding state kept"
+        except SwitchError as e:
+            if e.code in UNANSWERED:
+                raise
+            why = f"{e.code.name}: {e}"
+        await client.set_pipeline(SVC.VERIFY_AND_COMMIT, target)
+        return f"VERIFY_AND_COMMIT (RECONCILE_AND_COMMIT refused, {why})"
+
+    async def _commit_drained(self, client: SwitchClient, rev: Revision) -> bool:
         target = self.target(client, rev)
         try:
-            await client.set_pipeline(SVC.VERIFY_AND_COMMIT, target)
+            how = await self._switch_program(client, target)
         except SwitchError as e:
             self._answer(rev, client.name, "commit", e)
             return False
         client.adopt(target, self.schema(rev))
         rev.committed.append(client.name)
-        self._answer(rev, client.name, "commit")
+        rev.answers.append(Answer(switch=client.name, step="commit", ok=True, message=how))
+        log.info("switch=%s event=pipeline_committed revision=%s how=%r", client.name, rev.id, how)
         await self._record(rev)
         problem = await self._rewrite(client.name)
         if isinstance(problem, SwitchError):
@@ -252,12 +288,13 @@ class Rollout:
             client = self.clients[name]
             target = self.target(client, previous)
             client.adopt(target, self.schema(previous))
-            try:
-                await client.set_pipeline(SVC.VERIFY_AND_COMMIT, target)
-            except SwitchError as e:
-                self._answer(rev, name, "rollback", e)
-                continue
-            problem = await self._rewrite(name)
+            async with self._drained(rev, name):
+                try:
+                    await self._switch_program(client, target)
+                except SwitchError as e:
+                    self._answer(rev, name, "rollback", e)
+                    continue
+                problem = await self._rewrite(name)
             if isinstance(problem, SwitchError):
                 self._answer(rev, name, "rollback", problem)
             else:
