@@ -77,6 +77,8 @@ class Trial:
     avoidable_lost: dict[str, int]  # switch -> frames lost by connections that could avoid it
     windows_ms: dict[str, list[float]]  # switch -> per connection that could not avoid it: frames lost x interval
     other_lost: int  # lost before the first commit (the VERIFY round, the first drain)
+    avoidable_at: list[tuple[str, int, float]]  # (switch, stream, ms after its turn began) of each such loss
+    failures: list[str]  # the rollout's answers that were not ok, and its last note
     total_lost: int  # every frame any stream lost in the trial
     stream_short: bool  # the stream ended before the rollout plus TAIL_S: losses after it unseen
 
@@ -151,14 +153,20 @@ def lost_send_times(stream: Stream, records: np.ndarray, sent: int) -> np.ndarra
 
 
 def charge(trial_traffic: TrialTraffic, streams: list[Stream], ends: dict[str, set[str]],
-           commits: list[tuple[str, str, int]]) -> tuple[dict[str, int], dict[str, list[float]], int]:
-    """Lost frames per commit: (avoidable per switch, windows per switch, other)."""
+           commits: list[tuple[str, str, int]]
+           ) -> tuple[dict[str, int], dict[str, list[float]], int, list[tuple[str, int, float]]]:
+    """Lost frames per commit: (avoidable per switch, windows per switch, other, where each
+    avoidable loss fell)."""
     commits = sorted(commits, key=lambda c: c[2])
     starts = np.array([t for _, _, t in commits], dtype=np.int64)
     switches = [s for s, _, _ in commits]
     avoidable = dict.fromkeys(switches, 0)
     windows: dict[str, list[float]] = {s: [] for s in switches}
     other = 0
+    turn_start: dict[str, int] = {}
+    for switch, _, t in commits:
+        turn_start.setdefault(switch, t)
+    at: list[tuple[str, int, float]] = []
     for stream in streams:
         times = lost_send_times(stream, trial_traffic.records, trial_traffic.sent.get(stream.index, 0))
         which = np.searchsorted(starts, times, side="right") - 1 if len(starts) else np.full(len(times), -1)
@@ -166,12 +174,15 @@ def charge(trial_traffic: TrialTraffic, streams: list[Stream], ends: dict[str, s
         lost_at = dict.fromkeys(switches, 0)  # a switch's drain and commit are one turn
         for i, switch in enumerate(switches):
             lost_at[switch] += int((which == i).sum())
+        for t, i in zip(times, which):
+            if i >= 0 and switches[i] not in ends[stream.conn_id]:
+                at.append((switches[i], stream.index, (int(t) - turn_start[switches[i]]) / 1e6))
         for switch, n in lost_at.items():
             if switch in ends[stream.conn_id]:
                 windows[switch].append(n * stream.period_ms)
             else:
                 avoidable[switch] += n
-    return avoidable, windows, other
+    return avoidable, windows, other, at
 
 
 def revision_text(info) -> str:  # type: ignore[no-untyped-def]
@@ -242,11 +253,15 @@ class Bench:
         short = stream_end_s < TAIL_S
         done = await task
         self.stream_s = max(self.stream_s, LEAD_S + 1.5 * rollout_s + TAIL_S)
-        avoidable, windows, other = charge(done, self.streams, self.ends, list(self.recorder.commits))
+        avoidable, windows, other, at = charge(done, self.streams, self.ends, list(self.recorder.commits))
+        failures = [f"{a['switch']} {a['step']}: {a.get('code')} {a.get('message')}" for a in outcome.get("answers", [])
+                    if not a.get("ok")]
+        if outcome.get("state") != "in_sync" and outcome.get("history"):
+            failures.append(str(outcome["history"][-1].get("note", "")))
         result = Trial(self.trial_no, outcome.get("id", "?")[:12], outcome.get("state", "?"), rollout_s,
                        self.recorder.updates, self.recorder.rpcs,
                        sum(c.pipeline_rpcs for c in ctl.clients.values()) - pipeline_before,
-                       list(self.recorder.commits), list(self.recorder.taken), avoidable, windows, other,
+                       list(self.recorder.commits), list(self.recorder.taken), avoidable, windows, other, at, failures,
                        sum(len(lost_send_times(s, done.records, done.sent.get(s.index, 0))) for s in self.streams),
                        short)
         all_windows = [w for ws in windows.values() for w in ws]
@@ -255,7 +270,9 @@ class Bench:
             f"the switch: {avoidable}; windows of those that could not: p50 {report.ms(report.pct(all_windows, 50))} "
             f"p99 {report.ms(report.pct(all_windows, 99))} ms; other lost {other}; writes {result.write_updates} "
             f"updates in {result.write_rpcs} RPCs; {result.pipeline_rpcs} SetForwardingPipelineConfig"
-            + ("; STREAM ENDED TOO EARLY" if short else ""))
+            + ("; STREAM ENDED TOO EARLY" if short else "")
+            + (f"; avoidable losses (switch, stream, ms into its turn): {at[:10]}" if at else "")
+            + (f"; rollout problems: {failures}" if failures and label == "accepted" else ""))
         await scenario.settle(ctl, SETTLE_TIMEOUT_S)
         return result
 
