@@ -238,6 +238,17 @@ class Bench:
         await scenario.settle(self.ctl, SETTLE_TIMEOUT_S)
         say(f"[diamond N={self.args.n}] {len(self.streams)} streams at {self.args.rate:.0f} frames/s each; settled")
 
+    async def baseline(self) -> int:
+        """Frames the lab loses without any rollout, over one stream of a trial's length: what a
+        loaded machine drops anyway (a socket buffer that overflowed), to read the trials by."""
+        assert self.traffic is not None
+        self.trial_no += 1
+        _, task = await self.traffic.run(self.trial_no, self.stream_s)
+        done = await task
+        lost = sum(len(lost_send_times(s, done.records, done.sent.get(s.index, 0))) for s in self.streams)
+        say(f"[baseline {self.trial_no}] {lost} frames lost of {sum(done.sent.values())} sent, no rollout")
+        return lost
+
     async def trial(self, info, label: str) -> Trial:  # type: ignore[no-untyped-def]
         ctl, traffic = self.ctl, self.traffic
         assert ctl is not None and traffic is not None
@@ -295,7 +306,8 @@ def rejected_revision(i: int):  # type: ignore[no-untyped-def]
     return R.with_unknown_action(R.resized({LABEL_FWD: 8192 + i}))
 
 
-def summary(accepted: list[Trial], rejected: list[Trial], args: argparse.Namespace) -> str:
+def summary(accepted: list[Trial], rejected: list[Trial], baseline: list[int], stream_s: float,
+            args: argparse.Namespace) -> str:
     windows = [w for t in accepted for s, ws in t.windows_ms.items() for w in ws]
     avoid_total = sum(n for t in accepted for n in t.avoidable_lost.values())
     avoid_pairs = sum(len({s for s, _ in t.taken}) for t in accepted)
@@ -343,6 +355,10 @@ def summary(accepted: list[Trial], rejected: list[Trial], args: argparse.Namespa
         lines.append(f"| {t.number} | {t.state} | {t.rollout_s * 1000:.0f} | {lost:g} | {t.pipeline_rpcs} |")
     lines += [
         "",
+        f"Baseline (the same streams for {stream_s:.0f} s, no rollout), before and after the trials: "
+        f"{' and '.join(str(n) for n in baseline)} frames lost of ~{args.n * args.rate * stream_s:,.0f} sent: what this "
+        "machine drops anyway, to read single lost frames in the trials by.",
+        "",
         f"**Rejected everywhere, {len(rejected)} trials:** time to taint p50 "
         f"{report.ms(report.pct([x * 1000 for x in taint], 50))} ms, max {report.ms(max(taint, default=0) * 1000)} ms; "
         f"frames lost {sum(lost_rejected):g} in total (target 0).",
@@ -359,15 +375,18 @@ async def main_async(args: argparse.Namespace) -> None:
     bench = Bench(args, run_dir)
     accepted: list[Trial] = []
     rejected: list[Trial] = []
+    baseline: list[int] = []
     try:
         await bench.setup()
+        baseline.append(await bench.baseline())
         for i in range(args.trials):
             accepted.append(await bench.trial(accepted_revision(i + 1), "accepted"))
         for i in range(args.rejected):
             rejected.append(await bench.trial(rejected_revision(i + 1), "rejected"))
+        baseline.append(await bench.baseline())
     finally:
         await bench.close()
-    text = summary(accepted, rejected, args)
+    text = summary(accepted, rejected, baseline, bench.stream_s, args)
     say(text)
     if args.write:
         path = RESULTS_NO_RECONCILE if args.no_reconcile else RESULTS
