@@ -11,11 +11,12 @@ The protos are finsy's (the PyPI `p4runtime` package does not import under proto
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -114,6 +115,10 @@ class SwitchClient:
         self.outbox_waits: deque[int] = deque(maxlen=1024)
         self._pending: list[_PendingWrite] = []
         self._pending_event = asyncio.Event()
+        # No write waits or is in flight: what a pipeline change waits for (pipeline_change).
+        self._quiet = asyncio.Event()
+        self._quiet.set()
+        self._changing = False
         self._task: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         # The loop keeps only weak references to tasks: an unreferenced one may vanish mid-push.
@@ -401,13 +406,29 @@ class SwitchClient:
             return
         if not self.up.is_set():
             raise SwitchError(self.name, grpc.StatusCode.UNAVAILABLE, "switch is not up")
+        if self._changing:
+            raise SwitchError(self.name, grpc.StatusCode.UNAVAILABLE, "its pipeline is being changed")
         fut: asyncio.Future[list[UpdateError]] = asyncio.get_running_loop().create_future()
         self._pending.append(_PendingWrite(updates, fut))
+        self._quiet.clear()
         self._pending_event.set()
         errors = await fut
         failed = [e for e in errors if e.code != 0]
         if failed:
             raise SwitchError(self.name, grpc.StatusCode.UNKNOWN, f"{len(failed)} of {len(updates)} updates failed", errors)
+
+    @contextlib.asynccontextmanager
+    async def pipeline_change(self) -> AsyncIterator[None]:
+        """While the block runs (a SetForwardingPipelineConfig commit) writes are refused as
+        UNAVAILABLE, once those already sent or queued have ended: BMv2 loses track of its
+        tables and groups when a Write races a pipeline change (seen here, then it crashed),
+        and an update encoded for the old P4Info must not reach the new program."""
+        self._changing = True
+        try:
+            await self._quiet.wait()
+            yield
+        finally:
+            self._changing = False
 
     def _fail_pending(self, code: grpc.StatusCode, message: str) -> None:
         pending, self._pending = self._pending, []
@@ -439,6 +460,8 @@ class SwitchClient:
                     for p in batch:
                         if not p.future.done():
                             p.future.set_exception(SwitchError(self.name, grpc.StatusCode.INTERNAL, repr(e)))
+            if not self._pending:
+                self._quiet.set()
 
     async def _write_batch(self, batch: list[_PendingWrite]) -> None:
         updates = [u for p in batch for u in p.updates]

@@ -125,6 +125,8 @@ class Rollout:
         for prof in {p.kind: p for p in self.profiles.values()}.values():
             try:
                 prof.check_p4info(schema.p4info, "p4info")
+                if prof.config_check is not None:
+                    prof.config_check(configs[prof.kind.value], f"config {prof.kind.value}")
             except TargetError as e:
                 raise Refused(str(e)) from None
         return schema, configs
@@ -234,28 +236,33 @@ class Rollout:
         async with self._drained(rev, client.name):
             return await self._commit_drained(client, rev)
 
-    async def _switch_program(self, client: SwitchClient, target: SwitchTarget) -> str:
-        """Commit `target` keeping the forwarding state where the switch can (RECONCILE_AND_COMMIT:
+    async def _switch_program(self, client: SwitchClient, target: SwitchTarget, schema: P4Schema) -> str:
+        """Commit `target` keeping the forwarding state where the target can (RECONCILE_AND_COMMIT:
         the entities carried over by name, no packet lost on it), else replacing it
-        (VERIFY_AND_COMMIT: empty until rewritten). Says which applied; SwitchError if neither."""
-        try:
-            await client.set_pipeline(SVC.RECONCILE_AND_COMMIT, target)
-            return "RECONCILE_AND_COMMIT: forwarding state kept"
-        except SwitchError as e:
-            if e.code in UNANSWERED:
-                raise
-            why = f"{e.code.name}: {e}"
-        await client.set_pipeline(SVC.VERIFY_AND_COMMIT, target)
-        return f"VERIFY_AND_COMMIT (RECONCILE_AND_COMMIT refused, {why})"
+        (VERIFY_AND_COMMIT: empty until rewritten). The client takes `schema` before writes may
+        go to the switch again. Says which applied; SwitchError if neither."""
+        why = f"target {self.profiles[client.name].kind} does not keep its entities across a commit"
+        async with client.pipeline_change():
+            if self.profiles[client.name].reconcile_commit:
+                try:
+                    await client.set_pipeline(SVC.RECONCILE_AND_COMMIT, target)
+                    client.adopt(target, schema)
+                    return "RECONCILE_AND_COMMIT: forwarding state kept"
+                except SwitchError as e:
+                    if e.code in UNANSWERED:
+                        raise
+                    why = f"RECONCILE_AND_COMMIT refused, {e.code.name}: {e}"
+            await client.set_pipeline(SVC.VERIFY_AND_COMMIT, target)
+            client.adopt(target, schema)
+            return f"VERIFY_AND_COMMIT ({why})"
 
     async def _commit_drained(self, client: SwitchClient, rev: Revision) -> bool:
         target = self.target(client, rev)
         try:
-            how = await self._switch_program(client, target)
+            how = await self._switch_program(client, target, self.schema(rev))
         except SwitchError as e:
             self._answer(rev, client.name, "commit", e)
             return False
-        client.adopt(target, self.schema(rev))
         rev.committed.append(client.name)
         rev.answers.append(Answer(switch=client.name, step="commit", ok=True, message=how))
         log.info("switch=%s event=pipeline_committed revision=%s how=%r", client.name, rev.id, how)
@@ -290,7 +297,7 @@ class Rollout:
             client.adopt(target, self.schema(previous))
             async with self._drained(rev, name):
                 try:
-                    await self._switch_program(client, target)
+                    await self._switch_program(client, target, self.schema(previous))
                 except SwitchError as e:
                     self._answer(rev, name, "rollback", e)
                     continue

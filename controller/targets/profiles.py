@@ -53,6 +53,15 @@ class TargetProfile:
     # Its P4Runtime server speaks TLS unless told otherwise (infrap4d): the topology gives the
     # switch a `tls_ca`, and runtime.py warns when one such switch has none.
     needs_tls: bool = False
+    # RECONCILE_AND_COMMIT keeps its entities across a pipeline change (the softswitch carries
+    # them over by name). simple_switch_grpc accepts it, but then reads groups back as "Cannot
+    # map group handle to group id" and tables as "Table state out-of-sync with target" (seen
+    # here, simple_switch_grpc 1.15.5); Stratum answers UNIMPLEMENTED. Where False a pipeline
+    # rollout commits with VERIFY_AND_COMMIT and rewrites the switch's entities.
+    reconcile_commit: bool = False
+    # Refuses a device config of the wrong kind given as bytes (a pipeline revision's), naming
+    # `source`; None: the switch's own VERIFY is the check.
+    config_check: Callable[[bytes, str], None] | None = None
     # How wide the P4Info's port fields are, and which P4Info has them so (p4info_ports.py).
     p4info_port_bits: int = 9
     p4info_hint: str = "p4/nsm_fabric.p4info.txtpb (p4info_path)"
@@ -93,10 +102,11 @@ PROFILES: dict[Target, TargetProfile] = {
     p.kind: p
     for p in (
         TargetProfile(Target.SOFTSWITCH, _softswitch_config, honours_watch_ports=True, group_read_back_reliable=True,
-                      port_max=V1MODEL_PORT_MAX, default_cpu_port=DEFAULT_CPU_PORT, has_gnmi_port_state=True),
+                      port_max=V1MODEL_PORT_MAX, default_cpu_port=DEFAULT_CPU_PORT, has_gnmi_port_state=True,
+                      reconcile_commit=True),
         # simple_switch_grpc returns every member of a group with the last member's watch port.
         TargetProfile(Target.BMV2, _bmv2_config, honours_watch_ports=True, group_read_back_reliable=False,
-                      port_max=V1MODEL_PORT_MAX, default_cpu_port=DEFAULT_CPU_PORT),
+                      port_max=V1MODEL_PORT_MAX, default_cpu_port=DEFAULT_CPU_PORT, config_check=build_files.check_bmv2_json),
         # Stratum on Tofino refuses watch ports: the controller's switch-over is the only
         # protection there. So no group is written and none read back; how Stratum reports
         # group members is unverified, and not comparing watch ports is the safe side.
