@@ -79,6 +79,7 @@ class Trial:
     other_lost: int  # lost before the first commit (the VERIFY round, the first drain)
     avoidable_at: list[tuple[str, int, float]]  # (switch, stream, ms after its turn began) of each such loss
     failures: list[str]  # the rollout's answers that were not ok, and its last note
+    kernel_drops: int  # softnet backlog drops during the trial (any interface of the machine)
     total_lost: int  # every frame any stream lost in the trial
     stream_short: bool  # the stream ended before the rollout plus TAIL_S: losses after it unseen
 
@@ -130,6 +131,14 @@ class Recorder:
         self.commits.clear()
         self.taken.clear()
         self.updates = self.rpcs = 0
+
+
+def kernel_drops() -> int:
+    """Frames the kernel dropped because a CPU's input backlog was full (/proc/net/softnet_stat,
+    second column, summed over CPUs): veth hands a frame to its peer through that backlog, so a
+    burst from a switch that stalled is dropped there, before any switch sees it."""
+    with open("/proc/net/softnet_stat") as f:
+        return sum(int(line.split()[1], 16) for line in f if line.strip())
 
 
 def lost_send_times(stream: Stream, records: np.ndarray, sent: int) -> np.ndarray:
@@ -243,10 +252,12 @@ class Bench:
         loaded machine drops anyway (a socket buffer that overflowed), to read the trials by."""
         assert self.traffic is not None
         self.trial_no += 1
+        drops_before = kernel_drops()
         _, task = await self.traffic.run(self.trial_no, self.stream_s)
         done = await task
         lost = sum(len(lost_send_times(s, done.records, done.sent.get(s.index, 0))) for s in self.streams)
-        say(f"[baseline {self.trial_no}] {lost} frames lost of {sum(done.sent.values())} sent, no rollout")
+        say(f"[baseline {self.trial_no}] {lost} frames lost of {sum(done.sent.values())} sent, no rollout; "
+            f"kernel backlog drops {kernel_drops() - drops_before}")
         return lost
 
     async def trial(self, info, label: str) -> Trial:  # type: ignore[no-untyped-def]
@@ -255,6 +266,7 @@ class Bench:
         self.trial_no += 1
         self.recorder.clear()
         pipeline_before = sum(c.pipeline_rpcs for c in ctl.clients.values())
+        drops_before = kernel_drops()
         start_ns, task = await traffic.run(self.trial_no, self.stream_s)
         await asyncio.sleep(LEAD_S)
         t0 = time.monotonic()
@@ -263,6 +275,7 @@ class Bench:
         stream_end_s = (start_ns - time.monotonic_ns()) / 1e9 + self.stream_s
         short = stream_end_s < TAIL_S
         done = await task
+        drops = kernel_drops() - drops_before
         self.stream_s = max(self.stream_s, LEAD_S + 1.5 * rollout_s + TAIL_S)
         avoidable, windows, other, at = charge(done, self.streams, self.ends, list(self.recorder.commits))
         failures = [f"{a['switch']} {a['step']}: {a.get('code')} {a.get('message')}" for a in outcome.get("answers", [])
@@ -272,7 +285,7 @@ class Bench:
         result = Trial(self.trial_no, outcome.get("id", "?")[:12], outcome.get("state", "?"), rollout_s,
                        self.recorder.updates, self.recorder.rpcs,
                        sum(c.pipeline_rpcs for c in ctl.clients.values()) - pipeline_before,
-                       list(self.recorder.commits), list(self.recorder.taken), avoidable, windows, other, at, failures,
+                       list(self.recorder.commits), list(self.recorder.taken), avoidable, windows, other, at, failures, drops,
                        sum(len(lost_send_times(s, done.records, done.sent.get(s.index, 0))) for s in self.streams),
                        short)
         all_windows = [w for ws in windows.values() for w in ws]
@@ -281,6 +294,7 @@ class Bench:
             f"the switch: {avoidable}; windows of those that could not: p50 {report.ms(report.pct(all_windows, 50))} "
             f"p99 {report.ms(report.pct(all_windows, 99))} ms; other lost {other}; writes {result.write_updates} "
             f"updates in {result.write_rpcs} RPCs; {result.pipeline_rpcs} SetForwardingPipelineConfig"
+            + f"; kernel backlog drops {drops}"
             + ("; STREAM ENDED TOO EARLY" if short else "")
             + (f"; avoidable losses (switch, stream, ms into its turn): {at[:10]}" if at else "")
             + (f"; rollout problems: {failures}" if failures and label == "accepted" else ""))
@@ -331,15 +345,17 @@ def summary(accepted: list[Trial], rejected: list[Trial], baseline: list[int], s
            "Stratum answer it), so every commit starts empty until the switch is rewritten. " if args.no_reconcile else "")
         + f"Commit actions the switches took: {', '.join(modes) or 'none'}.",
         "",
-        "| trial | outcome | rollout s | lost, could avoid (s2/s3: target 0) | window p50 / p99 / max ms, could not (s1/s4) | other lost | Write updates / RPCs | SetForwardingPipelineConfig |",
-        "|---:|---|---:|---|---|---:|---|---:|",
+        "| trial | outcome | rollout s | lost, could avoid (s2/s3: target 0) | window p50 / p99 / max ms, could not (s1/s4) | other lost | kernel backlog drops | Write updates / RPCs | SetForwardingPipelineConfig |",
+        "|---:|---|---:|---|---|---:|---:|---|---:|",
     ]
     for t in accepted:
         ws = [w for v in t.windows_ms.values() for w in v]
         lines.append(f"| {t.number} | {t.state}{' (stream short)' if t.stream_short else ''} | {t.rollout_s:.2f} | "
                      f"{', '.join(f'{s} {n}' for s, n in t.avoidable_lost.items()) or '-'} | "
                      f"{report.ms(report.pct(ws, 50))} / {report.ms(report.pct(ws, 99))} / {report.ms(max(ws, default=0))} | "
-                     f"{t.other_lost} | {t.write_updates} / {t.write_rpcs} | {t.pipeline_rpcs} |")
+                     f"{t.other_lost} | {t.kernel_drops} | {t.write_updates} / {t.write_rpcs} | {t.pipeline_rpcs} |")
+        if t.failures:
+            lines.append(f"| | rollout problems: {'; '.join(t.failures)} | | | | | | | |")
     lines += [
         "",
         f"**Accepted, {len(accepted)} trials:** frames lost by connections that could avoid the switch being "
