@@ -80,6 +80,7 @@ class Trial:
     avoidable_at: list[tuple[str, int, float]]  # (switch, stream, ms after its turn began) of each such loss
     failures: list[str]  # the rollout's answers that were not ok, and its last note
     kernel_drops: int  # softnet backlog drops during the trial (any interface of the machine)
+    downs: list[str]  # links or switches declared down during the trial (false downs: nothing failed)
     total_lost: int  # every frame any stream lost in the trial
     stream_short: bool  # the stream ended before the rollout plus TAIL_S: losses after it unseen
 
@@ -94,6 +95,7 @@ class Recorder:
         self.taken: list[tuple[str, str]] = []  # (switch, action) of the commit calls that succeeded
         self.updates = 0
         self.rpcs = 0
+        self.downs: set[str] = set()
         self._graph = ctl.fabric.graph
         self._drained: set[str] = set()
         ctl.fabric.graph_listeners.append(self._on_graph)
@@ -102,6 +104,9 @@ class Recorder:
             self._wrap(client)
 
     def _on_graph(self) -> None:
+        # A link or switch declared down meanwhile (a stalled switch on a loaded machine): its
+        # heal, not the rollout, moves traffic; the trial is marked.
+        self.downs |= self._graph.down_links | self._graph.down_switches
         now = set(self._graph.drained_switches)
         for switch in sorted(now - self._drained):
             self.commits.append((switch, "drain", time.monotonic_ns()))
@@ -128,6 +133,7 @@ class Recorder:
         self.rpcs += 1
 
     def clear(self) -> None:
+        self.downs.clear()
         self.commits.clear()
         self.taken.clear()
         self.updates = self.rpcs = 0
@@ -286,6 +292,7 @@ class Bench:
                        self.recorder.updates, self.recorder.rpcs,
                        sum(c.pipeline_rpcs for c in ctl.clients.values()) - pipeline_before,
                        list(self.recorder.commits), list(self.recorder.taken), avoidable, windows, other, at, failures, drops,
+                       sorted(self.recorder.downs),
                        sum(len(lost_send_times(s, done.records, done.sent.get(s.index, 0))) for s in self.streams),
                        short)
         all_windows = [w for ws in windows.values() for w in ws]
@@ -295,6 +302,7 @@ class Bench:
             f"p99 {report.ms(report.pct(all_windows, 99))} ms; other lost {other}; writes {result.write_updates} "
             f"updates in {result.write_rpcs} RPCs; {result.pipeline_rpcs} SetForwardingPipelineConfig"
             + f"; kernel backlog drops {drops}"
+            + (f"; DECLARED DOWN (nothing failed): {sorted(self.recorder.downs)}" if self.recorder.downs else "")
             + ("; STREAM ENDED TOO EARLY" if short else "")
             + (f"; avoidable losses (switch, stream, ms into its turn): {at[:10]}" if at else "")
             + (f"; rollout problems: {failures}" if failures and label == "accepted" else ""))
@@ -354,8 +362,10 @@ def summary(accepted: list[Trial], rejected: list[Trial], baseline: list[int], s
                      f"{', '.join(f'{s} {n}' for s, n in t.avoidable_lost.items()) or '-'} | "
                      f"{report.ms(report.pct(ws, 50))} / {report.ms(report.pct(ws, 99))} / {report.ms(max(ws, default=0))} | "
                      f"{t.other_lost} | {t.kernel_drops} | {t.write_updates} / {t.write_rpcs} | {t.pipeline_rpcs} |")
-        if t.failures:
-            lines.append(f"| | rollout problems: {'; '.join(t.failures)} | | | | | | | |")
+        if t.failures or t.downs:
+            lines.append(f"| | {'rollout problems: ' + '; '.join(t.failures) if t.failures else ''}"
+                         f"{' declared down meanwhile, nothing failed: ' + ', '.join(t.downs) if t.downs else ''}"
+                         " | | | | | | | |")
     lines += [
         "",
         f"**Accepted, {len(accepted)} trials:** frames lost by connections that could avoid the switch being "
@@ -364,11 +374,12 @@ def summary(accepted: list[Trial], rejected: list[Trial], baseline: list[int], s
         f"p50 **{report.ms(report.pct(windows, 50))} ms**, p99 **{report.ms(report.pct(windows, 99))} ms**; rollout "
         f"p50 {report.ms(report.pct([r * 1000 for r in rollouts], 50))} ms, max {report.ms(max(rollouts, default=0) * 1000)} ms.",
         "",
-        "| rejected trial | outcome | time to taint ms | frames lost | SetForwardingPipelineConfig |",
-        "|---:|---|---:|---:|---:|",
+        "| rejected trial | outcome | time to taint ms | frames lost | SetForwardingPipelineConfig | declared down meanwhile (nothing failed) |",
+        "|---:|---|---:|---:|---:|---|",
     ]
     for t, lost in zip(rejected, lost_rejected):
-        lines.append(f"| {t.number} | {t.state} | {t.rollout_s * 1000:.0f} | {lost:g} | {t.pipeline_rpcs} |")
+        lines.append(f"| {t.number} | {t.state} | {t.rollout_s * 1000:.0f} | {lost:g} | {t.pipeline_rpcs} | "
+                     f"{', '.join(t.downs) or '-'} |")
     lines += [
         "",
         f"Baseline (the same streams for {stream_s:.0f} s, no rollout), before and after the trials: "
