@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
@@ -86,6 +87,9 @@ def parser() -> argparse.ArgumentParser:
                    help="refuse a P4Info with a table or action profile of more than N entries (0: no limit)")
     p.add_argument("--refuse-table", action="append", default=[], metavar="NAME",
                    help="refuse a P4Info that declares this table, e.g. FabricIngress.label_fwd (repeatable)")
+    p.add_argument("--no-reconcile", action="store_true",
+                   help="answer RECONCILE_AND_COMMIT with UNIMPLEMENTED, as BMv2 and Stratum do: a commit then "
+                        "starts the new pipeline empty (to measure an upgrade on such a target)")
     p.add_argument("config", nargs="?", help="ignored: the controller pushes the pipeline")
     return p
 
@@ -107,7 +111,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         p.error(f"port {options.cpu_port} is the CPU port")
     if len(set(numbers)) != len(numbers) or len(set(names)) != len(names):
         p.error("each port number and each interface may be given once")
-    profile = PROFILES[options.profile]
+    profile = options.target_profile = PROFILES[options.profile]
+    if options.no_reconcile:
+        options.target_profile = dataclasses.replace(profile, reconcile_supported=False)
     if profile.refuse_zero_ids and options.device_id == 0:
         p.error(f"--profile {profile.name}: device id 0 is refused by that target; give --device-id 1 or more")
     # Like infrap4d, which exits when its certificates are missing unless told to run insecure.
@@ -165,7 +171,7 @@ async def serve(options: argparse.Namespace) -> None:
     from softswitch.server import SoftSwitchServer
 
     device_id = options.device_id
-    profile = PROFILES[options.profile]
+    profile = options.target_profile
     ports = Ports(device_id, options.interface)
     gnmi_server = GnmiServer(ports)
     server: SoftSwitchServer | None = None

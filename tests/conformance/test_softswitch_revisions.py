@@ -229,3 +229,18 @@ def test_capacity_options_are_checked_at_start() -> None:
     assert (options.max_table_size, options.refuse_table) == (10, ["A", "B"])
     with pytest.raises(SystemExit):
         parse_args(["--max-table-size", "-1"])
+
+
+def test_no_reconcile_answers_unimplemented_and_keeps_the_state() -> None:
+    """--no-reconcile: a softswitch that cannot keep entries across a commit, as BMv2 and Stratum."""
+    with start_softswitch(extra_args=["--no-reconcile"]) as switch, \
+            P4RTTestClient(switch.address, election_id=10) as client:
+        client.set_pipeline(cookie=1)
+        client.insert(edge(client, 1, 10, 100))
+        before = state_of(client)
+        with pytest.raises(grpc.RpcError) as err:
+            client.set_pipeline(p4info=R.resized({LABEL_FWD: 4096}), cookie=2, action=SVC.RECONCILE_AND_COMMIT)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert state_of(client) == before
+        client.set_pipeline(p4info=R.resized({LABEL_FWD: 4096}), cookie=3, action=SVC.VERIFY_AND_COMMIT)
+        assert state_of(client) == (3, [])
