@@ -12,8 +12,9 @@ from typing import Any
 from controller.admin import AdminServer
 from controller.fabric.anti_entropy import AntiEntropy
 from controller.fabric.connections import Fabric
+from controller.fabric.etcd_store import EtcdStore
 from controller.fabric.graph import FabricGraph, Link, link_name
-from controller.fabric.store import Store
+from controller.fabric.store_backend import open_store
 from controller.gnmi.port_state import PortStateClient
 from controller.heal.link_monitor import LinkMonitor
 from controller.heal.port_state import PortStateJudge
@@ -78,7 +79,7 @@ class Controller:
                                  self.schema, settings)
             for s in topo.switches
         }
-        self.store = Store(settings.store_path)
+        self.store = open_store(settings, topo, nsm_address)
         hosts = {h.name: (h.attach.switch, h.attach.port) for h in topo.hosts}
         watch_ports = {name for name, p in profiles.items() if p.honours_watch_ports}
         self.fabric = Fabric(
@@ -133,6 +134,12 @@ class Controller:
         await self.port_judge.on_probe_verdict(link, up)
 
     async def start(self) -> None:
+        await self.store.start()
+        if isinstance(self.store, EtcdStore):
+            # Until replicas follow with switch sessions of their own, a replica that does not
+            # lead waits here as a cold standby, its cache kept current by its watch.
+            assert self.store.election is not None
+            await self.store.election.wait_term()
         self.fabric.load()
         self.rerouter.start()
         self.links.start()
@@ -171,7 +178,7 @@ class Controller:
         await self.anti_entropy.stop()
         await self.rerouter.stop()
         await self.fabric.stop()
-        self.store.close()
+        await self.store.stop()
         log.info("event=stopped")
 
     async def wait_ready(self, timeout: float) -> bool:
