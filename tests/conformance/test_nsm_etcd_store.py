@@ -37,7 +37,7 @@ async def test_request_without_quorum_is_unavailable_and_service_resumes(cluster
     endpoints = Endpoints(settings)
     rig = Rig(DIAMOND, hosts={"h1": ("s1", 1), "h3": ("s4", 1)}, store=store)
     try:
-        await store.election.wait_term(5)  # type: ignore[union-attr]
+        await store.election.wait_term(10)  # type: ignore[union-attr]
         await rig.start()
         kept = await rig.fabric.connect("h1", "h3", conn_id="kept")
         server = NsmServer(rig.fabric, settings)

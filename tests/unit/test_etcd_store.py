@@ -50,7 +50,7 @@ def plan(conn_id: str, state: str = "up") -> ConnectionPlan:
 
 async def test_leader_writes_reach_etcd_and_followers(cluster: EtcdCluster, make_store: MakeStore) -> None:
     a = await make_store("a")
-    await a.election.wait_term(5)  # type: ignore[union-attr]
+    await a.election.wait_term(10)  # type: ignore[union-attr]
     b = await make_store("b")
     seen: list[tuple[str, str | None]] = []
     b.listeners.append(lambda key, value: seen.append((key, value.decode() if value is not None else None)))
@@ -75,7 +75,7 @@ async def test_leader_writes_reach_etcd_and_followers(cluster: EtcdCluster, make
 
 async def test_a_follower_refuses_writes_and_sends_none(cluster: EtcdCluster, make_store: MakeStore) -> None:
     a = await make_store("a")
-    await a.election.wait_term(5)  # type: ignore[union-attr]
+    await a.election.wait_term(10)  # type: ignore[union-attr]
     b = await make_store("b")
     b.put(plan("c9"))
     with pytest.raises(StoreRefused, match="does not lead"):
@@ -109,13 +109,13 @@ async def test_an_etcd_holding_another_fabric_is_refused_naming_both(make_store:
 
 async def test_terms_rise_and_a_follower_takes_over_when_the_leader_stops(make_store: MakeStore) -> None:
     a = await make_store("a")
-    first = await a.election.wait_term(5)  # type: ignore[union-attr]
+    first = await a.election.wait_term(10)  # type: ignore[union-attr]
     b = await make_store("b")
     a.put(plan("c1"))
     await a.durable()
     t0 = time.perf_counter()
     await a.stop()  # revokes its lease
-    second = await b.election.wait_term(5)  # type: ignore[union-attr]
+    second = await b.election.wait_term(10)  # type: ignore[union-attr]
     took = time.perf_counter() - t0
     assert second.revision > first.revision and second.replica == "b"
     assert b.get("c1") == plan("c1")  # the new leader's cache holds the state at its term
@@ -126,19 +126,20 @@ async def test_terms_rise_and_a_follower_takes_over_when_the_leader_stops(make_s
 
 async def test_a_leader_whose_lease_expires_loses_its_term_to_a_follower(cluster: EtcdCluster, make_store: MakeStore) -> None:
     a = await make_store("a")
-    first = await a.election.wait_term(5)  # type: ignore[union-attr]
+    first = await a.election.wait_term(10)  # type: ignore[union-attr]
     b = await make_store("b")
     lost: list[object] = []
     a.election.on_change.append(lost.append)  # type: ignore[union-attr]
     # The lease is revoked behind the leader's back (as etcd does when it expires).
     out = cluster.etcdctl("lease", "revoke", f"{first.lease:x}")
     assert out.returncode == 0, out.stderr
-    second = await b.election.wait_term(5)  # type: ignore[union-attr]
+    second = await b.election.wait_term(10)  # type: ignore[union-attr]
     await until(lambda: None in lost, "the old leader learns it lost its term")
     assert second.revision > first.revision
     # It campaigns again as a follower, under a new lease, and takes over when b goes.
+    await until(lambda: a.election is not None and a.election.lease not in (None, first.lease), "the old leader's new session")
     await b.stop()
-    third = await a.election.wait_term(5)  # type: ignore[union-attr]
+    third = await a.election.wait_term(10)  # type: ignore[union-attr]
     assert third.revision > second.revision and third.lease != first.lease
 
 
@@ -146,7 +147,7 @@ async def test_a_deposed_leaders_queued_writes_are_refused_by_etcd(cluster: Etcd
     """The leader's event loop stands still (as under SIGSTOP) until etcd has let its lease
     expire; the writes it then makes still carry its old term, and etcd refuses every one."""
     a = await make_store("a")
-    term = await a.election.wait_term(5)  # type: ignore[union-attr]
+    term = await a.election.wait_term(10)  # type: ignore[union-attr]
     a.put(plan("before"))
     await a.durable()
     deadline = time.monotonic() + 10
@@ -172,7 +173,7 @@ async def test_one_member_killed_writes_and_reads_go_on(cluster: EtcdCluster, ma
     """The raft leader: etcd elects another (0.6 to 1 s) while calls in flight hang; the first
     listed: the one the clients dial first, so their channel moves to another member."""
     a = await make_store("a")
-    await a.election.wait_term(5)  # type: ignore[union-attr]
+    await a.election.wait_term(10)  # type: ignore[union-attr]
     b = await make_store("b")
     a.put(plan("c1"))
     await a.durable()
@@ -187,7 +188,7 @@ async def test_one_member_killed_writes_and_reads_go_on(cluster: EtcdCluster, ma
 
 async def test_quorum_lost_durable_raises_nothing_is_lost_and_service_resumes(cluster: EtcdCluster, make_store: MakeStore) -> None:
     a = await make_store("a", timeout=1.0)
-    await a.election.wait_term(5)  # type: ignore[union-attr]
+    await a.election.wait_term(10)  # type: ignore[union-attr]
     a.put(plan("kept"))
     await a.durable()
     lost = cluster.lose_quorum()

@@ -60,7 +60,7 @@ async def test_replicas_on_etcd_one_leads_the_other_waits_and_takes_over(cluster
         done, _ = await asyncio.wait([standby], timeout=0.5)
         assert not done, "a second replica started while the first leads"
         await first.stop()
-        await asyncio.wait_for(standby, 5)
+        await asyncio.wait_for(standby, 10)
         assert isinstance(second.store, EtcdStore) and second.store.term is not None
         assert second.store.get_meta("written_by") == "one"
     finally:
