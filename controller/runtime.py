@@ -12,8 +12,9 @@ from typing import Any
 from controller.admin import AdminServer
 from controller.fabric.anti_entropy import AntiEntropy
 from controller.fabric.connections import Fabric
+from controller.fabric.etcd_store import EtcdStore
 from controller.fabric.graph import FabricGraph, Link, link_name
-from controller.fabric.store import Store
+from controller.fabric.store_backend import open_store
 from controller.gnmi.port_state import PortStateClient
 from controller.heal.link_monitor import LinkMonitor
 from controller.heal.port_state import PortStateJudge
@@ -58,7 +59,7 @@ class Controller:
         for kind_profile in {p.kind: p for p in profiles.values()}.values():
             kind_profile.check_p4info(settings_schema.p4info, str(settings.p4info_path))
         kind_configs = {p.kind.value: p.device_config(settings) for p in profiles.values()}
-        self.store = Store(settings.store_path)
+        self.store = open_store(settings, topo, nsm_address)
         # The program the switches get: the settings' on a fresh store (revision 1), else the
         # fabric's revision in the store (pipeline/revisions.py), an unfinished rollout settled.
         self.revisions = RevisionBook(self.store)
@@ -134,6 +135,12 @@ class Controller:
         await self.port_judge.on_probe_verdict(link, up)
 
     async def start(self) -> None:
+        await self.store.start()
+        if isinstance(self.store, EtcdStore):
+            # Until replicas follow with switch sessions of their own, a replica that does not
+            # lead waits here as a cold standby, its cache kept current by its watch.
+            assert self.store.election is not None
+            await self.store.election.wait_term()
         self.fabric.load()
         self.rerouter.start()
         # the stored verdicts first: no path is placed over a link the last run saw dead
@@ -174,7 +181,7 @@ class Controller:
         await self.anti_entropy.stop()
         await self.rerouter.stop()
         await self.fabric.stop()
-        self.store.close()
+        await self.store.stop()
         log.info("event=stopped")
 
     async def wait_ready(self, timeout: float) -> bool:

@@ -23,7 +23,7 @@ from controller.fabric import entries as E
 from controller.fabric.codec import SpecCodec
 from controller.fabric.graph import FabricGraph
 from controller.fabric.programmer import Programmer
-from controller.fabric.store import Store
+from controller.fabric.store import StateStore
 from controller.p4rt.client import SwitchClient
 from controller.p4rt.errors import SwitchError
 from controller.settings import Settings
@@ -51,7 +51,7 @@ class SwitchLifecycle:
         connection_specs: Callable[[str], Iterable[E.Spec]],
         on_graph_changed: Callable[[], None],
         group_watch_unreliable: frozenset[str] = frozenset(),
-        store: Store | None = None,
+        store: StateStore | None = None,
     ) -> None:
         self.graph = graph
         self.store = store

@@ -59,7 +59,7 @@ from pydantic import BaseModel, ValidationError
 
 from controller.aio import cancel_and_wait
 from controller.fabric.graph import FabricGraph, Link
-from controller.fabric.store import Store
+from controller.fabric.store import StateStore
 from controller.heal import probe_frame
 from controller.heal.switch_clock import SwitchClocks
 from controller.p4rt.client import SwitchClient
@@ -136,7 +136,7 @@ class _LinkState:
 
 class LinkMonitor:
     def __init__(self, graph: FabricGraph, clients: dict[str, SwitchClient], settings: Settings, on_change: LinkListener,
-                 clock_ns: Callable[[], int] = time.monotonic_ns, store: Store | None = None) -> None:
+                 clock_ns: Callable[[], int] = time.monotonic_ns, store: StateStore | None = None) -> None:
         self.graph = graph
         self.store = store
         # Tests drive the monitor on their event loop's virtual time. Seconds are derived from the

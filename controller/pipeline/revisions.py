@@ -19,7 +19,7 @@ from finsy.proto import p4i
 from google.protobuf import text_format
 from pydantic import BaseModel, Field
 
-from controller.fabric.store import Store
+from controller.fabric.store import StateStore
 from controller.p4rt.schema import P4Schema
 
 log = logging.getLogger("p4nsm.pipeline")
@@ -126,7 +126,7 @@ def make_revision(schema: P4Schema, configs: dict[str, bytes], origin: str, aske
 class RevisionBook:
     """The `pipeline_revision` records: one per revision, keyed by its id."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StateStore) -> None:
         self.store = store
         self.revisions: dict[str, Revision] = {
             key: Revision.model_validate_json(value) for key, value in store.records(KIND).items()
