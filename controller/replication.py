@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from controller.aio import cancel_and_wait
 from controller.p4rt.client import SwitchClient
@@ -51,29 +51,19 @@ def term_of(election_id: int) -> int:
     return election_id >> TERM_SHIFT
 
 
+class Term(Protocol):
+    revision: int
+
+
 class Election(Protocol):
-    """What the roles need of a leader election (controller/cluster/ implements it on etcd)."""
+    """What the roles need of the leader election (controller/cluster/election.py): the term this
+    replica leads (None while it follows), a callback at each change, the leader as last seen."""
 
-    replica_id: str
-
-    async def campaign(self) -> int:
-        """Wait until this replica leads; its term (strictly higher for every new term)."""
-        ...
-
-    async def lost(self) -> str:
-        """Return, with the reason, once the term won by `campaign` is lost."""
-        ...
-
-    def leader(self) -> LeaderInfo | None:
-        """The current leader as this replica last saw it."""
-        ...
-
-
-@dataclasses.dataclass(frozen=True)
-class LeaderInfo:
-    replica_id: str
-    term: int
-    nsm_address: str = ""
+    replica: str
+    term: Any
+    leader: dict[str, str] | None
+    lease: int | None
+    on_change: list[Callable[[Any], None]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,23 +72,26 @@ class Status:
 
     replica_id: str
     role: str  # "leader" | "follower" | "stepped_down"
-    term: int  # the term it leads, or the leader's it last saw (0: none seen)
+    term: int  # the term it leads (0 while it follows)
     election_id: int
-    leader: str  # the leader's replica id as this one sees it ("" when unknown)
+    leader: str  # the leader's replica id as this one last saw it ("" when unknown)
     leader_nsm_address: str
 
 
 class Replication:
-    """Drives one replica's roles: start as a follower, lead once `campaign` wins, step down once
-    the term is lost. `lead(term)` brings up the active parts; `stepped_down` is set when the
-    term is over, and the controller is then rebuilt (p4nsm run)."""
+    """Drives one replica's roles: a follower until the election names a term of this replica,
+    then `lead(term)` brings up the active parts and every client arbitrates with the term's id;
+    once that term is over (etcd says so, or a switch names a higher term's id) every write stops
+    and `stepped_down` is set: the controller is then built again as a follower (p4nsm run)."""
 
     def __init__(self, clients: Mapping[str, SwitchClient], election: Election,
                  lead: Callable[[int], Awaitable[None]]) -> None:
         self.clients = clients
         self.election = election
         self._lead = lead
-        self.follower_id = follower_election_id(replica_number(election.replica_id))
+        # the lease id is unique among live leases, so among the live followers of a switch
+        unique = election.lease if election.lease is not None else replica_number(election.replica)
+        self.follower_id = follower_election_id(unique)
         self.role = "follower"
         self.term = 0
         self.election_id = self.follower_id
@@ -110,39 +103,33 @@ class Replication:
             client.deposed_listeners.append(self._on_deposed)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="replication")
+        self.election.on_change.append(self._on_term)
+        self._on_term(self.election.term)
 
     async def stop(self) -> None:
+        if self._on_term in self.election.on_change:
+            self.election.on_change.remove(self._on_term)
         await cancel_and_wait(self._task)
         self._task = None
 
     def status(self) -> Status:
-        seen = self.election.leader()
-        return Status(self.election.replica_id, self.role, self.term or (seen.term if seen else 0), self.election_id,
-                      seen.replica_id if seen else "", seen.nsm_address if seen else "")
+        seen = self.election.leader or {}
+        return Status(self.election.replica, self.role, self.term, self.election_id, seen.get("replica", ""),
+                      seen.get("nsm_address", ""))
 
-    async def _run(self) -> None:
-        term = await self.election.campaign()
-        self.term, self.role, self.election_id = term, "leader", leader_election_id(term)
-        log.info("replica=%s event=leader term=%d election_id=%d", self.election.replica_id, term, self.election_id)
-        lost = asyncio.create_task(self.election.lost(), name="replication-lost")
-        try:
-            leading = asyncio.create_task(self._take_over(term), name="replication-lead")
-            done, _ = await asyncio.wait({lost, leading}, return_when=asyncio.FIRST_COMPLETED)
-            if leading in done:
-                leading.result()
-                reason = await lost
-            else:
-                await cancel_and_wait(leading)
-                reason = lost.result()
-        finally:
-            lost.cancel()
-        self.step_down(reason)
+    def _on_term(self, term: Term | None) -> None:
+        if self.role == "leader" and (term is None or term.revision != self.term):
+            self.step_down(f"term {self.term} lost")
+        elif self.role == "follower" and term is not None:
+            self.term, self.role, self.election_id = term.revision, "leader", leader_election_id(term.revision)
+            log.info("replica=%s event=leader term=%d election_id=%d", self.election.replica, self.term, self.election_id)
+            self._task = asyncio.create_task(self._take_over(self.term), name="replication-lead")
 
     async def _take_over(self, term: int) -> None:
         # The active parts listen to the clients before the arbitration can make one primary.
         await self._lead(term)
+        if self.role != "leader":
+            return  # lost while it was starting: the clients stay followers
         for client in self.clients.values():
             client.set_role(self.election_id, leader=True)
 
@@ -151,13 +138,13 @@ class Replication:
         in flight once the next term arbitrates), and say the controller must be rebuilt."""
         if self.role == "stepped_down":
             return
-        log.warning("replica=%s event=stepped_down term=%d reason=%r", self.election.replica_id, self.term, reason)
+        log.warning("replica=%s event=stepped_down term=%d reason=%r", self.election.replica, self.term, reason)
         self.role, self.reason = "stepped_down", reason
         for client in self.clients.values():
             client.set_role(self.follower_id, leader=False)
         self.stepped_down.set()
 
     def _on_deposed(self, client: SwitchClient, other: int) -> None:
-        # A switch names a higher term's id: another replica won, whatever etcd said to us so far.
+        # A switch names a higher term's id: another replica won, whatever etcd has told us so far.
         if self.role == "leader" and other > self.election_id:
             self.step_down(f"switch {client.name} has a primary of term {term_of(other)} (election id {other})")

@@ -151,7 +151,7 @@ class Controller:
             for client in self.clients.values():
                 client.start()
             if self.nsm_address is not None:
-                self.follower_nsm = FollowerNsm(self.replication.election.replica_id, self._leader_text, self.svid)
+                self.follower_nsm = FollowerNsm(self.replication.election.replica, self._leader_text, self.svid)
                 await self.follower_nsm.start(self.nsm_address)
         if self.metrics is not None:
             await self.metrics.start()
@@ -188,10 +188,10 @@ class Controller:
         await self._start_nsm()
 
     def _leader_text(self) -> str:
-        seen = self.replication.election.leader() if self.replication is not None else None
-        if seen is None:
+        seen = self.replication.election.leader if self.replication is not None else None
+        if not seen:
             return "none elected yet"
-        return f"replica {seen.replica_id} of term {seen.term} at {seen.nsm_address or 'an unknown address'}"
+        return f"replica {seen.get('replica', '?')} at {seen.get('nsm_address') or 'an unknown address'}"
 
     async def stop(self) -> None:
         if self.replication is not None:
