@@ -17,9 +17,9 @@ import dataclasses
 import logging
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
 
 from controller.aio import cancel_and_wait
+from controller.cluster.election import Election, Term
 from controller.p4rt.client import SwitchClient
 
 log = logging.getLogger("p4nsm.replication")
@@ -49,21 +49,6 @@ def replica_number(replica_id: str) -> int:
 def term_of(election_id: int) -> int:
     """The term an election id belongs to; 0 for a follower's id."""
     return election_id >> TERM_SHIFT
-
-
-class Term(Protocol):
-    revision: int
-
-
-class Election(Protocol):
-    """What the roles need of the leader election (controller/cluster/election.py): the term this
-    replica leads (None while it follows), a callback at each change, the leader as last seen."""
-
-    replica: str
-    term: Any
-    leader: dict[str, str] | None
-    lease: int | None
-    on_change: list[Callable[[Any], None]]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,8 +13,9 @@ from typing import Any
 from controller.admin import AdminServer
 from controller.fabric.anti_entropy import AntiEntropy
 from controller.fabric.connections import Fabric
+from controller.fabric.etcd_store import EtcdStore
 from controller.fabric.graph import FabricGraph, Link, link_name
-from controller.fabric.store import Store
+from controller.fabric.store_backend import open_store
 from controller.gnmi.port_state import PortStateClient
 from controller.heal.link_monitor import LinkMonitor
 from controller.heal.port_state import PortStateJudge
@@ -26,7 +27,7 @@ from controller.operators.metrics import ControllerMetrics
 from controller.operators.web import WebView
 from controller.p4rt.client import SwitchClient, SwitchTarget, switch_tls
 from controller.p4rt.schema import P4Schema
-from controller.replication import Election, Replication
+from controller.replication import Replication
 from controller.settings import Settings
 from controller.targets import profile
 from controller.topology import Topology
@@ -54,7 +55,7 @@ def pipeline_cookie(p4info: bytes, device_configs: list[bytes]) -> int:
 
 class Controller:
     def __init__(self, topo: Topology, settings: Settings, admin_path: Path | None = None,
-                 nsm_address: str | None = None, election: Election | None = None) -> None:
+                 nsm_address: str | None = None) -> None:
         self.topo = topo
         self.settings = settings
         # One SVID for the NSM server and the operators' HTTPS; with the NSM API served and neither
@@ -81,7 +82,7 @@ class Controller:
                                  self.schema, settings)
             for s in topo.switches
         }
-        self.store = Store(settings.store_path)
+        self.store = open_store(settings, topo, nsm_address)
         hosts = {h.name: (h.attach.switch, h.attach.port) for h in topo.hosts}
         watch_ports = {name for name, p in profiles.items() if p.honours_watch_ports}
         self.fabric = Fabric(
@@ -111,9 +112,9 @@ class Controller:
         self.admin = AdminServer(admin_path, self._admin_handlers()) if admin_path else None
         self.nsm_address = nsm_address
         self.nsm: NsmServer | None = None
-        # With replicas (an election): a follower until the election makes this one the leader
-        # (controller/replication.py); without, the one controller leads from the start.
-        self.replication = Replication(self.clients, election, self._lead) if election is not None else None
+        # With replicas (the etcd store, made at start): a follower until the election makes this
+        # one the leader (controller/replication.py); without, the one controller leads from the start.
+        self.replication: Replication | None = None
         self.follower_nsm: FollowerNsm | None = None
         https = https_context(self.svid) if self.svid is not None and (settings.metrics_address or settings.web_address) else None
         # Prometheus metrics at http(s)://<metrics_address>/metrics; an empty address turns them off.
@@ -140,6 +141,11 @@ class Controller:
         await self.port_judge.on_probe_verdict(link, up)
 
     async def start(self) -> None:
+        await self.store.start()
+        if isinstance(self.store, EtcdStore):
+            # Replicas: a follower until the election names a term of this one (controller/replication.py).
+            assert self.store.election is not None
+            self.replication = Replication(self.clients, self.store.election, self._lead)
         if self.replication is None:
             self._start_fabric()
         if self.admin:
@@ -215,7 +221,7 @@ class Controller:
         await self.anti_entropy.stop()
         await self.rerouter.stop()
         await self.fabric.stop()
-        self.store.close()
+        await self.store.stop()
         log.info("event=stopped")
 
     async def wait_ready(self, timeout: float) -> bool:

@@ -53,6 +53,11 @@ class Settings(BaseModel):
     outlier_max_ejection_percent: float = Field(10.0, description="Most endpoints of a service ejected at once (%); one may always be")
     # --- store ---
     store_path: Path = Field(REPO_ROOT / "run" / "p4nsm.sqlite", description="SQLite file of the desired state")
+    store: str = Field("sqlite", pattern=r"^(sqlite|etcd://[^,\s]+(,[^,\s]+)*)$", description="Where the desired state lives: `sqlite` (the file store_path, one controller) or `etcd://host:port,host:port,...` (an etcd cluster shared by replicas; one leads, by an etcd lease)")
+    store_fabric_id: str = Field("", pattern=r"^[A-Za-z0-9._-]*$", description="With etcd: the fabric's key prefix /p4nsm/<this>/ (empty: the topology's name); replicas of one fabric share it")
+    store_replica_id: str = Field("", pattern=r"^[A-Za-z0-9._-]*$", description="With etcd: this replica's name, unique in its fabric (empty: <hostname>-<NSM port>); a second replica starting with a name in use is refused")
+    store_lease_ttl: int = Field(1, ge=1, description="With etcd: TTL of the replica's lease (whole seconds, etcd's unit); a leader whose lease cannot be kept alive this long loses leadership. 1 s needs members with heartbeat-interval ≤ 100 ms and election-timeout ≤ 600 ms")
+    store_timeout: float = Field(2.0, gt=0, description="With etcd: longest wait of a write for its commit (durable()) and of one etcd call; past it the caller gets UNAVAILABLE and the write stays queued (s)")
     # --- pipeline ---
     p4info_path: Path = Field(REPO_ROOT / "p4" / "nsm_fabric.p4info.txtpb", description="P4Info of the fabric program")
     softswitch_config_path: Path = Field(REPO_ROOT / "p4" / "nsm_fabric.softswitch.json", description="Device config for softswitch targets")

@@ -25,7 +25,7 @@ from controller.fabric.model import Attachment, ConnectionPlan, Leg, Path
 from controller.fabric.path_memo import PathMemo
 from controller.fabric.paths import NoPath
 from controller.fabric.programmer import Programmer
-from controller.fabric.store import Store
+from controller.fabric.store import StateStore
 from controller.fabric.switch_lifecycle import SwitchLifecycle
 from controller.p4rt.client import SwitchClient
 from controller.p4rt.errors import SwitchError
@@ -67,7 +67,7 @@ class Fabric:
         graph: FabricGraph,
         hosts: dict[str, tuple[str, int]],
         clients: dict[str, SwitchClient],
-        store: Store,
+        store: StateStore,
         settings: Settings,
         fast_failover: frozenset[str] = frozenset(),
         group_watch_unreliable: frozenset[str] = frozenset(),
@@ -419,6 +419,7 @@ class Fabric:
         conn_id = conn_id or str(uuid.uuid4())
         async with self.lock(conn_id):
             if conn_id in self._plans:
+                await self.store.durable()  # a retry after UNAVAILABLE: answered once it is stored
                 return self._plans[conn_id]
             plan = self.plan(conn_id, a_host, b_host, vlan_a, vlan_b, labels)
             for sw in {h.switch for leg in plan.legs() for h in leg.path.hops}:
@@ -429,6 +430,7 @@ class Fabric:
             # that the next start cleans up.
             self.store.put(plan)
             try:
+                await self.store.durable()
                 await self.transition(None, plan)
             except BaseException:
                 self.store.delete(conn_id)
@@ -437,6 +439,9 @@ class Fabric:
             plan = plan.model_copy(update={"state": "up"})
             self._plans[conn_id] = plan
             self.store.put(plan)
+            # Not answered before it is stored: a StoreUnavailable here leaves the connection
+            # made and its write queued, and the caller's retry adopts it (above).
+            await self.store.durable()
             log.info("connection=%s event=up a=%s b=%s path=%s backup=%s labels=%d/%d",
                      conn_id, a_host, b_host, "-".join(plan.a_to_b.path.switches),
                      "-".join(plan.a_to_b_backup.path.switches) if plan.a_to_b_backup else None,
@@ -456,6 +461,7 @@ class Fabric:
             self.store.put(plan)
             assert self.programmer is not None
             try:
+                await self.store.durable()
                 await self.programmer.delete(conn_id, self.specs(plan))
             except BaseException:  # cancelled: still a connection, for heal and for a retried removal
                 self._plans[conn_id] = before

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
+from typing import Protocol
 
 from controller.fabric.model import ConnectionPlan
 
@@ -49,6 +50,43 @@ class StoreVersionError(Exception):
     """The store was written by a newer controller."""
 
 
+class StoreUnavailable(Exception):
+    """durable() could not make the writes made so far durable: the replicated store (etcd)
+    has no quorum or cannot be reached. The writes stay queued and are committed when it can be
+    reached again, as long as this replica still leads. A caller answers UNAVAILABLE."""
+
+
+class StoreRefused(StoreUnavailable):
+    """The writes were refused: this replica does not lead the fabric (any more), so its writes
+    are not the fabric's. A caller answers UNAVAILABLE; the leader serves the call."""
+
+
+class StateStore(Protocol):
+    """What the fabric and the other owners of lasting state use of a store: the SQLite `Store`
+    below, or `EtcdStore` (etcd_store.py), chosen by the `store` setting (store_backend.py).
+    Writes and reads are synchronous (the fabric calls them on its hot path); `durable()` is
+    where a writer waits until what it wrote is stored for good, before it touches a switch or
+    answers on the strength of it."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    def close(self) -> None: ...
+    def put(self, plan: ConnectionPlan) -> None: ...
+    def put_many(self, plans: list[ConnectionPlan]) -> None: ...
+    def delete(self, conn_id: str) -> None: ...
+    def get(self, conn_id: str) -> ConnectionPlan | None: ...
+    def all(self) -> list[ConnectionPlan]: ...
+    def count(self) -> int: ...
+    def size_bytes(self) -> int: ...
+    def set_meta(self, key: str, value: str) -> None: ...
+    def get_meta(self, key: str) -> str | None: ...
+    def put_record(self, kind: str, key: str, value: str) -> None: ...
+    def delete_record(self, kind: str, key: str) -> None: ...
+    def get_record(self, kind: str, key: str) -> str | None: ...
+    def records(self, kind: str) -> dict[str, str]: ...
+    async def durable(self) -> None: ...
+
+
 class Store:
     """One writer (the controller's event loop); small synchronous transactions.
 
@@ -78,6 +116,12 @@ class Store:
 
     def version(self) -> int:
         return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    async def start(self) -> None:
+        """Nothing to wait for: the file is open and migrated once constructed."""
+
+    async def stop(self) -> None:
+        self.close()
 
     def close(self) -> None:
         self.db.close()

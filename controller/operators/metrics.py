@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from controller.fabric.anti_entropy import AntiEntropy
 from controller.fabric.connections import Fabric
 from controller.fabric.graph import Link
-from controller.fabric.store import Store
+from controller.fabric.store import StateStore
 from controller.heal.link_monitor import LinkMonitor
 from controller.heal.reroute import HealRound, Rerouter
 from controller.nsm.server import NsmServer
@@ -55,7 +55,7 @@ class ControllerMetrics:
     """Metrics of one controller. `watch_nsm` once its NSM server exists; `start` serves them."""
 
     def __init__(self, address: str, *, fabric: Fabric, clients: Mapping[str, SwitchClient], links: LinkMonitor,
-                 rerouter: Rerouter, anti_entropy: AntiEntropy, store: Store, tls: ssl.SSLContext | None = None) -> None:
+                 rerouter: Rerouter, anti_entropy: AntiEntropy, store: StateStore, tls: ssl.SSLContext | None = None) -> None:
         self.registry = CollectorRegistry()
         self.state = StateCollector(fabric, clients, links, anti_entropy, store)
         self.registry.register(self.state)

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from controller.fabric.anti_entropy import AntiEntropy
 from controller.fabric.connections import Fabric
 from controller.fabric.model import State
-from controller.fabric.store import Store
+from controller.fabric.store import StateStore
 from controller.heal.link_monitor import LinkMonitor
 from controller.nsm.elements.select.outlier import OutlierDetector
 from controller.p4rt.client import SwitchClient
@@ -33,7 +33,7 @@ Family = GaugeMetricFamily | CounterMetricFamily
 
 class StateCollector(Collector):
     def __init__(self, fabric: Fabric, clients: Mapping[str, SwitchClient], links: LinkMonitor,
-                 anti_entropy: AntiEntropy, store: Store) -> None:
+                 anti_entropy: AntiEntropy, store: StateStore) -> None:
         self.fabric = fabric
         self.clients = clients
         self.links = links

@@ -19,7 +19,7 @@ PACKAGES = ("controller", "lab", "softswitch", "nsm_api", "topologies")
 LAYERS: list[tuple[str, ...]] = [
     ("nsm_api", "controller.settings", "controller.aio", "controller.logs"),
     ("controller.topology", "controller.p4rt", "controller.gnmi", "controller.host", "controller.targets",
-     "controller.identity"),
+     "controller.identity", "controller.cluster"),
     ("controller.fabric",),
     ("controller.heal",),
     ("controller.nsm.base",),

@@ -13,6 +13,7 @@ import grpc
 
 from controller.fabric.connections import ConnectError, Fabric
 from controller.fabric.model import ConnectionPlan
+from controller.fabric.store import StoreUnavailable
 from controller.nsm.base import kernel
 from controller.nsm.base.errors import CandidateFailed, NsmError, invalid, not_found
 from controller.nsm.elements.begin import is_refresh
@@ -87,6 +88,9 @@ class FabricConnect(Element):
             raise CandidateFailed(code, "connection.network_service_endpoint_name", f"fabric: {e}") from None
         except SwitchError as e:
             raise _switch_error(e) from None
+        except StoreUnavailable as e:
+            # Not the endpoint's fault, and no other candidate fares better: the caller retries.
+            raise NsmError(grpc.StatusCode.UNAVAILABLE, "", str(e)) from None
 
     async def request(self, req: Request, ctx: CallContext, nxt: Next) -> Connection:
         conn = req.connection
@@ -121,3 +125,6 @@ class FabricConnect(Element):
         except SwitchError as e:
             log.error("connection=%s switch=%s event=disconnect_failed error=%s", conn_id, e.switch, e)
             raise NsmError(grpc.StatusCode.UNAVAILABLE, "", f"fabric: {e}") from None
+        except StoreUnavailable as e:
+            log.error("connection=%s event=disconnect_failed error=%s", conn_id, e)
+            raise NsmError(grpc.StatusCode.UNAVAILABLE, "", str(e)) from None

@@ -1,0 +1,286 @@
+"""Leader election of a fabric's replicas by an etcd lease.
+
+A replica's session is one lease (TTL `store_lease_ttl`) kept alive every TTL/3. Bound to it:
+- `<prefix>replicas/<replica id>`: this replica is running. A second process starting with the
+  same id finds the key held by another instance and is refused (DuplicateReplica), after
+  waiting out a crashed predecessor's lease.
+- `<prefix>leader`: created only where absent (a transaction comparing its create_revision to
+  0), so at most one replica holds it. The **term** is the etcd revision at which the holder
+  created it: etcd revisions only grow, so every later term has a higher one, whoever wins it.
+  The fabric's writes compare the key's create_revision to their term (controller/fabric/
+  etcd_store.py), so a deposed leader's writes are refused by etcd itself.
+
+Leadership ends when the lease cannot be renewed within its TTL, counted from when the last
+renewal that succeeded was *sent* (so never later than etcd's own expiry), when the renewal says
+the lease is gone, or when the leader key disappears. A session whose lease is lost is replaced
+by a new one (the old lease is revoked when etcd can be reached), and the replica campaigns again
+as a follower: a term, once lost, never comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aetcd
+from aetcd import rtypes
+
+log = logging.getLogger("p4nsm.cluster")
+
+
+@dataclass(frozen=True)
+class Term:
+    """One replica's leadership. `revision`: the etcd revision at which it created the leader
+    key (a later term always has a higher one: derive P4Runtime election ids from it);
+    `lease`: the lease the key is bound to."""
+
+    revision: int
+    lease: int
+    replica: str
+
+
+class DuplicateReplica(Exception):
+    """Another running process holds this replica's id."""
+
+
+class Election:
+    """Campaigns for `<prefix>leader` while started. Learn the outcome from `term` (the term this
+    replica leads, None while it follows), the `on_change` callbacks (called with the new term
+    when won, with None when lost), `wait_term()`, and `leader` (the leader key's value as
+    last seen: its `replica` and the `info` it registered, e.g. its NSM address).
+
+    `before_lead` hooks run (awaited, in order) after the leader key is won and before `term` is
+    set and `on_change` runs: the store brings its cache up to date there, so that whoever acts
+    on the new term reads the state etcd holds at it."""
+
+    def __init__(self, client: aetcd.Client, prefix: str, replica: str, ttl: int, info: dict[str, str] | None = None) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.replica = replica
+        self.ttl = ttl
+        self.instance = uuid.uuid4().hex
+        self.info = {"replica": replica, "instance": self.instance, "host": socket.gethostname(), "pid": str(os.getpid()),
+                     **(info or {})}
+        self.leader_key = f"{prefix}leader".encode()
+        self.replica_key = f"{prefix}replicas/{replica}".encode()
+        self.term: Term | None = None
+        self.leader: dict[str, str] | None = None
+        self.lease: int | None = None
+        self.on_change: list[Callable[[Term | None], None]] = []
+        self.before_lead: list[Callable[[Term], Awaitable[None]]] = []
+        self.terms_won = 0
+        self.terms_lost = 0
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._held_until = 0.0
+
+    # --- the interface ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the first session (raises DuplicateReplica), then campaign in the background."""
+        await self._open_session()
+        self._task = asyncio.create_task(self._run(), name=f"election-{self.replica}")
+
+    async def stop(self) -> None:
+        """Stop campaigning and revoke the lease: the leader key goes at once, so a follower
+        takes over without waiting for the TTL."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._set_term(None)
+        await self._revoke()
+
+    async def wait_term(self, timeout: float | None = None) -> Term:
+        """The term this replica leads, once it does (TimeoutError after `timeout`)."""
+        async with asyncio.timeout(timeout):
+            while self.term is None:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.term
+
+    async def wait_following(self, timeout: float | None = None) -> None:
+        """Returns once this replica does not lead."""
+        async with asyncio.timeout(timeout):
+            while self.term is not None:
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def replicas(self) -> dict[str, dict[str, str]]:
+        """Every running replica of the fabric, by id, with what it registered."""
+        out = {}
+        for kv in await self.client.get_prefix(f"{self.prefix}replicas/".encode()):
+            out[kv.key.decode().rpartition("/")[2]] = json.loads(kv.value)
+        return out
+
+    # --- sessions ---------------------------------------------------------------------------
+
+    async def _open_session(self) -> None:
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        lease = await self.client.lease(self.ttl)
+        self.lease = lease.id
+        self._held_until = sent + lease.ttl
+        value = json.dumps(self.info).encode()
+        tx = self.client.transactions
+        for attempt in range(2):
+            ok, responses = await self.client.transaction(
+                compare=[tx.create(self.replica_key) == 0],
+                success=[tx.put(self.replica_key, value, lease=lease.id)],
+                failure=[tx.get(self.replica_key)])
+            if ok:
+                log.info("replica=%s event=session lease=%x ttl=%d", self.replica, lease.id, lease.ttl)
+                return
+            held_value, kv = responses[0][0]
+            holder = json.loads(held_value)
+            if holder.get("instance") == self.instance:
+                # An earlier session of this very process (its lease not yet expired): take it over.
+                await self.client.put(self.replica_key, value, lease=lease.id)
+                return
+            if attempt == 0:
+                # A crashed predecessor's key goes with its lease: wait that long before refusing.
+                with contextlib.suppress(TimeoutError):
+                    await self._wait_deleted(self.replica_key, kv.mod_revision + 1, timeout=await self._remaining(kv.lease) + 0.5)
+        await self._revoke()
+        raise DuplicateReplica(
+            f"replica {self.replica!r} is already running (host {holder.get('host')}, pid {holder.get('pid')}, key "
+            f"{self.replica_key.decode()}): give every replica of the fabric its own store_replica_id")
+
+    async def _remaining(self, lease_id: int) -> float:
+        info = await self.client.get_lease_info(lease_id, keys=False)
+        return max(float(info.TTL), 0.0)
+
+    async def _revoke(self) -> None:
+        if self.lease is None:
+            return
+        lease, self.lease = self.lease, None
+        try:
+            await asyncio.wait_for(self.client.revoke_lease(lease), self.ttl + 1.0)
+        except Exception as e:  # unreachable, or expired already: it lapses on its own
+            log.info("replica=%s event=revoke_failed lease=%x error=%s", self.replica, lease, e)
+
+    async def _run(self) -> None:
+        while True:
+            keep = asyncio.create_task(self._keepalive(), name=f"keepalive-{self.replica}")
+            campaign = asyncio.create_task(self._campaign(), name=f"campaign-{self.replica}")
+            try:
+                await keep  # returns when the lease is lost
+            finally:
+                campaign.cancel()
+                keep.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await campaign
+            self._set_term(None)
+            await self._revoke()
+            while True:
+                try:
+                    await self._open_session()
+                    break
+                except DuplicateReplica as e:
+                    # Our key lapsed while we were cut off and another process took the id.
+                    log.error("replica=%s event=identity_lost error=%s", self.replica, e)
+                    raise
+                except Exception as e:
+                    log.info("replica=%s event=session_retry error=%s", self.replica, e)
+                    await asyncio.sleep(min(1.0, self.ttl / 3))
+
+    async def _keepalive(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.ttl / 3
+        assert self.lease is not None
+        lease = self.lease
+        while True:
+            sent = loop.time()
+            if sent >= self._held_until:
+                log.warning("replica=%s event=lease_lost lease=%x reason=not_renewed_within_ttl", self.replica, lease)
+                return
+            try:
+                reply = await asyncio.wait_for(self.client.refresh_lease(lease), min(interval, self._held_until - sent))
+            except (TimeoutError, aetcd.ClientError) as e:
+                log.info("replica=%s event=keepalive_failed lease=%x error=%s", self.replica, lease, e or "timeout")
+                reply = None
+            if reply is not None:
+                if reply.TTL <= 0:
+                    log.warning("replica=%s event=lease_lost lease=%x reason=expired", self.replica, lease)
+                    return
+                self._held_until = sent + reply.TTL
+            pause = min(sent + interval, self._held_until) - loop.time()
+            if pause > 0:
+                await asyncio.sleep(pause)
+
+    async def _campaign(self) -> None:
+        tx = self.client.transactions
+        assert self.lease is not None
+        lease = self.lease
+        value = json.dumps(self.info).encode()
+        while True:
+            try:
+                ok, responses = await self.client.transaction(
+                    compare=[tx.create(self.leader_key) == 0],
+                    success=[tx.put(self.leader_key, value, lease=lease)],
+                    failure=[tx.get(self.leader_key)])
+                if ok:
+                    revision = responses[0].response_put.header.revision
+                    watch_from = revision + 1
+                else:
+                    held_value, kv = responses[0][0]
+                    self.leader = json.loads(held_value)
+                    # our own key, made by an earlier try whose answer was lost
+                    revision = kv.create_revision if kv.lease == lease else 0
+                    watch_from = kv.mod_revision + 1
+                if revision:
+                    term = Term(revision, lease, self.replica)
+                    for hook in self.before_lead:
+                        await hook(term)
+                    self.leader = self.info
+                    self._set_term(term)
+                await self._wait_deleted(self.leader_key, watch_from)
+                self._set_term(None)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.info("replica=%s event=campaign_retry error=%s", self.replica, e)
+                self._set_term(None)
+                await asyncio.sleep(min(1.0, self.ttl / 3))
+
+    async def _wait_deleted(self, key: bytes, from_revision: int, timeout: float | None = None) -> None:
+        async with asyncio.timeout(timeout):
+            watch = await self.client.watch(key, start_revision=from_revision)
+            try:
+                async for event in watch:
+                    if event.kind == rtypes.EventKind.DELETE:
+                        return
+            finally:
+                await watch.cancel()
+        raise ConnectionError(f"watch of {key.decode()} ended")
+
+    def _set_term(self, term: Term | None) -> None:
+        if term == self.term:
+            return
+        old, self.term = self.term, term
+        if term is not None:
+            self.terms_won += 1
+            log.info("replica=%s event=leading term=%d lease=%x", self.replica, term.revision, term.lease)
+        else:
+            self.terms_lost += 1
+            log.warning("replica=%s event=following lost_term=%d", self.replica, old.revision if old else 0)
+        self._changed.set()
+        for callback in self.on_change:
+            try:
+                callback(term)
+            except Exception:
+                log.exception("replica=%s event=term_listener_failed", self.replica)
+
+    def status(self) -> dict[str, Any]:
+        """What `p4nsm cluster` shows of this replica."""
+        return {"replica": self.replica, "leading": self.term is not None,
+                "term": self.term.revision if self.term else None,
+                "leader": (self.leader or {}).get("replica"), "terms_won": self.terms_won, "terms_lost": self.terms_lost}
