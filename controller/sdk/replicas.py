@@ -1,6 +1,6 @@
 """The controller's NSM address as an SDK user gives it: one, or every replica's, comma-separated.
 Calls go to one; an UNAVAILABLE answer (a replica gone, or a follower naming the leader:
-controller/nsm/follower.py) moves them to the next. Why the client finds the leader rather than a
+controller/nsm/follower.py) or none within the deadline (a replica frozen) moves them to the next. Why the client finds the leader rather than a
 follower passing calls on: ownership is the mTLS identity of the caller, which a follower in
 between would replace with its own."""
 
@@ -12,6 +12,10 @@ from collections.abc import Callable
 import grpc
 
 log = logging.getLogger("p4nsm.sdk")
+
+# A stopped (SIGSTOP, frozen VM) replica accepts the connection and answers nothing: its calls end
+# at their deadline, and the next replica may be the leader by now.
+NOT_SERVING = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
 def split_urls(urls: str) -> list[str]:
@@ -46,8 +50,8 @@ class Replicas:
 
     def failed(self, error: grpc.aio.AioRpcError) -> bool:
         """After a call failed: move to the next address when the answer says this one does not
-        serve (UNAVAILABLE). True when it moved."""
-        if not self.several or error.code() != grpc.StatusCode.UNAVAILABLE:
+        serve (NOT_SERVING). True when it moved."""
+        if not self.several or error.code() not in NOT_SERVING:
             return False
         was = self.url
         self._at = (self._at + 1) % len(self.urls)

@@ -43,7 +43,7 @@ from lab import faults
 from lab.certs import as_role, lab_certs
 from tests.e2e.lab_fixtures import softswitch_or_skip
 from tests.e2e.nsm_fixtures import Endpoints, nsm_test_settings
-from tests.support.etcd_cluster import EtcdCluster, etcd_cluster  # noqa: F401  (fixture)
+from tests.support.etcd_cluster import EtcdCluster, needs_etcd
 from tests.support.fixtures import free_port
 
 pytestmark = [
@@ -81,6 +81,19 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Path, L
         topo_file = run_dir / "topology.yaml"
         topo_file.write_text(yaml.safe_dump(running.topology.model_dump(mode="json", exclude_defaults=True)))
         yield running, run_dir, lab_certs(run_dir, running.topology), topo_file
+
+
+@pytest.fixture(scope="module")
+def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """One cluster for the module's lab: a switch remembers the highest election id it has seen
+    while it runs, and a fresh cluster's revisions (the terms) would start below it again."""
+    needs_etcd()
+    cluster = EtcdCluster.make(tmp_path_factory.mktemp("etcd"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
 
 
 class Replica:
@@ -303,3 +316,91 @@ async def test_leader_sigkill_under_traffic_the_follower_takes_over_and_heals_a_
 async def _ready(replica: Replica, check: Callable[[dict[str, Any] | None], bool]) -> dict[str, Any] | None:
     status = await replica.status()
     return status if check(status) else None
+
+
+async def switch_entries(topo: Topology, certs: LabCerts) -> dict[str, set[bytes]]:
+    """Every table entry of every switch, read straight from the switches (a Read needs no
+    arbitration) with the controller's certificate, which the switches' allow-list names."""
+    from finsy.proto import p4r, p4r_grpc
+
+    from controller.identity import load_svid
+    from controller.p4rt.client import open_channel, switch_tls
+
+    svid = load_svid(Settings.load({**certs.settings("controller")}))
+    out: dict[str, set[bytes]] = {}
+    for sw in topo.switches:
+        channel = open_channel(sw.grpc_addr, switch_tls(sw, svid), options=[])
+        try:
+            request = p4r.ReadRequest(device_id=sw.device_id, entities=[p4r.Entity(table_entry=p4r.TableEntry())])
+            found: set[bytes] = set()
+            async for reply in p4r_grpc.P4RuntimeStub(channel).Read(request, timeout=10):
+                found |= {e.SerializeToString(deterministic=True) for e in reply.entities}
+            out[sw.name] = found
+        finally:
+            await channel.close()
+    return out
+
+
+def counted(log: str, pattern: str) -> int:
+    """The sum of the numbers the log lines matching `pattern` (a regex with one group) carry."""
+    return sum(int(m.group(1)) for m in re.finditer(pattern, log))
+
+
+async def test_leader_sigstopped_past_its_lease_is_fenced_and_becomes_a_follower(lab, etcd_cluster):
+    running, _, certs, _ = lab
+    with replicas(lab, etcd_cluster, "r1", "r2") as (r1, r2):
+        r1.start()
+        one = await until(lambda: _ready(r1, leading), 60, "r1 leads every switch", r1.log)
+        r2.start()
+        await until(lambda: _ready(r2, lambda s: following(s, one["election_id"])), 60, "r2 follows", r2.log)
+        urls = f"{r1.nsm},{r2.nsm}"
+        async with nsm_users(lab, urls) as (endpoints, nsc_settings):
+            await endpoints.start(urls, "replica-stop", "h4", "10.72.0.0/24")
+            baseline = await switch_entries(running.topology, certs)
+            stop_churn = asyncio.Event()
+            made = [0]
+
+            async def churn(index: int) -> None:
+                # connections made and closed back to back: writes are in flight whenever r1 stops
+                while not stop_churn.is_set():
+                    client = Client(urls, nsc_settings, refresh=False, heal=False)
+                    try:
+                        await client.request("replica-stop", "h1", iface=f"nsm{index}", give_up_after=5)
+                        made[0] += 1
+                    except Exception:  # refused while the replicas change hands: try again
+                        pass
+                    finally:
+                        with contextlib.suppress(Exception):
+                            await client.close()
+
+            churners = [asyncio.create_task(churn(i)) for i in (1, 2, 3)]
+            try:
+                await until(lambda: made[0] >= 3, 60, "the churn makes connections", r1.log)
+                r1.signal(signal.SIGSTOP)
+                await until(lambda: _ready(r2, leading), 30, "r2 leads every switch while r1 is stopped", r2.log)
+                r1.signal(signal.SIGCONT)
+                await until(lambda: "event=stepped_down" in r1.log(), 20, "r1 finds it lost its term", r1.log)
+                two = await r2.status()
+                assert two is not None
+                back = await until(lambda: _ready(r1, lambda s: following(s, two["election_id"])), 30,
+                                   "r1 is a follower again, a backup of r2's term on every switch", r1.log)
+                assert back["term"] == 0
+            finally:
+                stop_churn.set()
+                await asyncio.gather(*churners, return_exceptions=True)
+            # What r2 holds is the fabric's (r1 made some before it stopped): r2 removes them, and then
+            # only what was there before the churn may remain. Read back at once, long before
+            # anti-entropy (two sweeps of 30 s) could mend anything r1 left.
+            for conn in await r2.connections():
+                await call(r2.admin, "disconnect", id=conn["id"])
+            after = await switch_entries(running.topology, certs)
+            log = r1.log()
+            by_switch = counted(log, r"event=write_refused updates=(\d+)")
+            by_etcd = counted(log, r"event=writes_refused ops=(\d+)") + len(re.findall(r"event=write_refused reason=not_leading", log))
+            print(f"r1 after SIGCONT: {by_switch} updates refused by the switches, {by_etcd} writes refused by etcd;"
+                  f" {made[0]} connections churned")
+            assert by_switch + by_etcd > 0, "r1 attempted no write after SIGCONT: the test proved nothing"
+            assert re.search(r"event=stepped_down", log) and "event=leader term" in log
+            assert after == baseline, {n: (len(after[n] - baseline[n]), len(baseline[n] - after[n])) for n in after}
+            status = await r2.status()
+            assert status is not None and leading(status)
