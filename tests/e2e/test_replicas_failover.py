@@ -282,11 +282,9 @@ async def test_leader_sigkill_under_traffic_the_follower_takes_over_and_heals_a_
                 healed_at = time.monotonic()
                 sent_info, sent_err = await sender.communicate()
                 got_raw, got_err = await receiver.communicate()
-                if sender.returncode != 0:
-                    Path("/tmp/replicas-r2.log").write_text(r2.log())
-                    Path("/tmp/replicas-r1.log").write_text(r1.log())
-                    print("HISTORY", client.history)
-                assert sender.returncode == 0 and receiver.returncode == 0, (sent_err.decode(), got_err.decode())
+                # the sender fails (network unreachable) when the client's interface went away
+                assert sender.returncode == 0 and receiver.returncode == 0, (
+                    sent_err.decode(), got_err.decode(), client.history, r2.log()[-3000:])
                 await asyncio.to_thread(cut.remove)
                 start = json.loads(sent_info)["start"]
                 got = {seq: at for seq, at in json.loads(got_raw)}
