@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -37,14 +36,14 @@ import yaml
 from controller.admin import call
 from controller.identity import LabCerts
 from controller.sdk.client import Client
-from controller.settings import REPO_ROOT, Settings
-from controller.topology import Topology, parse_topology, switch_ifname
+from controller.settings import Settings
+from controller.topology import Topology, switch_ifname
 from lab import faults
 from lab.certs import as_role, lab_certs
 from tests.e2e.lab_fixtures import softswitch_or_skip
 from tests.e2e.nsm_fixtures import Endpoints, nsm_test_settings
+from tests.e2e.replica_process import REPLICA_SETTINGS, Replica, following, free_port_diamond, leading
 from tests.support.etcd_cluster import EtcdCluster, needs_etcd
-from tests.support.fixtures import free_port
 
 pytestmark = [
     pytest.mark.root,
@@ -54,21 +53,8 @@ pytestmark = [
 ]
 
 LAB_WAIT_S = 900.0
-P4NSM = str(Path(sys.executable).with_name("p4nsm"))
 RATE = 500  # packets/s of the stream
 UDP_PORT = 5599
-# the replicas' settings beyond the lab's certificates: the NSM suites' keepalive (a switch
-# starved a moment on a loaded machine is not down), quick SDK retries, the etcd lease at 1 s
-REPLICA_SETTINGS = {"keepalive_timeout": "1.0", "probe_keepalive_proof_delay": "1.0", "nsm_endpoint_timeout": "2.0",
-                    "nsm_retry_interval": "0.1", "store_lease_ttl": "1", "metrics_address": "127.0.0.1:0",
-                    "web_address": "127.0.0.1:0"}
-
-
-def free_port_diamond() -> Topology:
-    """The diamond with P4Runtime ports of its own: never the default 50001-50004."""
-    text = (REPO_ROOT / "topologies" / "diamond.yaml").read_text()
-    text = re.sub(r"127\.0\.0\.1:5000\d", lambda _m: f"127.0.0.1:{free_port()}", text)
-    return parse_topology(text.replace("name: diamond", "name: replicas"))
 
 
 @pytest.fixture(scope="module")
@@ -94,52 +80,6 @@ def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdClust
         yield cluster
     finally:
         cluster.close()
-
-
-class Replica:
-    """One `p4nsm run` process of the fabric."""
-
-    def __init__(self, name: str, run_dir: Path, topo_file: Path, settings: dict[str, str]) -> None:
-        self.name = name
-        self.nsm = f"unix://{run_dir / f'{name}.sock'}"
-        self.admin = run_dir / f"admin-{name}.sock"
-        self.log_path = run_dir / f"{name}.log"
-        sets = [arg for k, v in {**settings, "store_replica_id": name, "nsm_run_dir": str(run_dir / f"nsm-{name}"),
-                                 "store_path": str(run_dir / f"{name}.sqlite")}.items() for arg in ("--set", f"{k}={v}")]
-        self.argv = [P4NSM, "run", "-t", str(topo_file), "--nsm-address", self.nsm, "--admin-socket", str(self.admin), *sets]
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT)
-
-    def signal(self, sig: int) -> None:
-        assert self.process is not None
-        self.process.send_signal(sig)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    async def status(self) -> dict[str, Any] | None:
-        try:
-            return await call(self.admin, "replica")  # type: ignore[no-any-return]
-        except (RuntimeError, OSError, ValueError):
-            return None
-
-    async def connections(self) -> list[dict[str, Any]]:
-        return await call(self.admin, "connections")  # type: ignore[no-any-return]
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            self.process.send_signal(signal.SIGCONT)
-            self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 @contextlib.contextmanager
@@ -168,17 +108,6 @@ async def until(check: Callable[[], Any], timeout: float, what: str, logs: Calla
         if loop.time() > deadline:
             raise AssertionError(f"not within {timeout}s: {what}\n{logs()[-4000:]}")
         await asyncio.sleep(0.05)
-
-
-def leading(status: dict[str, Any] | None) -> bool:
-    """The replica leads and is every switch's primary, with the switch up."""
-    return bool(status) and status["role"] == "leader" and all(
-        sw["primary"] and sw["up"] and sw["primary_election_id"] == status["election_id"] for sw in status["switches"])
-
-
-def following(status: dict[str, Any] | None, leader_id: int) -> bool:
-    return bool(status) and status["role"] == "follower" and all(
-        sw["primary_election_id"] == leader_id and not sw["primary"] for sw in status["switches"])
 
 
 # --- the stream ---------------------------------------------------------------------------------
