@@ -12,8 +12,10 @@ The interface the rest of the controller builds on (kept stable):
 - "I lead since revision R": `election.term` is `Term(revision=R, ...)`; `await
   election.wait_term()` returns it; `election.on_change` callbacks get it. When they run, the
   store's cache already holds everything etcd held at R.
-- "I lost it": `election.term` becomes None and `on_change` callbacks get None (the lease could
-  not be renewed within its TTL, counted from the last renewal sent, or the leader key went).
+- "I lost it": `election.term` becomes None and `on_change` callbacks get None (etcd says the
+  lease is gone or the leader key went; or, cut off, no renewal succeeded for TTL +
+  store_timeout: a cut-off leader may believe it leads a little after etcd let its lease go,
+  which fencing makes harmless: etcd refuses its writes, the switches its lower election id).
   Writes made from then on are refused; queued writes of the lost term are refused by etcd and
   counted (`store.refused_writes`). The replica campaigns again by itself, as a follower; a new
   win is a new term with a higher revision.
@@ -21,6 +23,8 @@ The interface the rest of the controller builds on (kept stable):
   with the store's usual methods (`all()`, `records(kind)`, ...); `store.listeners` get
   `(key, value or None)` for each change, keys `c/<conn id>`, `m/<key>`, `r/<kind>/<key>`;
   `store.revision` is the etcd revision the cache is at.
+- `election.watching` (an asyncio.Event) is set while the campaign watches the leader key: a
+  follower with it set takes over within milliseconds of the leader key going.
 - `election.leader` is the leader key's value as last seen (`replica`, `nsm_address`, ...);
   `await election.replicas()` lists the running replicas; `election.status()` is one line of it.
 """

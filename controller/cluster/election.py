@@ -10,11 +10,15 @@ A replica's session is one lease (TTL `store_lease_ttl`) kept alive every TTL/3.
   The fabric's writes compare the key's create_revision to their term (controller/fabric/
   etcd_store.py), so a deposed leader's writes are refused by etcd itself.
 
-Leadership ends when the lease cannot be renewed within its TTL, counted from when the last
-renewal that succeeded was *sent* (so never later than etcd's own expiry), when the renewal says
-the lease is gone, or when the leader key disappears. A session whose lease is lost is replaced
-by a new one (the old lease is revoked when etcd can be reached), and the replica campaigns again
-as a follower: a term, once lost, never comes back."""
+Leadership ends when etcd says so: a renewal answers that the lease is gone, or the leader key
+disappears. While etcd cannot answer (it elects a new raft leader after losing one: 0.6 to over
+1 s, longer than a 1 s lease; etcd then gives every lease its full TTL again), the term stands;
+only when no renewal has succeeded for TTL + `grace` (from when the last good one was sent) does
+the replica give it up unheard, being cut off. Meanwhile etcd may have let the lease expire and
+another replica may lead: that is safe, because what the term protects is fenced by others, not
+by this belief (etcd refuses the writes, the switches a lower election id). A session whose
+lease is lost is replaced by a new one (the old lease is revoked when etcd can be reached), and
+the replica campaigns again as a follower: a term, once lost, never comes back."""
 
 from __future__ import annotations
 
@@ -31,6 +35,9 @@ from typing import Any
 
 import aetcd
 from aetcd import rtypes
+
+from controller.aio import cancel_and_wait
+from controller.cluster.etcd import reraise_cancel
 
 log = logging.getLogger("p4nsm.cluster")
 
@@ -60,11 +67,13 @@ class Election:
     set and `on_change` runs: the store brings its cache up to date there, so that whoever acts
     on the new term reads the state etcd holds at it."""
 
-    def __init__(self, client: aetcd.Client, prefix: str, replica: str, ttl: int, info: dict[str, str] | None = None) -> None:
+    def __init__(self, client: aetcd.Client, prefix: str, replica: str, ttl: int, info: dict[str, str] | None = None,
+                 grace: float = 2.0) -> None:
         self.client = client
         self.prefix = prefix
         self.replica = replica
         self.ttl = ttl
+        self.grace = grace
         self.instance = uuid.uuid4().hex
         self.info = {"replica": replica, "instance": self.instance, "host": socket.gethostname(), "pid": str(os.getpid()),
                      **(info or {})}
@@ -78,6 +87,8 @@ class Election:
         self.terms_won = 0
         self.terms_lost = 0
         self._changed = asyncio.Event()
+        # set while the campaign watches the leader key: a follower ready to take over
+        self.watching = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._held_until = 0.0
 
@@ -91,12 +102,9 @@ class Election:
     async def stop(self) -> None:
         """Stop campaigning and revoke the lease: the leader key goes at once, so a follower
         takes over without waiting for the TTL."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        self._set_term(None)
+        await cancel_and_wait(self._task)
+        self._task = None
+        self._set_term(None, "stopped")
         await self._revoke()
 
     async def wait_term(self, timeout: float | None = None) -> Term:
@@ -125,37 +133,43 @@ class Election:
 
     async def _open_session(self) -> None:
         loop = asyncio.get_running_loop()
-        sent = loop.time()
-        lease = await self.client.lease(self.ttl)
-        self.lease = lease.id
-        self._held_until = sent + lease.ttl
         value = json.dumps(self.info).encode()
         tx = self.client.transactions
         for attempt in range(2):
+            sent = loop.time()
+            lease = await self.client.lease(self.ttl)
             ok, responses = await self.client.transaction(
                 compare=[tx.create(self.replica_key) == 0],
                 success=[tx.put(self.replica_key, value, lease=lease.id)],
                 failure=[tx.get(self.replica_key)])
+            if not ok:
+                held_value, kv = responses[0][0]
+                holder = json.loads(held_value)
+                # An earlier session of this very process (its lease not yet expired): take it over.
+                ok = holder.get("instance") == self.instance
+                if ok:
+                    await self.client.put(self.replica_key, value, lease=lease.id)
             if ok:
+                self.lease = lease.id
+                self._held_until = sent + lease.ttl
                 log.info("replica=%s event=session lease=%x ttl=%d", self.replica, lease.id, lease.ttl)
                 return
-            held_value, kv = responses[0][0]
-            holder = json.loads(held_value)
-            if holder.get("instance") == self.instance:
-                # An earlier session of this very process (its lease not yet expired): take it over.
-                await self.client.put(self.replica_key, value, lease=lease.id)
-                return
+            with contextlib.suppress(aetcd.ClientError):
+                await self.client.revoke_lease(lease.id)
             if attempt == 0:
-                # A crashed predecessor's key goes with its lease: wait that long before refusing.
+                # A crashed predecessor's key goes with its lease: wait that long before refusing
+                # (TTLs are whole seconds; etcd looks for expired leases every 500 ms).
                 with contextlib.suppress(TimeoutError):
-                    await self._wait_deleted(self.replica_key, kv.mod_revision + 1, timeout=await self._remaining(kv.lease) + 0.5)
-        await self._revoke()
+                    await self._wait_deleted(self.replica_key, kv.header.revision + 1, None, timeout=await self._remaining(kv.lease) + 1.5)
         raise DuplicateReplica(
             f"replica {self.replica!r} is already running (host {holder.get('host')}, pid {holder.get('pid')}, key "
             f"{self.replica_key.decode()}): give every replica of the fabric its own store_replica_id")
 
     async def _remaining(self, lease_id: int) -> float:
-        info = await self.client.get_lease_info(lease_id, keys=False)
+        try:
+            info = await self.client.get_lease_info(lease_id, keys=False)
+        except aetcd.ClientError:  # gone already
+            return 0.0
         return max(float(info.TTL), 0.0)
 
     async def _revoke(self) -> None:
@@ -163,7 +177,8 @@ class Election:
             return
         lease, self.lease = self.lease, None
         try:
-            await asyncio.wait_for(self.client.revoke_lease(lease), self.ttl + 1.0)
+            async with asyncio.timeout(self.ttl + 1.0):
+                await self.client.revoke_lease(lease)
         except Exception as e:  # unreachable, or expired already: it lapses on its own
             log.info("replica=%s event=revoke_failed lease=%x error=%s", self.replica, lease, e)
 
@@ -174,11 +189,9 @@ class Election:
             try:
                 await keep  # returns when the lease is lost
             finally:
-                campaign.cancel()
-                keep.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await campaign
-            self._set_term(None)
+                await cancel_and_wait(campaign)
+                await cancel_and_wait(keep)
+            self._set_term(None, "lease_lost")
             await self._revoke()
             while True:
                 try:
@@ -189,6 +202,7 @@ class Election:
                     log.error("replica=%s event=identity_lost error=%s", self.replica, e)
                     raise
                 except Exception as e:
+                    reraise_cancel()
                     log.info("replica=%s event=session_retry error=%s", self.replica, e)
                     await asyncio.sleep(min(1.0, self.ttl / 3))
 
@@ -199,12 +213,16 @@ class Election:
         lease = self.lease
         while True:
             sent = loop.time()
-            if sent >= self._held_until:
-                log.warning("replica=%s event=lease_lost lease=%x reason=not_renewed_within_ttl", self.replica, lease)
+            give_up = self._held_until + self.grace
+            if sent >= give_up:
+                log.warning("replica=%s event=lease_lost lease=%x reason=etcd_unreachable", self.replica, lease)
                 return
             try:
-                reply = await asyncio.wait_for(self.client.refresh_lease(lease), min(interval, self._held_until - sent))
+                # asyncio.timeout, not wait_for: 3.11's wait_for loses a cancel that meets a reply
+                async with asyncio.timeout(min(interval, give_up - sent)):
+                    reply = await self.client.refresh_lease(lease)
             except (TimeoutError, aetcd.ClientError) as e:
+                reraise_cancel()
                 log.info("replica=%s event=keepalive_failed lease=%x error=%s", self.replica, lease, e or "timeout")
                 reply = None
             if reply is not None:
@@ -212,7 +230,7 @@ class Election:
                     log.warning("replica=%s event=lease_lost lease=%x reason=expired", self.replica, lease)
                     return
                 self._held_until = sent + reply.TTL
-            pause = min(sent + interval, self._held_until) - loop.time()
+            pause = min(sent + interval, give_up) - loop.time()
             if pause > 0:
                 await asyncio.sleep(pause)
 
@@ -235,34 +253,46 @@ class Election:
                     self.leader = json.loads(held_value)
                     # our own key, made by an earlier try whose answer was lost
                     revision = kv.create_revision if kv.lease == lease else 0
-                    watch_from = kv.mod_revision + 1
+                    # From now, not from the key's last change: etcd serves a watch that starts in
+                    # the past from a catch-up loop that runs every 100 ms, a live one at once.
+                    watch_from = kv.header.revision + 1
                 if revision:
                     term = Term(revision, lease, self.replica)
-                    for hook in self.before_lead:
-                        await hook(term)
-                    self.leader = self.info
-                    self._set_term(term)
-                await self._wait_deleted(self.leader_key, watch_from)
-                self._set_term(None)
+                    if term != self.term:  # not a watch resumed within the term it was won
+                        for hook in self.before_lead:
+                            await hook(term)
+                        self.leader = self.info
+                        self._set_term(term)
+                else:
+                    self._set_term(None, "held_by_another")  # we missed the delete
+                await self._wait_deleted(self.leader_key, watch_from, self.watching)
+                self._set_term(None, "leader_key_deleted")
             except asyncio.CancelledError:
                 raise
             except Exception as e:
+                # etcd unreachable, a member gone under the watch: the term stands (the
+                # keepalive decides when it is lost); look again.
+                reraise_cancel()
                 log.info("replica=%s event=campaign_retry error=%s", self.replica, e)
-                self._set_term(None)
                 await asyncio.sleep(min(1.0, self.ttl / 3))
 
-    async def _wait_deleted(self, key: bytes, from_revision: int, timeout: float | None = None) -> None:
+    async def _wait_deleted(self, key: bytes, from_revision: int, watching: asyncio.Event | None = None,
+                            timeout: float | None = None) -> None:
         async with asyncio.timeout(timeout):
             watch = await self.client.watch(key, start_revision=from_revision)
+            if watching is not None:
+                watching.set()
             try:
                 async for event in watch:
                     if event.kind == rtypes.EventKind.DELETE:
                         return
             finally:
+                if watching is not None:
+                    watching.clear()
                 await watch.cancel()
         raise ConnectionError(f"watch of {key.decode()} ended")
 
-    def _set_term(self, term: Term | None) -> None:
+    def _set_term(self, term: Term | None, reason: str = "") -> None:
         if term == self.term:
             return
         old, self.term = self.term, term
@@ -271,7 +301,7 @@ class Election:
             log.info("replica=%s event=leading term=%d lease=%x", self.replica, term.revision, term.lease)
         else:
             self.terms_lost += 1
-            log.warning("replica=%s event=following lost_term=%d", self.replica, old.revision if old else 0)
+            log.warning("replica=%s event=following lost_term=%d reason=%s", self.replica, old.revision if old else 0, reason)
         self._changed.set()
         for callback in self.on_change:
             try:

@@ -78,6 +78,14 @@ CHANNEL_OPTIONS = {
 }
 
 
+def reraise_cancel() -> None:
+    """aetcd reports a call cancelled under it as a ClientError (gRPC's CANCELLED): a loop that
+    retries on errors calls this first, so that it does not swallow its own task's cancel."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def connect(url: str, timeout: float) -> aetcd.Client:
     """A client of the members `url` names; `timeout` bounds each of its calls (not watches)."""
     host, port = await grpc_target(parse_url(url))

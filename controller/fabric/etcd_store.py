@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import aetcd
 from aetcd import rtypes
 
+from controller.aio import cancel_and_wait
 from controller.cluster import etcd
 from controller.cluster.election import Election, Term
 from controller.fabric.model import ConnectionPlan
@@ -107,13 +108,13 @@ class EtcdStore:
         """Connect, check the prefix is this fabric's (FabricMismatch), load the cache, follow
         etcd, and join the election (DuplicateReplica); returns without waiting to lead."""
         self.client = await etcd.connect(self.url, self.timeout)
-        await self._claim_fabric()
-        await self._reload()
-        self._tasks.append(asyncio.create_task(self._follow(), name="etcd-store-watch"))
-        self._tasks.append(asyncio.create_task(self._flush(), name="etcd-store-flush"))
-        self.election = Election(self.client, self.prefix, self.replica, self.lease_ttl, self.info)
-        self.election.before_lead.append(self._begin_term)
         try:
+            await self._claim_fabric()
+            await self._reload()
+            self._tasks.append(asyncio.create_task(self._follow(), name="etcd-store-watch"))
+            self._tasks.append(asyncio.create_task(self._flush(), name="etcd-store-flush"))
+            self.election = Election(self.client, self.prefix, self.replica, self.lease_ttl, self.info, grace=self.timeout)
+            self.election.before_lead.append(self._begin_term)
             await self.election.start()
         except BaseException:
             await self.stop()
@@ -123,10 +124,7 @@ class EtcdStore:
         if self.election is not None:
             await self.election.stop()
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._tasks.clear()
         if self.client is not None:
             await self.client.close()
@@ -188,6 +186,7 @@ class EtcdStore:
                 with contextlib.suppress(Exception):
                     await self._reload()
             except Exception as e:
+                etcd.reraise_cancel()
                 self.last_error = f"watch: {e or type(e).__name__}"
                 log.info("fabric=%s event=watch_retry revision=%d error=%s", self.fabric_id, self.revision, self.last_error)
                 await asyncio.sleep(0.2)
@@ -275,8 +274,12 @@ class EtcdStore:
             while done < len(items):
                 chunk = items[done:done + MAX_TXN_OPS]
                 try:
-                    ok, revision = await self._commit(batch.term, chunk)
+                    # A call in flight when etcd lost its raft leader hangs to its deadline, while
+                    # the new leader is there within a second: try again after a short wait.
+                    async with asyncio.timeout(min(0.5, self.timeout / 4)):
+                        ok, revision = await self._commit(batch.term, chunk)
                 except (aetcd.ClientError, TimeoutError) as e:
+                    etcd.reraise_cancel()
                     self.retries += 1
                     self.last_error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
                     log.info("fabric=%s event=commit_retry ops=%d error=%s", self.fabric_id, len(chunk), self.last_error)

@@ -8,17 +8,22 @@ The members are tuned so that a 1 s lease is allowed: etcd raises every lease TT
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
+import json
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from controller.fabric.store import StoreUnavailable
 
 HEARTBEAT_MS = 100
 ELECTION_MS = 600
@@ -141,6 +146,27 @@ class EtcdCluster:
         m.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         log.close()
 
+    def raft_leader(self) -> Member:
+        """The member etcd's raft has elected leader (as the members themselves report it)."""
+        out = self.etcdctl("endpoint", "status", "-w", "json", members=[m for m in self.members if m.process is not None])
+        assert out.returncode == 0, out.stderr
+        statuses = json.loads(out.stdout)
+        by_id = {st["Status"]["header"]["member_id"]: st["Endpoint"] for st in statuses}
+        endpoint = by_id[statuses[0]["Status"]["leader"]]
+        return next(m for m in self.members if m.client_url == endpoint)
+
+    def lose_quorum(self) -> list[Member]:
+        """Kill all members but the first; returns them for regain_quorum."""
+        lost = self.members[1:]
+        for m in lost:
+            self.kill(m)
+        return lost
+
+    def regain_quorum(self, lost: list[Member]) -> None:
+        for m in lost:
+            self.restart(m)
+        self.wait_healthy(self.members)
+
     def stop(self, m: Member) -> None:
         """SIGSTOP: the member keeps its sockets and answers nothing."""
         assert m.process is not None
@@ -160,8 +186,16 @@ class EtcdCluster:
                 m.process = None
 
 
-@pytest.fixture
-def etcd_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
+    def get(self, key: str, prefix: bool = False) -> dict[str, str]:
+        """What etcd itself holds (read by etcdctl, not by the code under test): key -> value."""
+        out = self.etcdctl("get", key, *(["--prefix"] if prefix else []), "-w", "json")
+        assert out.returncode == 0, out.stderr
+        kvs = json.loads(out.stdout).get("kvs", [])
+        return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", "")).decode() for kv in kvs}
+
+
+def running_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
+    """The body of a test module's cluster fixture: skips without etcd; stops every member after."""
     needs_etcd()
     cluster = EtcdCluster.make(tmp_path / "etcd")
     try:
@@ -169,3 +203,26 @@ def etcd_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
         yield cluster
     finally:
         cluster.close()
+
+
+async def until_stored(write: Callable[[], Awaitable[object]], timeout: float = 15.0) -> None:
+    """Run `write` (which ends in durable()) until the store takes it: after a quorum came back,
+    the writer's lease and term may need a moment."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await write()
+            return
+        except StoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+async def until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll `predicate` until it holds; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.02)

@@ -9,7 +9,7 @@ import functools
 from controller.fabric import entries as E
 from controller.fabric.connections import Fabric
 from controller.fabric.graph import FabricGraph, Link, link_name
-from controller.fabric.store import Store
+from controller.fabric.store import StateStore, Store
 from controller.heal.reroute import Rerouter
 from controller.p4rt.schema import P4Schema
 from controller.settings import Settings
@@ -32,14 +32,15 @@ def schema() -> P4Schema:
 
 class Rig:
     def __init__(self, edges: list[Edge], hosts: dict[str, tuple[str, int]] | None = None,
-                 fast_failover: bool = True, heal_loop: bool = False) -> None:
+                 fast_failover: bool = True, heal_loop: bool = False, store: StateStore | None = None) -> None:
         """With `heal_loop`, topology changes start heal rounds as in the controller; without,
-        a test runs them itself (rerouter.heal_round())."""
+        a test runs them itself (rerouter.heal_round()). The store is SQLite in memory unless
+        `store` is given (started by the caller)."""
         switches = sorted({e[0] for e in edges} | {e[2] for e in edges})
         self.graph = FabricGraph(switches, [Link(link_name(*e), *e) for e in edges])
         self.clients = {s: FakeSwitch(s, schema()) for s in switches}
         self.settings = settings_for_test(env=False)
-        self.store = Store(":memory:")
+        self.store: StateStore = store if store is not None else Store(":memory:")
         self.fabric = Fabric(self.graph, dict(hosts or HOSTS), self.clients, self.store, self.settings,
                              fast_failover=frozenset(switches) if fast_failover else frozenset())
         self.rerouter = Rerouter(self.fabric)
