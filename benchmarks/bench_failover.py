@@ -99,7 +99,7 @@ async def trial(run_dir: Path, topo_file: Path, settings: dict[str, str]) -> dic
             return log if len(done) >= 4 else None
 
         log = await until(reconciled_all, 30, "r2 reconciled every switch")
-        won = [t for t in stamps(log, "event=leading") if t >= died - 0.01][0]
+        won = next(t for t in stamps(log, "event=leading") if t >= died - 0.01)
         primary = max(t for t in stamps(log, "event=primary election_id") if t >= won)
         reconciled = max(t for t in stamps(log, "event=reconciled") if t >= won)
         return {"election": won - died, "arbitration": primary - won, "reconcile": reconciled - primary,
@@ -111,7 +111,7 @@ async def trial(run_dir: Path, topo_file: Path, settings: dict[str, str]) -> dic
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def trials(n: int, run_dir: Path, topo_file: Path, settings: dict[str, str]) -> list[dict[str, float]]:
@@ -149,7 +149,7 @@ def main(args: argparse.Namespace) -> None:
     text = "\n".join([
         "# Failover of replicas (benchmarks/bench_failover.py)", "",
         f"Leader SIGKILL with one follower, diamond of softswitches, 3-member etcd on loopback, lease TTL 1 s; "
-        f"{len(rows)} trials, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()} "
+        f"{len(rows)} trials, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.node()} "
         f"({platform.processor() or platform.machine()}), a machine shared with other work.", "",
         *table, "",
         "Target: p50 <= 1 s from the death until every switch has the new primary. Anchor: onos-config's HA test, "
