@@ -22,11 +22,16 @@ from controller.runtime import Controller
 from controller.settings import Settings
 from controller.topology import Topology, parse_topology
 from nsm_api import networkservice_pb2, networkservice_pb2_grpc
-from tests.support.etcd_cluster import EtcdCluster, etcd_cluster  # noqa: F401  (fixture)
+from tests.support.etcd_cluster import EtcdCluster, running_cluster
 from tests.support.fixtures import SoftSwitchProcess, start_softswitch
 from tests.support.settings import settings_for_test
 
 TABLE, ACTION = "FabricIngress.fabric_ports", "FabricIngress.mark_fabric"
+
+
+@pytest.fixture
+def etcd_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
+    yield from running_cluster(tmp_path)
 
 
 @pytest.fixture
