@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import zlib
@@ -20,6 +21,7 @@ from controller.heal.link_monitor import LinkMonitor
 from controller.heal.port_state import PortStateJudge
 from controller.heal.reroute import Rerouter
 from controller.identity import https_context, load_svid, require_svid
+from controller.nsm.follower import FollowerNsm
 from controller.nsm.server import NsmServer
 from controller.operators.metrics import ControllerMetrics
 from controller.operators.web import WebView
@@ -27,6 +29,7 @@ from controller.p4rt.client import SwitchClient, SwitchTarget, switch_tls
 from controller.p4rt.schema import P4Schema
 from controller.pipeline.revisions import RevisionBook, make_revision
 from controller.pipeline.rollout import Rollout
+from controller.replication import Replication
 from controller.settings import Settings
 from controller.targets import profile
 from controller.topology import Topology
@@ -110,6 +113,10 @@ class Controller:
         self.admin = AdminServer(admin_path, self._admin_handlers()) if admin_path else None
         self.nsm_address = nsm_address
         self.nsm: NsmServer | None = None
+        # With replicas (the etcd store, made at start): a follower until the election makes this
+        # one the leader (controller/replication.py); without, the one controller leads from the start.
+        self.replication: Replication | None = None
+        self.follower_nsm: FollowerNsm | None = None
         https = https_context(self.svid) if self.svid is not None and (settings.metrics_address or settings.web_address) else None
         # Prometheus metrics at http(s)://<metrics_address>/metrics; an empty address turns them off.
         self.metrics: ControllerMetrics | None = None
@@ -137,10 +144,31 @@ class Controller:
     async def start(self) -> None:
         await self.store.start()
         if isinstance(self.store, EtcdStore):
-            # Until replicas follow with switch sessions of their own, a replica that does not
-            # lead waits here as a cold standby, its cache kept current by its watch.
+            # Replicas: a follower until the election names a term of this one (controller/replication.py).
             assert self.store.election is not None
-            await self.store.election.wait_term()
+            self.replication = Replication(self.clients, self.store.election, self._lead)
+        if self.replication is None:
+            self._start_fabric()
+        if self.admin:
+            await self.admin.start()
+        if self.replication is None:
+            await self._start_nsm()
+        else:
+            # A follower: backup streams to every switch, and an NSM address that names the leader.
+            for client in self.clients.values():
+                client.start()
+            if self.nsm_address is not None:
+                self.follower_nsm = FollowerNsm(self.replication.election.replica, self._leader_text, self.svid)
+                await self.follower_nsm.start(self.nsm_address)
+        if self.metrics is not None:
+            await self.metrics.start()
+        if self.web is not None:
+            await self.web.start()
+            log.info("event=web_view url=%s/", self.web.url)
+        if self.replication is not None:
+            self.replication.start()
+
+    def _start_fabric(self) -> None:
         self.fabric.load()
         self.rerouter.start()
         # the stored verdicts first: no path is placed over a link the last run saw dead
@@ -150,25 +178,40 @@ class Controller:
             port_client.start()
         self.fabric.start()
         self.anti_entropy.start()
-        if self.admin:
-            await self.admin.start()
-        if self.nsm_address is not None:
-            self.nsm = NsmServer(self.fabric, self.settings, svid=self.svid, store=self.store)
-            await self.nsm.start(self.nsm_address)
+
+    async def _start_nsm(self) -> None:
+        if self.nsm_address is None:
+            return
+        if self.follower_nsm is not None:
+            await self.follower_nsm.stop()
+            self.follower_nsm = None
+        self.nsm = NsmServer(self.fabric, self.settings, svid=self.svid, store=self.store)
+        await self.nsm.start(self.nsm_address)
         if self.metrics is not None:
-            if self.nsm is not None:
-                # no await since the NSM server started: no call has ended unseen
-                self.metrics.watch_nsm(self.nsm)
-            await self.metrics.start()
-        if self.web is not None:
-            await self.web.start()
-            log.info("event=web_view url=%s/", self.web.url)
+            # no await since the NSM server started: no call has ended unseen
+            self.metrics.watch_nsm(self.nsm)
+
+    async def _lead(self, term: int) -> None:
+        """This replica won `term`: what a sole controller starts with, on state that followed etcd."""
+        self._start_fabric()
+        await self._start_nsm()
+
+    def _leader_text(self) -> str:
+        seen = self.replication.election.leader if self.replication is not None else None
+        if not seen:
+            return "none elected yet"
+        return f"replica {seen.get('replica', '?')} at {seen.get('nsm_address') or 'an unknown address'}"
 
     async def stop(self) -> None:
+        if self.replication is not None:
+            await self.replication.stop()
         if self.web is not None:
             await self.web.stop()
         if self.metrics is not None:
             await self.metrics.stop()
+        if self.follower_nsm is not None:
+            await self.follower_nsm.stop()
+            self.follower_nsm = None
         if self.nsm:
             await self.nsm.stop()
             self.nsm = None
@@ -273,8 +316,28 @@ class Controller:
         async def pipeline_delete(req: dict[str, Any]) -> Any:
             return await self.pipeline.delete(str(req.get("revision", "")))
 
+        async def replica(req: dict[str, Any]) -> Any:
+            return self.replica_status()
+
         return {"connect": connect, "disconnect": disconnect, "connections": connections, "switches": switches,
-                "pipeline_apply": pipeline_apply, "pipeline_revisions": pipeline_revisions, "pipeline_delete": pipeline_delete}
+                "pipeline_apply": pipeline_apply, "pipeline_revisions": pipeline_revisions, "pipeline_delete": pipeline_delete,
+                "replica": replica}
+
+    def replica_status(self) -> dict[str, Any]:
+        """This replica's part and each switch as its client sees it (`p4nsm cluster`)."""
+        if self.replication is not None:
+            me = dataclasses.asdict(self.replication.status())
+        else:
+            me = {"replica_id": "", "role": "leader", "term": 0, "election_id": self.settings.election_id,
+                  "leader": "", "leader_nsm_address": ""}
+        me["nsm_address"] = self.nsm.address if self.nsm is not None else (
+            self.follower_nsm.address if self.follower_nsm is not None else "")
+        me["switches"] = [
+            {"name": c.name, "primary": c.primary, "up": c.up.is_set(), "election_id": c.election_id,
+             "primary_election_id": c.primary_election_id, "refused_writes": c.refused_writes}
+            for c in self.clients.values()
+        ]
+        return me
 
 
 def describe(plan: Any) -> dict[str, Any]:

@@ -66,6 +66,7 @@ def run(
     log_level: str = "INFO",
     nsm_address: Annotated[Optional[str], typer.Option("--nsm-address", help="Serve the NSM API here (default: the nsm_address setting)")] = None,
     certs: Annotated[Optional[Path], typer.Option("--certs", help="A `p4nsm certs init` directory: serve with its controller.crt/.key and ca.crt")] = None,
+    admin_socket: Annotated[Path, typer.Option("--admin-socket", help="The admin socket (`p4nsm connect`, `p4nsm cluster`); replicas on one machine need one each, e.g. run/admin-r2.sock")] = ADMIN_SOCKET,
 ) -> None:
     """Run the controller for a topology until interrupted (mTLS with certificates, or
     `--set plaintext=true`)."""
@@ -79,17 +80,26 @@ def run(
     settings = load_settings(set, certs)
 
     async def main() -> None:
-        ctl = Controller(topo, settings, admin_path=ADMIN_SOCKET, nsm_address=nsm_address or settings.nsm_address)
         # SIGTERM (systemd, kill, a container runtime) stops as Ctrl-C does: the same orderly stop.
         stopping = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
-        await ctl.start()
-        # This process is the controller until it stops: its start-up heap is for good.
-        freeze_startup_heap()
-        try:
-            await stopping.wait()
-        finally:
-            await ctl.stop()
+        first = True
+        while not stopping.is_set():
+            ctl = Controller(topo, settings, admin_path=admin_socket, nsm_address=nsm_address or settings.nsm_address)
+            await ctl.start()
+            if first:
+                # This process is the controller until it stops: its start-up heap is for good.
+                freeze_startup_heap()
+                first = False
+            # A replica whose term ended is built again, as a follower (controller/replication.py).
+            ends = [stopping.wait()] + ([ctl.replication.stepped_down.wait()] if ctl.replication is not None else [])
+            waits = [asyncio.ensure_future(w) for w in ends]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+                await ctl.stop()
 
     try:
         asyncio.run(main())
@@ -98,6 +108,22 @@ def run(
     except (IdentityError, StoreVersionError) as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from None
+
+
+@app.command()
+def cluster(
+    admin_socket: Annotated[Optional[list[Path]], typer.Option("--admin-socket", help="A replica's admin socket (repeat; default: every run/admin*.sock)")] = None,
+) -> None:
+    """Each replica, which one leads, its term and election id, and per switch who is primary."""
+    from controller.commands.cluster import admin_sockets, gather, replica_rows, switch_rows
+
+    sockets = admin_sockets(RUN_DIR, admin_socket or [])
+    if not sockets:
+        console.print(f"[red]no replica's admin socket in {RUN_DIR}; name them with --admin-socket[/red]")
+        raise typer.Exit(1)
+    found = asyncio.run(gather(sockets))
+    show_rows("replicas", replica_rows(found))
+    show_rows("switches", switch_rows(found))
 
 
 @app.command()

@@ -18,7 +18,7 @@ console = Console()
 nse_app = typer.Typer(help="Run a network service endpoint (NSE) until interrupted", add_completion=False)
 nsc_app = typer.Typer(help="NSM client (NSC) commands", no_args_is_help=True, add_completion=False)
 
-NsmAddressOpt = Annotated[Optional[str], typer.Option("--nsm-address", help="Controller's NSM API (default: the nsm_address setting)")]
+NsmAddressOpt = Annotated[Optional[str], typer.Option("--nsm-address", help="Controller's NSM API, or every replica's comma-separated (default: the nsm_address setting)")]
 LabelOpt = Annotated[Optional[list[str]], typer.Option("--label", help="A label key=value (repeatable)")]
 CertsOpt = Annotated[Optional[Path], typer.Option("--certs", help="A `p4nsm certs init` directory: use its <role>.crt/.key and ca.crt")]
 CertOpt = Annotated[Optional[Path], typer.Option("--tls-cert", help="Certificate chain (PEM): the tls_cert_file setting")]

@@ -65,6 +65,8 @@ class StateCollector(Collector):
             f["switch_primary"].add_metric([name], 1 if c.primary else 0)
             f["switch_sessions"].add_metric([name], c.sessions)
             f["switch_pushes"].add_metric([name], c.pipeline_pushes)
+            f["switch_refused"].add_metric([name], c.refused_writes)
+            f["switch_election_id"].add_metric([name], c.election_id)
         for name, counts in sorted(self.fabric.last_reconcile.items()):
             for op, n in zip(RECONCILE_OPS, counts):
                 f["reconcile"].add_metric([name, op], n)
@@ -99,6 +101,11 @@ class StateCollector(Collector):
             "switch_sessions": c("p4nsm_switch_sessions", "P4Runtime stream sessions opened to the switch", labels=["switch"]),
             "switch_pushes": c("p4nsm_switch_pipeline_pushes", "Pipeline configs pushed to the switch (0 when its program was kept)",
                                labels=["switch"]),
+            "switch_refused": c("p4nsm_switch_writes_refused_not_primary", "Updates the switch refused "
+                                "(PERMISSION_DENIED) because this controller was not its primary: a deposed replica fenced",
+                                labels=["switch"]),
+            "switch_election_id": g("p4nsm_switch_election_id", "The election id this controller arbitrates with (a leader's "
+                                    "has its term in the high 64 bits)", labels=["switch"]),
             "reconcile": g("p4nsm_switch_reconcile_last_entities", "Entities the switch's last reconcile inserted, modified, deleted",
                            labels=["switch", "op"]),
             "anti_entropy": c("p4nsm_anti_entropy_corrections", "Anti-entropy corrections: orphans deleted, entities repaired",

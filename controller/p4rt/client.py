@@ -39,6 +39,9 @@ StateListener = Callable[["SwitchClient", bool, str], Awaitable[None] | None]
 PacketListener = Callable[["SwitchClient", bytes, dict[str, int]], None]
 # (client, updates in the Write RPC, the updates that failed, seconds the RPC took)
 WriteListener = Callable[["SwitchClient", int, Sequence[UpdateError], float], None]
+# (client, the election id the switch now holds as highest): another client took the switch
+DeposedListener = Callable[["SwitchClient", int], None]
+_PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED.value[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +109,18 @@ class SwitchClient:
         self.state_listeners: list[StateListener] = []
         self.packet_listeners: list[PacketListener] = []
         self.write_listeners: list[WriteListener] = []  # after each Write RPC (metrics)
+        # With replicas (controller/replication.py) another client outranking this one is a lost
+        # term, not a lost switch: told to these listeners instead of taking the switch down.
+        self.deposed_listeners: list[DeposedListener] = []
+        # Whether this controller may write: a follower's client keeps its stream as a backup
+        # and never writes. One replica alone (the SQLite store) is always the leader.
+        self.leader = True
+        self.election_id = settings.election_id
         self._election = U128.encode(settings.election_id)
+        # updates the switch refused because this client was not its primary (fencing at work)
+        self.refused_writes = 0
+        # the highest election id the switch last named in arbitration: its primary's (0: none heard)
+        self.primary_election_id = 0
         self._channel: grpc.aio.Channel | None = None
         self._stub: p4r_grpc.P4RuntimeStub | None = None
         self._outbox: asyncio.Queue[tuple[p4r.StreamMessageRequest, int]] = asyncio.Queue()
@@ -219,6 +233,20 @@ class SwitchClient:
                 task.cancel()
             stream.cancel()
 
+    def set_role(self, election_id: int, leader: bool) -> None:
+        """Take `election_id` and the leader's or a follower's part. A leader's id must be higher
+        than every earlier term's (the switch then deposes the old primary); a follower's must be
+        lower and its own. On an open stream this is one arbitration message; otherwise the next
+        session sends it. A follower's writes stop here, at once: the queued ones fail."""
+        self.election_id, self._election, self.leader = election_id, U128.encode(election_id), leader
+        log.info("switch=%s event=role leader=%s election_id=%d", self.name, leader, election_id)
+        if not leader:
+            self._fail_pending(grpc.StatusCode.PERMISSION_DENIED, "this controller replica is not the leader")
+            self.up.clear()
+            self.primary = False
+        if self._stub is not None:
+            self._outbox.put_nowait((self._arbitration_msg(), time.monotonic_ns()))
+
     def _arbitration_msg(self) -> p4r.StreamMessageRequest:
         return p4r.StreamMessageRequest(
             arbitration=p4r.MasterArbitrationUpdate(device_id=self.target.device_id, election_id=self._election)
@@ -249,9 +277,30 @@ class SwitchClient:
 
     async def _on_arbitration(self, arb: p4r.MasterArbitrationUpdate) -> None:
         primary = arb.status.code == grpc.StatusCode.OK.value[0]
+        if arb.HasField("election_id"):
+            self.primary_election_id = U128.decode(arb.election_id)
+        if primary and not self.leader:
+            # A switch that forgets earlier ids (or has seen none) makes a follower primary;
+            # it still never writes, not even the pipeline: the leader's higher id takes over.
+            log.info("switch=%s event=primary_as_follower election_id=%d", self.name, self.election_id)
+            return
+        if not primary and not self.leader:
+            log.info("switch=%s event=backup code=%d primary_election_id=%d", self.name, arb.status.code,
+                     U128.decode(arb.election_id))
+            self.primary = False
+            return
+        if not primary and self.primary and self.deposed_listeners:
+            other = U128.decode(arb.election_id)
+            log.warning("switch=%s event=deposed election_id=%d other_election_id=%d", self.name, self.election_id, other)
+            self.primary = False
+            self.up.clear()
+            self._fail_pending(grpc.StatusCode.PERMISSION_DENIED, f"deposed by election id {other}")
+            for listener in self.deposed_listeners:
+                listener(self, other)
+            return
         if primary and not self.primary:
             self.primary = True
-            log.info("switch=%s event=primary election_id=%d", self.name, self.settings.election_id)
+            log.info("switch=%s event=primary election_id=%d", self.name, self.election_id)
             # Runs on its own task so that the receive loop keeps draining packet-ins meanwhile.
             self._ready_task = asyncio.create_task(self._become_ready(), name=f"p4rt-ready:{self.name}")
         elif not primary:
@@ -270,7 +319,7 @@ class SwitchClient:
             # Ending the stream makes the supervisor retry the whole session with backoff.
             await self._close_channel()
             return
-        if self.primary:
+        if self.primary and self.leader:
             self.up.set()
             log.info("switch=%s event=up", self.name)
             await self._notify(True, "ready")
@@ -404,6 +453,8 @@ class SwitchClient:
         """
         if not updates:
             return
+        if not self.leader:
+            raise SwitchError(self.name, grpc.StatusCode.PERMISSION_DENIED, "this controller replica is not the leader")
         if not self.up.is_set():
             raise SwitchError(self.name, grpc.StatusCode.UNAVAILABLE, "switch is not up")
         if self._changing:
@@ -483,7 +534,13 @@ class SwitchClient:
         if self._stub is None or not self.up.is_set():
             return [UpdateError(i, 14, "switch is not up") for i in range(len(updates))]
         started = time.perf_counter()
+        election = self.election_id
         errors = await self._write_call(updates)
+        refused = sum(1 for e in errors if e.code == _PERMISSION_DENIED) if errors is not None else 0
+        if refused:
+            self.refused_writes += refused
+            log.warning("switch=%s event=write_refused updates=%d election_id=%d total=%d message=%r", self.name, refused,
+                        election, self.refused_writes, next(e.message for e in errors or () if e.code == _PERMISSION_DENIED))
         if self.write_listeners:
             # The failed updates are picked out only when some failed: nothing per update on success.
             failed = [e for e in errors if e.code != 0] if errors is not None else []

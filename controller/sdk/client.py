@@ -23,6 +23,7 @@ from controller.nsm.base.tasks import Tasks
 from controller.nsm.base.tokens import Signer, TokenSource
 from controller.sdk.heal import own_state
 from controller.sdk.refresh import refresh_delay
+from controller.sdk.replicas import Replicas
 from controller.sdk.retry import retry
 from controller.settings import Settings
 from nsm_api import connection_pb2, connection_pb2_grpc, networkservice_pb2, networkservice_pb2_grpc
@@ -54,9 +55,8 @@ class Client:
         # The server closes at token expiry minus the Request's deadline (§7.2): a deadline of a
         # third of the lifetime at most keeps that point well after the next refresh.
         self.call_timeout = min(settings.nsm_endpoint_timeout, self.tokens.lifetime / 3)
-        self.channel = dial(nsm_url, self.svid, server_name=settings.nsm_tls_server_name)
-        self.stub = networkservice_pb2_grpc.NetworkServiceStub(self.channel)
-        self.monitor_stub = connection_pb2_grpc.MonitorConnectionStub(self.channel)
+        # nsm_url: one address, or every replica's comma-separated (the leader is found among them)
+        self.replicas = Replicas(nsm_url, lambda url: dial(url, self.svid, server_name=settings.nsm_tls_server_name))
         self.tasks = Tasks(f"nsc:{self.name}")
         self.connection: connection_pb2.Connection | None = None
         self.history: list[str] = []  # "up", "refreshed", "down: <why>", "healed": what tests and the CLI show
@@ -66,6 +66,14 @@ class Client:
         self._monitor: asyncio.Task[None] | None = None
         self._healing = False
         self._closed = False
+
+    @property
+    def stub(self) -> networkservice_pb2_grpc.NetworkServiceStub:
+        return networkservice_pb2_grpc.NetworkServiceStub(self.replicas.channel)
+
+    @property
+    def monitor_stub(self) -> connection_pb2_grpc.MonitorConnectionStub:
+        return connection_pb2_grpc.MonitorConnectionStub(self.replicas.channel)
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         # the token is for the controller (its aud, which the server's tokens_chained checks)
@@ -96,8 +104,12 @@ class Client:
 
     async def _send(self, req: networkservice_pb2.NetworkServiceRequest) -> connection_pb2.Connection:
         async with self._lock:
-            resp: connection_pb2.Connection = await self.stub.Request(
-                req, timeout=self.call_timeout, metadata=self._metadata())
+            try:
+                resp: connection_pb2.Connection = await self.stub.Request(
+                    req, timeout=self.call_timeout, metadata=self._metadata())
+            except grpc.aio.AioRpcError as e:
+                self.replicas.failed(e)  # the next try goes to the next replica
+                raise
             self.connection = resp
             if self.refresh:
                 self.tasks.cancel(self._timer)
@@ -121,15 +133,34 @@ class Client:
     async def _watch(self) -> None:
         selector = connection_pb2.MonitorScopeSelector(path_segments=[connection_pb2.PathSegment(id=self.id, name=self.name)])
         reason = "monitor stream ended"
-        try:
-            async for event in self.monitor_stub.MonitorConnections(selector, metadata=self._metadata()):
-                if connection_pb2.DOWN in own_state(event, MY_INDEX, self.id):
-                    reason = f"{connection_pb2.ConnectionEventType.Name(event.type)} with state DOWN"
-                    break
-        except grpc.aio.AioRpcError as e:
-            if e.code() == grpc.StatusCode.CANCELLED:
-                return
-            reason = f"monitor failed: {e.code().name}"
+        failover = False
+        while True:
+            try:
+                async for event in self.monitor_stub.MonitorConnections(selector, metadata=self._metadata()):
+                    states = own_state(event, MY_INDEX, self.id)
+                    if connection_pb2.DOWN in states:
+                        reason = f"{connection_pb2.ConnectionEventType.Name(event.type)} with state DOWN"
+                        break
+                    if failover and event.type == connection_pb2.INITIAL_STATE_TRANSFER:
+                        failover = False
+                        self.history.append("monitor resumed" if states else "monitor resumed without it")
+                        log.info("connection=%s event=monitor_resumed url=%s known=%s", self.id, self.replicas.url, bool(states))
+                        if not states and not self._closed:
+                            # a new leader that has not seen it yet: the refresh, now, adopts it (same path)
+                            self.tasks.cancel(self._timer)
+                            self._timer = self.tasks.later(0, self._refresh, f"refresh:{self.id}")
+                            return
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.CANCELLED:
+                    return
+                reason = f"monitor failed: {e.code().name}"
+                if not self._closed and self.replicas.failed(e):
+                    # several replicas: a stream broken by a replica's going is first a search for the
+                    # leader, whose initial state says whether the connection needs anything at all
+                    failover = True
+                    await asyncio.sleep(self.settings.nsm_retry_interval / len(self.replicas.urls))
+                    continue
+            break
         if not self._closed and not self._healing:
             self.history.append(f"down: {reason}")
             log.warning("connection=%s event=down reason=%s", self.id, reason)
@@ -162,7 +193,7 @@ class Client:
 
     async def _serving(self) -> bool:
         """Whether the controller answers that it serves NetworkService (grpc.health.v1)."""
-        stub = health_pb2_grpc.HealthStub(self.channel)
+        stub = health_pb2_grpc.HealthStub(self.replicas.channel)
         try:
             answer = await stub.Check(health_pb2.HealthCheckRequest(service=NETWORK_SERVICE), timeout=HEALTH_TIMEOUT_S)
         except grpc.aio.AioRpcError:
@@ -175,6 +206,7 @@ class Client:
         try:
             await self.stub.Close(self.connection, timeout=self.call_timeout, metadata=self._metadata())
         except grpc.aio.AioRpcError as e:
+            self.replicas.failed(e)
             log.info("connection=%s event=close_failed code=%s", self.id, e.code().name)
 
     async def close(self) -> None:
@@ -183,8 +215,14 @@ class Client:
         await self.tasks.stop()
         async with self._lock:
             if self.connection is not None:
-                await retry("close", lambda: self.stub.Close(self.connection, timeout=self.call_timeout,
-                                                             metadata=self._metadata()),
-                            self.settings.nsm_retry_interval, self.settings.nsm_endpoint_timeout)
+                await retry("close", self._close_once, self.settings.nsm_retry_interval, self.settings.nsm_endpoint_timeout)
                 self.history.append("closed")
-        await self.channel.close()
+        await self.replicas.close()
+
+    async def _close_once(self) -> object:
+        assert self.connection is not None
+        try:
+            return await self.stub.Close(self.connection, timeout=self.call_timeout, metadata=self._metadata())
+        except grpc.aio.AioRpcError as e:
+            self.replicas.failed(e)
+            raise

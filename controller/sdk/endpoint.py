@@ -34,6 +34,7 @@ from controller.nsm.service import NetworkServiceServicer
 from controller.sdk.endpoint_mechanism import AcceptKernel
 from controller.sdk.ipam import PairPool, PointToPointIpam
 from controller.sdk.registration import Registration
+from controller.sdk.replicas import Replicas
 from controller.settings import Settings
 from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc, registry_pb2
 
@@ -88,7 +89,7 @@ class Endpoint:
         self.url = ""
         self.registration: Registration | None = None
         self._server: grpc.aio.Server | None = None
-        self._channel: grpc.aio.Channel | None = None
+        self._replicas: Replicas | None = None
 
     def registration_message(self) -> registry_pb2.NetworkServiceEndpoint:
         labels = {**self.config.labels, HOST_LABEL: self.config.host}
@@ -107,8 +108,10 @@ class Endpoint:
         self._server = server
         log.info("endpoint=%s event=listening url=%s service=%s host=%s cidr=%s tls=%s", self.name, self.url,
                  self.config.service, self.config.host, self.config.cidr, "mtls" if self.svid else "plaintext")
-        self._channel = dial(self.config.nsm_url, self.svid, grpc_options(self.settings), self.settings.nsm_tls_server_name)
-        self.registration = Registration(self._channel, self.registration_message(), self.config.payload, self.tokens,
+        # nsm_url: one address, or every replica's comma-separated (registered with the leader)
+        self._replicas = Replicas(self.config.nsm_url, lambda url: dial(url, self.svid, grpc_options(self.settings),
+                                                                         self.settings.nsm_tls_server_name))
+        self.registration = Registration(self._replicas, self.registration_message(), self.config.payload, self.tokens,
                                          self.settings.nsm_retry_interval, self.settings.nsm_endpoint_timeout)
         await self.registration.start(register_within)
 
@@ -116,11 +119,11 @@ class Endpoint:
         """Unregister and stop serving; stopping twice is harmless."""
         registration, self.registration = self.registration, None
         server, self._server = self._server, None
-        channel, self._channel = self._channel, None
+        replicas, self._replicas = self._replicas, None
         if registration is not None:
             await registration.stop()
         if server is not None:
             await server.stop(0.5)
         await self.tasks.stop()
-        if channel is not None:
-            await channel.close()
+        if replicas is not None:
+            await replicas.close()

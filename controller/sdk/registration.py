@@ -14,6 +14,7 @@ from controller.nsm.base.metadata import PATH_KEY, Credentials
 from controller.nsm.base.tasks import Tasks
 from controller.nsm.base.tokens import TokenSource
 from controller.nsm.registry.path import RegistryPath
+from controller.sdk.replicas import Replicas
 from controller.sdk.retry import retry
 from nsm_api import registry_pb2, registry_pb2_grpc
 
@@ -23,19 +24,26 @@ REFRESH_AT = 2 / 3
 
 
 class Registration:
-    def __init__(self, channel: grpc.aio.Channel, nse: registry_pb2.NetworkServiceEndpoint, payload: str,
+    def __init__(self, replicas: Replicas, nse: registry_pb2.NetworkServiceEndpoint, payload: str,
                  tokens: TokenSource, retry_interval: float, call_timeout: float) -> None:
         self.nse = nse
         self.payload = payload
         self.tokens = tokens
         self.retry_interval = retry_interval
         self.call_timeout = call_timeout
-        self.services = registry_pb2_grpc.NetworkServiceRegistryStub(channel)
-        self.endpoints = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(channel)
+        self.replicas = replicas
         self.registered: registry_pb2.NetworkServiceEndpoint | None = None
         self.tasks = Tasks(f"registration:{nse.name}")
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
+
+    @property
+    def services(self) -> registry_pb2_grpc.NetworkServiceRegistryStub:
+        return registry_pb2_grpc.NetworkServiceRegistryStub(self.replicas.channel)
+
+    @property
+    def endpoints(self) -> registry_pb2_grpc.NetworkServiceEndpointRegistryStub:
+        return registry_pb2_grpc.NetworkServiceEndpointRegistryStub(self.replicas.channel)
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         token, expires = self.tokens.issue()
@@ -54,11 +62,15 @@ class Registration:
 
     async def register(self, give_up_after: float | None = None) -> registry_pb2.NetworkServiceEndpoint:
         async def once() -> registry_pb2.NetworkServiceEndpoint:
-            await self._ensure_services()
-            request = registry_pb2.NetworkServiceEndpoint()
-            request.CopyFrom(self.nse)
-            request.ClearField("expiration_time")
-            return await self.endpoints.Register(request, timeout=self.call_timeout, metadata=self._metadata())
+            try:
+                await self._ensure_services()
+                request = registry_pb2.NetworkServiceEndpoint()
+                request.CopyFrom(self.nse)
+                request.ClearField("expiration_time")
+                return await self.endpoints.Register(request, timeout=self.call_timeout, metadata=self._metadata())
+            except grpc.aio.AioRpcError as e:
+                self.replicas.failed(e)  # the next try goes to the next replica
+                raise
 
         async with self._lock:
             self.registered = await retry(f"register {self.nse.name}", once, self.retry_interval, give_up_after)
@@ -96,6 +108,7 @@ class Registration:
                         break
             except grpc.aio.AioRpcError as e:
                 reason = f"watch failed: {e.code().name}"
+                self.replicas.failed(e)
             log.info("endpoint=%s event=heal reason=%s", self.nse.name, reason)
             await asyncio.sleep(self.retry_interval)
             await self.register()

@@ -61,6 +61,11 @@ class FakeSwitch:
         self.write_listeners: list[Callable] = []  # (client, updates, failed updates, seconds) per Write
         self.last_alive = 0.0
         self.pipeline_pushes = 0
+        # the real client's replica role: one controller alone leads with the settings' id
+        self.leader = True
+        self.election_id = 10  # Settings().election_id
+        self.primary_election_id = 0
+        self.refused_writes = 0
         self.writes: list[list[p4r.Update]] = []  # every Write that reached the entity store
         self._holds: list[Hold] = []
         self._failures: list[tuple[UpdateMatch, int]] = []

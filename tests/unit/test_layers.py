@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("controller.nsm", "controller.admin"),
     ("controller.sdk",),
     ("controller.operators",),
-    ("controller.runtime",),
+    ("controller.runtime", "controller.replication"),
     ("controller.commands",),
     ("lab",),
 ]
