@@ -66,8 +66,14 @@ class Controller:
         # The program the switches get: the settings' on a fresh store (revision 1), else the
         # fabric's revision in the store (pipeline/revisions.py), an unfinished rollout settled.
         self.revisions = RevisionBook(self.store)
-        from_settings = make_revision(settings_schema, kind_configs, "settings", "settings", self.revisions.next_number())
-        revision = self.revisions.start(from_settings, set(profiles))
+        self._profiles = profiles
+        self._settings_revision = lambda: make_revision(settings_schema, kind_configs, "settings", "settings",
+                                                        self.revisions.next_number())
+        from_settings = self._settings_revision()
+        # On etcd the records are read once this replica leads (_settle_pipeline): before its store
+        # has started there is nothing to read, and a follower may not write. Its backup streams
+        # push no program meanwhile, so the settings' program is only provisional.
+        revision = from_settings if isinstance(self.store, EtcdStore) else self.revisions.start(from_settings, set(profiles))
         self.schema = settings_schema if revision.id == from_settings.id else revision.p4_schema()
         p4info = revision.p4info_bytes()
         # The same SVID is the client certificate towards every switch that asks for one: a
@@ -193,8 +199,23 @@ class Controller:
 
     async def _lead(self, term: int) -> None:
         """This replica won `term`: what a sole controller starts with, on state that followed etcd."""
+        await self._settle_pipeline()
         self._start_fabric()
         await self._start_nsm()
+
+    async def _settle_pipeline(self) -> None:
+        """The fabric's revision as etcd holds it (a rollout the last leader left unfinished is
+        settled here), taken by every switch client before it arbitrates as primary."""
+        self.revisions.reload()
+        revision = self.revisions.start(self._settings_revision(), set(self.clients))
+        await self.revisions.durable()
+        if all(c.target.cookie == revision.cookie for c in self.clients.values()):
+            return
+        self.schema = revision.p4_schema()
+        for name, client in self.clients.items():
+            client.adopt(dataclasses.replace(client.target, p4info=revision.p4info_bytes(), cookie=revision.cookie,
+                                             device_config=revision.config(self._profiles[name].kind.value)), self.schema)
+        log.info("event=pipeline_from_store revision=%s cookie=%#x", revision.id, revision.cookie)
 
     def _leader_text(self) -> str:
         seen = self.replication.election.leader if self.replication is not None else None
@@ -307,13 +328,19 @@ class Controller:
                 for c in self.clients.values()
             ]
 
+        def leading(op: str) -> None:
+            if self.replication is not None and self.replication.role != "leader":
+                raise ValueError(f"{op}: this replica is a {self.replication.role}; ask the leader ({self._leader_text()})")
+
         async def pipeline_apply(req: dict[str, Any]) -> Any:
+            leading("pipeline apply")
             return await self.pipeline.apply(req.get("p4info"), req.get("configs"), req.get("caller", "unknown"))
 
         async def pipeline_revisions(req: dict[str, Any]) -> Any:
             return self.pipeline.view()
 
         async def pipeline_delete(req: dict[str, Any]) -> Any:
+            leading("pipeline delete")
             return await self.pipeline.delete(str(req.get("revision", "")))
 
         async def replica(req: dict[str, Any]) -> Any:

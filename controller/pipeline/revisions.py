@@ -128,9 +128,12 @@ class RevisionBook:
 
     def __init__(self, store: StateStore) -> None:
         self.store = store
-        self.revisions: dict[str, Revision] = {
-            key: Revision.model_validate_json(value) for key, value in store.records(KIND).items()
-        }
+        self.revisions: dict[str, Revision] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        """What the store holds now (a replica that just won its term reads etcd's records)."""
+        self.revisions = {key: Revision.model_validate_json(value) for key, value in self.store.records(KIND).items()}
 
     def put(self, rev: Revision) -> None:
         self.revisions[rev.id] = rev

@@ -58,8 +58,8 @@ class Rollout:
         self.book = book
         self.profiles = profiles  # switch -> its target's profile
         current = book.current()
-        assert current is not None, "RevisionBook.start gives the fabric a revision before the rollout exists"
-        self._schemas: dict[str, P4Schema] = {current.id: current_schema}
+        # None on an etcd replica until it leads (the runtime settles the book then); schema() parses on demand.
+        self._schemas: dict[str, P4Schema] = {current.id: current_schema} if current is not None else {}
         self._lock = asyncio.Lock()
         self.rollouts = 0  # finished, whatever their outcome (tests and metrics)
 

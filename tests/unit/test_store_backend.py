@@ -5,7 +5,6 @@ at start. The switches are never started: only the store and the election are ex
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from controller.settings import REPO_ROOT, Settings
 from controller.topology import load_topology
 from tests.support.etcd_cluster import EtcdCluster, running_cluster
 from tests.support.settings import settings_for_test
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -48,24 +48,29 @@ def test_a_store_that_is_neither_is_refused_naming_the_setting(bad: str) -> None
         settings_for_test(env=False, store=bad)
 
 
-async def test_replicas_on_etcd_one_leads_the_other_waits_and_takes_over(cluster: EtcdCluster) -> None:
+async def test_replicas_on_etcd_one_leads_the_other_follows_and_takes_over(cluster: EtcdCluster) -> None:
     first = Controller(load_topology(DIAMOND), on_etcd(cluster, "one"))
     second = Controller(load_topology(DIAMOND), on_etcd(cluster, "two"))
     await first.start()
-    standby = asyncio.create_task(second.start())
     try:
+        assert first.replication is not None
+        await until(lambda: first.replication is not None and first.replication.role == "leader", "the first to lead")
         assert isinstance(first.store, EtcdStore) and first.store.term is not None
         first.store.set_meta("written_by", "one")
         await first.store.durable()
-        done, _ = await asyncio.wait([standby], timeout=0.5)
-        assert not done, "a second replica started while the first leads"
+        await second.start()
+        assert second.replication is not None and second.replication.role == "follower"
+        assert isinstance(second.store, EtcdStore) and second.store.term is None
+        # the follower's pipeline book is etcd's, read when it leads: nothing written meanwhile
+        assert second.store.refused_local == 0
         await first.stop()
-        await asyncio.wait_for(standby, 10)
-        assert isinstance(second.store, EtcdStore) and second.store.term is not None
+        await until(lambda: second.replication is not None and second.replication.role == "leader", "the takeover")
+        assert second.store.term is not None
         assert second.store.get_meta("written_by") == "one"
+        # the new leader found the fabric's revision in etcd rather than recording one of its own
+        assert second.revisions.current() is not None
+        assert set(second.revisions.revisions) == set(first.revisions.revisions)
     finally:
-        if not standby.done():
-            standby.cancel()
         await second.stop()
 
 
