@@ -90,18 +90,23 @@ class Election:
         # set while the campaign watches the leader key: a follower ready to take over
         self.watching = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._held_until = 0.0
 
     # --- the interface ----------------------------------------------------------------------
 
     async def start(self) -> None:
         """Open the first session (raises DuplicateReplica), then campaign in the background."""
+        self._stopping = False
         await self._open_session()
         self._task = asyncio.create_task(self._run(), name=f"election-{self.replica}")
 
     async def stop(self) -> None:
         """Stop campaigning and revoke the lease: the leader key goes at once, so a follower
         takes over without waiting for the TTL."""
+        # A flag as well as the cancel: a cancel that meets a keepalive reply in aetcd's stream can
+        # be lost (seen: the keepalive slept on and stop() waited for ever), the flag cannot.
+        self._stopping = True
         await cancel_and_wait(self._task)
         self._task = None
         self._set_term(None, "stopped")
@@ -191,6 +196,8 @@ class Election:
             finally:
                 await cancel_and_wait(campaign)
                 await cancel_and_wait(keep)
+            if self._stopping:
+                return
             self._set_term(None, "lease_lost")
             await self._revoke()
             while True:
@@ -211,7 +218,7 @@ class Election:
         interval = self.ttl / 3
         assert self.lease is not None
         lease = self.lease
-        while True:
+        while not self._stopping:
             sent = loop.time()
             give_up = self._held_until + self.grace
             if sent >= give_up:
@@ -225,6 +232,7 @@ class Election:
                 reraise_cancel()
                 log.info("replica=%s event=keepalive_failed lease=%x error=%s", self.replica, lease, e or "timeout")
                 reply = None
+            reraise_cancel()
             if reply is not None:
                 if reply.TTL <= 0:
                     log.warning("replica=%s event=lease_lost lease=%x reason=expired", self.replica, lease)
