@@ -21,7 +21,7 @@ from finsy.proto import U128, p4r, p4r_grpc
 from controller.p4rt.client import SwitchClient, SwitchTarget
 from controller.p4rt.errors import SwitchError
 from controller.p4rt.schema import P4Schema
-from controller.runtime import pipeline_cookie
+from controller.pipeline.revisions import pipeline_cookie
 from controller.settings import Settings
 from controller.targets import device_config
 from lab.switches import bmv2_offers_thrift
