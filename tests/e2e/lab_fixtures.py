@@ -9,18 +9,23 @@ topology's names (h1, s1-eth1, ...) and serializes with other labs through its l
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyroute2 import IPRoute, netns
 
-from controller.topology import Target
+from controller.runtime import Controller
+from controller.topology import Target, Topology
 from lab.harness import Lab
 from lab.switches import LabError, find_command
+from tests.support.settings import settings_for_test
 
 REPO = Path(__file__).resolve().parents[2]
 TOPOLOGIES = REPO / "topologies"
@@ -85,3 +90,24 @@ def veth_pair(scratch_netns: Callable[[], str]) -> tuple[str, str, str, str]:
     with IPRoute(netns=ns_b, flags=0) as ipr:
         ipr.link("set", index=ipr.link_lookup(ifname="up1")[0], state="up")
     return ns_a, "up0", ns_b, "up1"
+
+
+@contextlib.asynccontextmanager
+async def running_controller(topo: Topology, run_dir: Path, overrides: Mapping[str, Any] | None = None,
+                             setup: Callable[[Controller], None] | None = None) -> AsyncIterator[Controller]:
+    """An in-process controller on its own store in `run_dir`, ready (every switch reconciled);
+    afterwards every connection it still holds is removed from the switches, then it stops.
+    `setup` runs before the start (listeners that must see the first events)."""
+    ctl = Controller(topo, settings_for_test({**(overrides or {}),
+                                              "store_path": str(run_dir / f"store-{uuid.uuid4().hex[:6]}.sqlite")}))
+    if setup is not None:
+        setup(ctl)
+    await ctl.start()
+    try:
+        assert await ctl.wait_ready(30), "switches did not come up"
+        yield ctl
+    finally:
+        for conn_id in list(ctl.fabric.plans):
+            await ctl.fabric.disconnect(conn_id)
+        await ctl.stop()
+

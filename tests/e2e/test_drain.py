@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import uuid
 
 import pytest
 
@@ -24,9 +23,9 @@ from controller.fabric.drain import drain, restore
 from controller.runtime import Controller
 from controller.settings import REPO_ROOT
 from controller.topology import host_ifname, load_topology
+from tests.e2e.lab_fixtures import running_controller
 from tests.e2e.switch_kinds import SOFTSWITCH, require
 from tests.e2e.topology import with_free_ports
-from tests.support.settings import settings_for_test
 
 pytestmark = [
     pytest.mark.root,
@@ -62,15 +61,8 @@ def lab(tmp_path_factory):
 @pytest.fixture
 async def ctl(lab):
     topo, run_dir = lab
-    ctl = Controller(topo, settings_for_test({"store_path": str(run_dir / f"{uuid.uuid4().hex[:6]}.sqlite")}))
-    await ctl.start()
-    assert await ctl.wait_ready(30)
-    try:
+    async with running_controller(topo, run_dir) as ctl:
         yield ctl
-    finally:
-        for conn_id in list(ctl.fabric.plans):
-            await ctl.fabric.disconnect(conn_id)
-        await ctl.stop()
 
 
 async def empty_and_rewrite(ctl: Controller, switch: str) -> None:

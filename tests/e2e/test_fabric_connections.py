@@ -27,6 +27,7 @@ from controller.runtime import Controller
 from controller.settings import REPO_ROOT
 from controller.topology import load_topology
 from tests.e2e.hosts import Host
+from tests.e2e.lab_fixtures import running_controller
 from tests.e2e.switch_kinds import SWITCH_KINDS, controller_overrides, on_kind, require
 from tests.e2e.topology import tagged
 from tests.support.settings import settings_for_test
@@ -61,16 +62,8 @@ def lab(request, tmp_path_factory):
 @pytest.fixture
 async def controller(lab):
     topo, _, run_dir, overrides = lab
-    settings = settings_for_test({**overrides, "store_path": str(run_dir / f"store-{uuid.uuid4().hex[:6]}.sqlite")})
-    ctl = Controller(topo, settings)
-    await ctl.start()
-    assert await ctl.wait_ready(30), "switches did not come up"
-    try:
+    async with running_controller(topo, run_dir, overrides) as ctl:
         yield ctl
-    finally:
-        for conn_id in list(ctl.fabric.plans):
-            await ctl.fabric.disconnect(conn_id)
-        await ctl.stop()
 
 
 @pytest.fixture

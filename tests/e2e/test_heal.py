@@ -9,7 +9,6 @@ import asyncio
 import os
 import shutil
 import signal
-import uuid
 
 import pytest
 from finsy.proto import p4r
@@ -23,10 +22,10 @@ from controller.settings import REPO_ROOT
 from controller.topology import load_topology, switch_ifname
 from lab import faults
 from tests.e2e.hosts import Host
+from tests.e2e.lab_fixtures import running_controller
 from tests.e2e.switch_kinds import SWITCH_KINDS, controller_overrides, on_kind, require
 from tests.e2e.test_fabric_connections import send_and_expect
 from tests.e2e.topology import crosses, tagged
-from tests.support.settings import settings_for_test
 
 pytestmark = [
     pytest.mark.root,
@@ -69,18 +68,14 @@ def hosts(lab):
 @pytest.fixture
 async def ctl(lab):
     topo, lab_obj, run_dir = lab
-    ctl = Controller(topo, settings_for_test({**lab_obj.overrides, "store_path": str(run_dir / f"{uuid.uuid4().hex[:6]}.sqlite")}))
     events: list[tuple[str, str]] = []
-    ctl.fabric.listeners.append(lambda plan, event: events.append((plan.id, event)))
-    ctl.events = events  # type: ignore[attr-defined]
-    await ctl.start()
-    assert await ctl.wait_ready(30)
-    try:
+
+    def record(ctl: Controller) -> None:
+        ctl.fabric.listeners.append(lambda plan, event: events.append((plan.id, event)))
+        ctl.events = events  # type: ignore[attr-defined]
+
+    async with running_controller(topo, run_dir, lab_obj.overrides, setup=record) as ctl:
         yield ctl
-    finally:
-        for conn_id in list(ctl.fabric.plans):
-            await ctl.fabric.disconnect(conn_id)
-        await ctl.stop()
 
 
 async def wait_for(predicate, timeout: float, what: str) -> None:

@@ -11,7 +11,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -23,8 +22,8 @@ from controller.runtime import Controller
 from controller.settings import REPO_ROOT
 from controller.topology import Topology, load_topology, switch_ifname
 from lab import faults
+from tests.e2e.lab_fixtures import running_controller
 from tests.support.fixtures import free_port
-from tests.support.settings import settings_for_test
 
 PROMETHEUS = shutil.which("prometheus")
 LAB_WAIT_S = 900.0  # other labs on a shared machine hold the lab lock for minutes
@@ -54,15 +53,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Topology, Pa
 @pytest.fixture
 async def ctl(lab: tuple[Topology, Path]) -> AsyncIterator[Controller]:
     topo, run_dir = lab
-    ctl = Controller(topo, settings_for_test(store_path=run_dir / f"{uuid.uuid4().hex[:6]}.sqlite"))
-    await ctl.start()
-    try:
-        assert await ctl.wait_ready(30), "switches did not come up"
+    async with running_controller(topo, run_dir) as ctl:
         yield ctl
-    finally:
-        for conn_id in list(ctl.fabric.plans):
-            await ctl.fabric.disconnect(conn_id)
-        await ctl.stop()
 
 
 class Prometheus:

@@ -347,7 +347,7 @@ async def test_a_client_gone_while_down_expires_at_its_stored_deadline_and_is_re
     deadline = StoredExpiry.model_validate_json(ctl.store.get_record(EXPIRY_KIND, conn_id) or "").expires
     try:
         await run.stop()
-        await client.channel.close()  # gone: it never refreshes or closes
+        await client.replicas.close()  # gone: it never refreshes or closes
         ctl = await run.start()
         assert conn_id in ctl.fabric.plans, "removed before its deadline"
         loop = asyncio.get_running_loop()

@@ -21,6 +21,7 @@ import time
 
 HEADER = struct.Struct("!Q")
 RCVBUF = 4 << 20
+DRAIN_IDLE_S = 0.3  # after stdin closes: how long the socket must stay silent before counting stops
 MISSING_SHOWN = 50  # sequence numbers below the highest received that never came, first ones
 
 
@@ -33,17 +34,27 @@ def receive(address: str, port: int) -> None:
     seen: set[int] = set()
     last = 0.0
     max_gap = 0.0
-    while True:
+    counting = True
+    while counting:
         ready, _, _ = select.select([sock, sys.stdin], [], [])
         if sys.stdin in ready and not sys.stdin.readline():
-            break
-        if sock in ready:
-            data = sock.recv(2048)
-            now = time.monotonic()
-            if last:
-                max_gap = max(max_gap, now - last)
-            last = now
-            seen.add(HEADER.unpack_from(data)[0])
+            # The sender is done, but its last packets may still be queued here or on their way
+            # through the veths: read on until the socket has been idle for a while.
+            counting = False
+            sock.settimeout(DRAIN_IDLE_S)
+        if sock in ready or not counting:
+            while True:
+                try:
+                    data = sock.recv(2048) if not counting else sock.recv(2048, socket.MSG_DONTWAIT)
+                except (BlockingIOError, TimeoutError):
+                    break
+                now = time.monotonic()
+                if last:
+                    max_gap = max(max_gap, now - last)
+                last = now
+                seen.add(HEADER.unpack_from(data)[0])
+                if counting:
+                    break
     missing = sorted(set(range(max(seen) + 1)) - seen) if seen else []
     print(json.dumps({"received": len(seen), "max_gap_ms": round(max_gap * 1000, 1), "missing": missing[:MISSING_SHOWN]}),
           flush=True)
