@@ -112,6 +112,9 @@ class SwitchClient:
         # With replicas (controller/replication.py) another client outranking this one is a lost
         # term, not a lost switch: told to these listeners instead of taking the switch down.
         self.deposed_listeners: list[DeposedListener] = []
+        # Set while a higher term holds the switch: a write then is refused as PERMISSION_DENIED
+        # (the switch's own answer), not UNAVAILABLE, which callers read as a lost switch.
+        self.deposed_by: int | None = None
         # Whether this controller may write: a follower's client keeps its stream as a backup
         # and never writes. One replica alone (the SQLite store) is always the leader.
         self.leader = True
@@ -239,6 +242,7 @@ class SwitchClient:
         lower and its own. On an open stream this is one arbitration message; otherwise the next
         session sends it. A follower's writes stop here, at once: the queued ones fail."""
         self.election_id, self._election, self.leader = election_id, U128.encode(election_id), leader
+        self.deposed_by = None
         log.info("switch=%s event=role leader=%s election_id=%d", self.name, leader, election_id)
         if not leader:
             self._fail_pending(grpc.StatusCode.PERMISSION_DENIED, "this controller replica is not the leader")
@@ -293,6 +297,7 @@ class SwitchClient:
             other = U128.decode(arb.election_id)
             log.warning("switch=%s event=deposed election_id=%d other_election_id=%d", self.name, self.election_id, other)
             self.primary = False
+            self.deposed_by = other
             self.up.clear()
             self._fail_pending(grpc.StatusCode.PERMISSION_DENIED, f"deposed by election id {other}")
             for listener in self.deposed_listeners:
@@ -300,6 +305,7 @@ class SwitchClient:
             return
         if primary and not self.primary:
             self.primary = True
+            self.deposed_by = None
             log.info("switch=%s event=primary election_id=%d", self.name, self.election_id)
             # Runs on its own task so that the receive loop keeps draining packet-ins meanwhile.
             self._ready_task = asyncio.create_task(self._become_ready(), name=f"p4rt-ready:{self.name}")
@@ -455,6 +461,8 @@ class SwitchClient:
             return
         if not self.leader:
             raise SwitchError(self.name, grpc.StatusCode.PERMISSION_DENIED, "this controller replica is not the leader")
+        if self.deposed_by is not None:
+            raise SwitchError(self.name, grpc.StatusCode.PERMISSION_DENIED, f"deposed by election id {self.deposed_by}")
         if not self.up.is_set():
             raise SwitchError(self.name, grpc.StatusCode.UNAVAILABLE, "switch is not up")
         if self._changing:
@@ -531,6 +539,8 @@ class SwitchClient:
                 p.future.set_result(mine)
 
     async def _write_rpc(self, updates: list[p4r.Update]) -> list[UpdateError]:
+        if self.deposed_by is not None:
+            return [UpdateError(i, _PERMISSION_DENIED, f"deposed by election id {self.deposed_by}") for i in range(len(updates))]
         if self._stub is None or not self.up.is_set():
             return [UpdateError(i, 14, "switch is not up") for i in range(len(updates))]
         started = time.perf_counter()
