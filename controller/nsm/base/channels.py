@@ -20,9 +20,15 @@ def dial_target(url: str) -> str:
     return parsed.netloc if parsed.scheme == "tcp" else url
 
 
+RECONNECT: list[tuple[str, Any]] = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
+
+
 def dial(url: str, svid: Svid | None, options: list[tuple[str, Any]] | None = None, server_name: str = "") -> grpc.aio.Channel:
     """A channel to an NSM peer: mTLS with `svid`, plaintext without."""
-    options = list(options or [])
+    # gRPC's default reconnect backoff grows to minutes: a peer that restarted (a controller
+    # back after 4 s) was dialled again only ~6 s later, past a registration's refresh deadline,
+    # so the endpoint expired and its client reselected. Peers come back in well under a second.
+    options = [*RECONNECT, *(options or [])]
     if svid is None:
         return grpc.aio.insecure_channel(dial_target(url), options=options)
     target = dial_target(url)
