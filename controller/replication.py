@@ -81,6 +81,9 @@ class Replication:
         self.term = 0
         self.election_id = self.follower_id
         self.stepped_down = asyncio.Event()
+        # set once a term's takeover is done: the active parts run and every client arbitrates
+        # with the term's id (role turns "leader" when the term is won, before that)
+        self.leading = asyncio.Event()
         self.reason = ""
         self._task: asyncio.Task[None] | None = None
         for client in clients.values():
@@ -117,6 +120,7 @@ class Replication:
             return  # lost while it was starting: the clients stay followers
         for client in self.clients.values():
             client.set_role(self.election_id, leader=True)
+        self.leading.set()
 
     def step_down(self, reason: str) -> None:
         """Stop every write of this replica now (queued ones fail; the switches refuse what is
@@ -125,6 +129,7 @@ class Replication:
             return
         log.warning("replica=%s event=stepped_down term=%d reason=%r", self.election.replica, self.term, reason)
         self.role, self.reason = "stepped_down", reason
+        self.leading.clear()
         for client in self.clients.values():
             client.set_role(self.follower_id, leader=False)
         self.stepped_down.set()

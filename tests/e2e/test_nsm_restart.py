@@ -317,7 +317,7 @@ async def test_a_failed_request_for_an_adopted_connection_removes_nothing(run: R
         req = networkservice_pb2.NetworkServiceRequest(connection=client.connection)
         req.connection.mechanism.parameters["name"] = "other0"
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await client.stub.Request(req, timeout=WAIT_S, metadata=client._metadata())
+            await client.stub.Request(req, timeout=client.call_timeout, metadata=client._metadata())
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION, info.value.details()
         assert ctl.fabric.plans.get(conn_id) == plan and ctl.store.get(conn_id) is not None
         assert {"h1": ifindex("h1", "nsm0"), "h4": ifindex("h4", plan.labels["b_iface"])} == ifaces
@@ -325,8 +325,9 @@ async def test_a_failed_request_for_an_adopted_connection_removes_nothing(run: R
         assert await switch_entries(ctl) == before
         assert await ping("h1", client.connection.context.ip_context.dst_ip_addrs[0].split("/")[0])
         # and the client's own Request, as it was, adopts it
+        # (the call's deadline as the SDK's own: the server closes at token expiry minus it)
         adopted = await client.stub.Request(networkservice_pb2.NetworkServiceRequest(connection=client.connection),
-                                            timeout=WAIT_S, metadata=client._metadata())
+                                            timeout=client.call_timeout, metadata=client._metadata())
         assert adopted.id == client.connection.id and conn_id in ctl.nsm.begin.states  # type: ignore[union-attr]
         assert {"h1": ifindex("h1", "nsm0"), "h4": ifindex("h4", plan.labels["b_iface"])} == ifaces
         assert await switch_entries(ctl) == before

@@ -54,7 +54,7 @@ async def test_replicas_on_etcd_one_leads_the_other_follows_and_takes_over(clust
     await first.start()
     try:
         assert first.replication is not None
-        await until(lambda: first.replication is not None and first.replication.role == "leader", "the first to lead")
+        await until(lambda: first.replication is not None and first.replication.leading.is_set(), "the first to lead")
         assert isinstance(first.store, EtcdStore) and first.store.term is not None
         first.store.set_meta("written_by", "one")
         await first.store.durable()
@@ -64,7 +64,7 @@ async def test_replicas_on_etcd_one_leads_the_other_follows_and_takes_over(clust
         # the follower's pipeline book is etcd's, read when it leads: nothing written meanwhile
         assert second.store.refused_local == 0
         await first.stop()
-        await until(lambda: second.replication is not None and second.replication.role == "leader", "the takeover")
+        await until(lambda: second.replication is not None and second.replication.leading.is_set(), "the takeover")
         assert second.store.term is not None
         assert second.store.get_meta("written_by") == "one"
         # the new leader found the fabric's revision in etcd rather than recording one of its own

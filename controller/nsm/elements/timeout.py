@@ -10,6 +10,7 @@ that deadline, NSM's own schedule, instead of guessing."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from pydantic import BaseModel, ConfigDict
 
@@ -19,6 +20,8 @@ from controller.nsm.base.tasks import Tasks
 from controller.nsm.elements.begin import state_of
 from controller.nsm.elements.chain import CallContext, Connection, Element, Key, Next, Request
 from controller.nsm.registry.stored import Records
+
+log = logging.getLogger("p4nsm.nsm")
 
 _TIMER: Key[asyncio.TimerHandle] = Key("timeout.timer")  # per connection: its expiry
 EXPIRY_KIND = "nsm_expiry"
@@ -57,6 +60,11 @@ class Timeout(Element):
         def due() -> bool:
             return st.values.get(_TIMER) is handle
 
+        if expires - allowed <= clock.now():
+            # Go's rule, kept for wire compatibility; a client whose call deadline outlasts its
+            # token loses the connection at once, which is worth a line in the log.
+            log.warning("connection=%s event=expires_at_once token_left=%.1fs call_deadline=%.1fs",
+                        st.id, expires - clock.now(), allowed)
         handle = self.tasks.later(expires - allowed - clock.now(), lambda: st.close("expired", due), f"expire:{st.id}")
         st.values[_TIMER] = handle
         if self.records is not None:
