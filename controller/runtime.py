@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.admin import AdminServer
+from controller.aio import within
 from controller.fabric.anti_entropy import AntiEntropy
 from controller.fabric.connections import Fabric
 from controller.fabric.etcd_store import EtcdStore
@@ -38,6 +39,7 @@ log = logging.getLogger("p4nsm.controller")
 
 # Direct connections (`p4nsm connect`) get a /30 each from this pool: .1 on side a, .2 on b.
 DIRECT_POOL = ipaddress.IPv4Network("10.250.0.0/16")
+STOP_STEP_S = 10.0  # longest wait for one part's stop (the NSM server's gets its calls' deadline more)
 
 
 def fabric_graph(topo: Topology, only: set[str] | None = None) -> FabricGraph:
@@ -224,28 +226,32 @@ class Controller:
         return f"replica {seen.get('replica', '?')} at {seen.get('nsm_address') or 'an unknown address'}"
 
     async def stop(self) -> None:
+        # Each step bounded (aio.within): a part stuck in its stop is logged and left, and the
+        # rest still stop; the switches keep forwarding whatever this process does.
+        step = STOP_STEP_S
         if self.replication is not None:
-            await self.replication.stop()
+            await within(self.replication.stop(), step, "replication")
         if self.web is not None:
-            await self.web.stop()
+            await within(self.web.stop(), step, "web")
         if self.metrics is not None:
-            await self.metrics.stop()
+            await within(self.metrics.stop(), step, "metrics")
         if self.follower_nsm is not None:
-            await self.follower_nsm.stop()
+            await within(self.follower_nsm.stop(), step, "follower_nsm")
             self.follower_nsm = None
         if self.nsm:
-            await self.nsm.stop()
+            # its calls get the endpoints' deadline to end (NsmServer.stop)
+            await within(self.nsm.stop(), step + self.settings.nsm_endpoint_timeout, "nsm")
             self.nsm = None
         if self.admin:
-            await self.admin.stop()
-        await self.links.stop()
-        for port_client in self.port_state.values():
-            await port_client.stop()
+            await within(self.admin.stop(), step, "admin")
+        await within(self.links.stop(), step, "links")
+        for name, port_client in self.port_state.items():
+            await within(port_client.stop(), step, f"gnmi:{name}")
         self.port_judge.stop()
-        await self.anti_entropy.stop()
-        await self.rerouter.stop()
-        await self.fabric.stop()
-        await self.store.stop()
+        await within(self.anti_entropy.stop(), step, "anti_entropy")
+        await within(self.rerouter.stop(), step, "rerouter")
+        await within(self.fabric.stop(), step, "fabric")
+        await within(self.store.stop(), step, "store")
         log.info("event=stopped")
 
     async def wait_ready(self, timeout: float) -> bool:
