@@ -349,7 +349,7 @@ class Election:
                         success=[tx.put(self.heartbeat_key, self.replica.encode(), lease=term.lease)], failure=[])
             except (TimeoutError, aetcd.ClientError) as e:
                 reraise_cancel()
-                log.info("replica=%s event=heartbeat_failed term=%d error=%s", self.replica, term.revision, e or "timeout")
+                log.info("replica=%s event=heartbeat_failed term=%d error=%s", self.replica, term.revision, str(e) or type(e).__name__)
                 ok = True
             else:
                 done = loop.time()
@@ -372,6 +372,9 @@ class Election:
         loop = asyncio.get_running_loop()
         last_revision = heard.mod_revision if heard is not None and heard.lease == leader.lease else 0
         heard_at = loop.time()
+        # etcd's raft term as of the last look: a raft election in between stalled the
+        # heartbeats too (for 0.6 to over 1 s), so the silence is counted again from there
+        raft_term = leader.header.raft_term
         beaten = asyncio.Event()
 
         async def listen() -> None:
@@ -380,6 +383,10 @@ class Election:
             while True:
                 try:
                     watch = await self.client.watch(self.heartbeat_key, start_revision=start)
+                    # aetcd's watch creation waits in 3.11's wait_for, which loses a cancel that
+                    # meets its reply: without this the listener would wait for ever (seen in
+                    # tests, after etcd's raft leader was killed)
+                    reraise_cancel()
                     try:
                         async for event in watch:
                             start = event.kv.mod_revision + 1
@@ -416,12 +423,17 @@ class Election:
                             compare=[], success=[tx.get(self.leader_key), tx.get(self.heartbeat_key)], failure=[])
                 except (TimeoutError, aetcd.ClientError) as e:
                     reraise_cancel()
-                    log.info("replica=%s event=suspect_check_failed error=%s", self.replica, e or "timeout")
+                    log.info("replica=%s event=suspect_check_failed error=%s", self.replica, str(e) or type(e).__name__)
                     self._trouble_at = loop.time()
                     continue
                 held = now[0][0][1] if now[0] else None
                 if held is None or held.create_revision != leader.create_revision:
                     return  # gone or replaced: the campaign's watch hears of it
+                if held.header.raft_term != raft_term:
+                    log.info("replica=%s event=suspect_deferred reason=etcd_raft_election raft_term=%d", self.replica,
+                             held.header.raft_term)
+                    raft_term, self._trouble_at = held.header.raft_term, loop.time()
+                    continue
                 beat = now[1][0][1] if now[1] else None
                 if beat is not None and beat.lease == leader.lease and beat.mod_revision != last_revision:
                     last_revision, heard_at = beat.mod_revision, loop.time()  # we were the late ones
@@ -438,7 +450,7 @@ class Election:
                     # another follower was first (lease not found), or etcd is away: the campaign
                     # still takes over when the key goes, by revocation or expiry
                     reraise_cancel()
-                    log.info("replica=%s event=leader_revoke_failed lease=%x error=%s", self.replica, leader.lease, e or "timeout")
+                    log.info("replica=%s event=leader_revoke_failed lease=%x error=%s", self.replica, leader.lease, str(e) or type(e).__name__)
                 return
         finally:
             await cancel_and_wait(listener)
@@ -447,6 +459,7 @@ class Election:
                             timeout: float | None = None) -> None:
         async with asyncio.timeout(timeout):
             watch = await self.client.watch(key, start_revision=from_revision)
+            reraise_cancel()  # a cancel lost in aetcd's watch creation (see _suspect)
             if watching is not None:
                 watching.set()
             try:

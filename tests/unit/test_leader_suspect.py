@@ -25,6 +25,8 @@ PREFIX = "/p4nsm/suspect/"
 TTL = 1
 SUSPECT = 0.5
 
+pytestmark = pytest.mark.timeout(90)
+
 MakeElection = Callable[..., Awaitable[Election]]
 
 
@@ -121,3 +123,21 @@ def test_a_suspect_window_not_below_the_lease_ttl_is_refused() -> None:
         Settings.load({"store_leader_suspect": "1", "store_lease_ttl": "1"})
     with pytest.raises(ValueError, match="below the lease TTL"):
         Election(None, PREFIX, "a", 1, suspect=1.5)  # type: ignore[arg-type]
+
+
+async def test_an_etcd_raft_election_is_not_taken_for_a_silent_leader(make_election: MakeElection, cluster: EtcdCluster) -> None:
+    """Killing etcd's raft leader stalls every heartbeat for 0.6 to over 1 s, longer than the
+    window: the followers count the silence again from the new raft term, and the leader keeps
+    its term (etcd gives its lease a full TTL again)."""
+    leader, followers = await leader_and_followers(make_election)
+    term = leader.term
+    member = await asyncio.to_thread(cluster.raft_leader)
+    await asyncio.to_thread(cluster.kill, member)
+    alive = [m for m in cluster.members if m is not member]
+    await asyncio.to_thread(cluster.wait_healthy, alive)
+    # ready: the heartbeat is written again under the new raft leader
+    written = heartbeats_written(cluster)
+    await until(lambda: heartbeats_written(cluster) > written + 5, "heartbeats under the new raft leader")
+    await asyncio.sleep(2 * SUSPECT)  # the followers' windows counted since the election run out
+    assert leader.term == term and leader.terms_lost == 0
+    assert [(f.terms_won, f.leaders_suspected) for f in followers] == [(0, 0), (0, 0)]
