@@ -113,6 +113,7 @@ class Election:
         self._held_until = 0.0
         # the leader's heartbeat task while it holds the leader key
         self.beat: asyncio.Task[None] | None = None
+        self._beat_term: Term | None = None
         # the last time an etcd call of this replica failed: silence is counted from then too,
         # since a leader's heartbeats stall as well while etcd has no raft leader
         self._trouble_at = 0.0
@@ -301,7 +302,9 @@ class Election:
                         suspect = asyncio.create_task(self._suspect(kv, heard, watch_from), name=f"suspect-{self.replica}")
                 if revision:
                     term = Term(revision, lease, self.replica)
-                    if self.suspect and (self.beat is None or self.beat.done()):
+                    if self.suspect and (self.beat is None or self.beat.done() or self._beat_term != term):
+                        await self._stop_beat()  # one of an earlier term whose end we missed
+                        self._beat_term = term
                         self.beat = asyncio.create_task(self._heartbeat(term), name=f"heartbeat-{self.replica}")
                     if term != self.term:  # not a watch resumed within the term it was won
                         for hook in self.before_lead:
@@ -382,11 +385,7 @@ class Election:
             start = from_revision
             while True:
                 try:
-                    watch = await self.client.watch(self.heartbeat_key, start_revision=start)
-                    # aetcd's watch creation waits in 3.11's wait_for, which loses a cancel that
-                    # meets its reply: without this the listener would wait for ever (seen in
-                    # tests, after etcd's raft leader was killed)
-                    reraise_cancel()
+                    watch = await self._watch(self.heartbeat_key, start)
                     try:
                         async for event in watch:
                             start = event.kv.mod_revision + 1
@@ -458,8 +457,7 @@ class Election:
     async def _wait_deleted(self, key: bytes, from_revision: int, watching: asyncio.Event | None = None,
                             timeout: float | None = None) -> None:
         async with asyncio.timeout(timeout):
-            watch = await self.client.watch(key, start_revision=from_revision)
-            reraise_cancel()  # a cancel lost in aetcd's watch creation (see _suspect)
+            watch = await self._watch(key, from_revision)
             if watching is not None:
                 watching.set()
             try:
@@ -471,6 +469,28 @@ class Election:
                     watching.clear()
                 await watch.cancel()
         raise ConnectionError(f"watch of {key.decode()} ended")
+
+    async def _watch(self, key: bytes, from_revision: int) -> Any:
+        """aetcd's watch of `key`, its creation shielded from our cancel. aetcd creates one watch
+        at a time and hands etcd's next "created" answer to whichever creation is pending: one
+        cancelled on the way leaves its answer to the next (seen: a follower's store watch got
+        the heartbeat key's, and its cache stopped), and 3.11's wait_for inside can lose the
+        cancel altogether. A creation cancelled here runs to its end and is cancelled then."""
+        create = asyncio.ensure_future(self.client.watch(key, start_revision=from_revision))
+        try:
+            watch = await asyncio.shield(create)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                # the creation's end, then the watch's: shielded too, the caller is going away
+                await asyncio.shield(self._drop_watch(create))
+            raise
+        reraise_cancel()
+        return watch
+
+    @staticmethod
+    async def _drop_watch(create: asyncio.Future[Any]) -> None:
+        watch = await create
+        await watch.cancel()
 
     def _set_term(self, term: Term | None, reason: str = "") -> None:
         if term == self.term:
