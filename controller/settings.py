@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, IPvAnyNetwork, field_validator
+from pydantic import BaseModel, Field, IPvAnyNetwork, field_validator, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,6 +58,7 @@ class Settings(BaseModel):
     store_fabric_id: str = Field("", pattern=r"^[A-Za-z0-9._-]*$", description="With etcd: the fabric's key prefix /p4nsm/<this>/ (empty: the topology's name); replicas of one fabric share it")
     store_replica_id: str = Field("", pattern=r"^[A-Za-z0-9._-]*$", description="With etcd: this replica's name, unique in its fabric (empty: <hostname>-<NSM port>); a second replica starting with a name in use is refused")
     store_lease_ttl: int = Field(1, ge=1, description="With etcd: TTL of the replica's lease (whole seconds, etcd's unit); a leader whose lease cannot be kept alive this long loses leadership. 1 s needs members with heartbeat-interval ≤ 100 ms and election-timeout ≤ 600 ms")
+    store_leader_suspect: float = Field(0.5, ge=0, description="With etcd: a follower that hears no heartbeat of the leader (written every fifth of this) for this many seconds, while etcd answers it, revokes the leader's lease and takes over, instead of waiting the 1.0-1.5 s etcd takes to expire it; below store_lease_ttl; 0: off (s)")
     store_timeout: float = Field(2.0, gt=0, description="With etcd: longest wait of a write for its commit (durable()) and of one etcd call; past it the caller gets UNAVAILABLE and the write stays queued (s)")
     # --- pipeline ---
     p4info_path: Path = Field(REPO_ROOT / "p4" / "nsm_fabric.p4info.txtpb", description="P4Info of the fabric program")
@@ -106,6 +107,14 @@ class Settings(BaseModel):
         {"*": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8"]}, validate_default=True,
         description="Per network service (\"*\": any other), the prefixes an endpoint's IP context (addresses, routes, next hops) must lie inside; JSON in the environment",
     )
+
+    @model_validator(mode="after")
+    def _suspect_below_ttl(self) -> Settings:
+        # past the TTL etcd has expired the lease already: the suspicion would never come first
+        if self.store_leader_suspect >= self.store_lease_ttl:
+            raise ValueError(f"store_leader_suspect ({self.store_leader_suspect:g} s) must be below store_lease_ttl "
+                             f"({self.store_lease_ttl} s)")
+        return self
 
     @field_validator("nsm_service_prefixes", mode="before")
     @classmethod

@@ -67,7 +67,7 @@ class _Batch:
 
 class EtcdStore:
     def __init__(self, url: str, fabric_id: str, replica: str, *, topology: str, digest: str, lease_ttl: int,
-                 timeout: float, info: dict[str, str] | None = None) -> None:
+                 timeout: float, info: dict[str, str] | None = None, leader_suspect: float = 0.5) -> None:
         etcd.parse_url(url)  # bad input is refused before anything starts
         self.url = url
         self.fabric_id = fabric_id
@@ -77,6 +77,7 @@ class EtcdStore:
         self.digest = digest
         self.lease_ttl = lease_ttl
         self.timeout = timeout
+        self.leader_suspect = leader_suspect
         self.info = info or {}
         self.client: aetcd.Client | None = None
         self.election: Election | None = None
@@ -113,7 +114,8 @@ class EtcdStore:
             await self._reload()
             self._tasks.append(asyncio.create_task(self._follow(), name="etcd-store-watch"))
             self._tasks.append(asyncio.create_task(self._flush(), name="etcd-store-flush"))
-            self.election = Election(self.client, self.prefix, self.replica, self.lease_ttl, self.info, grace=self.timeout)
+            self.election = Election(self.client, self.prefix, self.replica, self.lease_ttl, self.info, grace=self.timeout,
+                                     suspect=self.leader_suspect)
             self.election.before_lead.append(self._begin_term)
             await self.election.start()
         except BaseException:

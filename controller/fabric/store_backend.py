@@ -31,4 +31,4 @@ def open_store(settings: Settings, topo: Topology, nsm_address: str | None = Non
         settings.store, settings.store_fabric_id or re.sub(r"[^A-Za-z0-9._-]+", "-", topo.name),
         settings.store_replica_id or default_replica_id(nsm_address),
         topology=topo.name, digest=topology_digest(topo), lease_ttl=settings.store_lease_ttl,
-        timeout=settings.store_timeout, info={"nsm_address": nsm_address or ""})
+        timeout=settings.store_timeout, leader_suspect=settings.store_leader_suspect, info={"nsm_address": nsm_address or ""})
