@@ -81,6 +81,7 @@ async def row_a(bench: Bench, n: int, trials: int, say: Say, notes: list[str]) -
             if row["lost"] or row["writes"] or row["stored_lost"]:
                 notes.append(f"A trial {i + 1}: lost {row['lost']}, writes {row['writes']}, stored connections lost "
                              f"{row['stored_lost']}; the restarted controller's warnings and non-empty reconciles:")
+                notes += [f"    {ln}" for ln in log.splitlines()[:1] if ln.startswith("losses:")]
                 notes += [f"    {ln}" for ln in interesting(log)]
                 notes += [f"    {m[0]}" for m in RECONCILED.finditer(log) if m[0].split("inserted=")[1] != "0 modified=0 deleted=0"]
     finally:
@@ -95,6 +96,7 @@ async def _restart_trial(bench: Bench, solo: Replica, streams: Streams) -> tuple
     await asyncio.sleep(KILL_AFTER_S)  # the scenario's timing: frames flow before the kill
     offset = len(solo.log())
     killed = time.time()
+    killed_ns = time.monotonic_ns()
     solo.signal(signal.SIGKILL)
     assert solo.process is not None
     await asyncio.to_thread(solo.process.wait)
@@ -110,8 +112,11 @@ async def _restart_trial(bench: Bench, solo: Replica, streams: Streams) -> tuple
     writes = sum(int(m[2]) + int(m[3]) + int(m[4]) for m in RECONCILED.finditer(log))
     stored = len(await solo.connections())
     back = max(stamps(log, "event=reconciled")) - seconds_of_day(killed)
-    return {"lost": run.lost(), "writes": writes, "reconciled": back, "stored_lost": n - stored,
-            "sent": sum(run.traffic.sent.values())}, log
+    row = {"lost": run.lost(), "writes": writes, "reconciled": back, "stored_lost": n - stored,
+           "sent": sum(run.traffic.sent.values())}
+    if row["lost"]:
+        log = f"losses: {run.where(killed_ns, 'the kill')}\n{log}"
+    return row, log
 
 
 # --- B: leader SIGKILL with two followers, a silent cut 200 ms after ------------------------------
@@ -177,6 +182,7 @@ async def row_b(bench: Bench, n: int, trials: int, say: Say, notes: list[str]) -
                 notes.append(f"B trial {i + 1}: {row['lost_before_cut']} lost before the cut, window "
                              f"{row['window'] * 1000:.0f} ms (control {control * 1000:.0f} ms, takeover "
                              f"{row['takeover'] * 1000:.0f} ms); {leader.name}'s log of the trial (warnings, link events):")
+                notes += [f"    {ln}" for ln in log.splitlines()[:1] if ln.startswith("losses:")]
                 notes += [f"    {ln}" for ln in interesting(log, links=True)]
     finally:
         for fault in faults:
@@ -226,7 +232,7 @@ async def _takeover_trial(bench: Bench, reps: list[Replica], leader: Replica, st
     offsets = {r.name: len(r.log()) for r in reps}
     _, task = await streams.run(TAKEOVER_STREAM_S)
     await asyncio.sleep(KILL_AFTER_S)  # the scenario's timing: frames flow before the kill
-    killed = time.time()
+    killed, killed_ns = time.time(), time.monotonic_ns()
     leader.signal(signal.SIGKILL)
     await asyncio.sleep(max(0.0, killed + CUT_AFTER_DEATH_S - time.time()))
     cut_start, _ = await fault.inject()
@@ -246,7 +252,10 @@ async def _takeover_trial(bench: Bench, reps: list[Replica], leader: Replica, st
     st = await leads(winner)
     await follows(leader, st["election_id"])
     await _mended(winner, offsets[winner.name], target.element, len(streams.streams))
-    return row, winner, tail(winner, offsets[winner.name])
+    log = tail(winner, offsets[winner.name])
+    if lost_before:
+        log = f"losses: {run.where(killed_ns, 'the kill')}\n{log}"
+    return row, winner, log
 
 
 def _links_of(bench: Bench, path: str) -> set[str]:
