@@ -86,14 +86,17 @@ async def run_row(bench: Bench, args: argparse.Namespace, row: str, notes: list[
             say(f"=== D: chaos, seed {seed}, {args.chaos_seconds:g} s, N={args.n}")
             runs.append(await chaos.run_chaos(bench, args.n, args.chaos_seconds, seed, say, notes))
             say(f"D seed {seed}: {runs[-1]}")
-        header = (f"# Chaos (benchmarks/bench_failover.py --rows D)\n\n{len(runs)} runs of {args.chaos_seconds:g} s, "
+        header = (f"# Chaos (benchmarks/bench_failover.py --rows D)\n\nRuns of {args.chaos_seconds:g} s, "
                   f"N={args.n} connections with streams, three replicas on the 3-member etcd; {machine()}. "
-                  f"Command: `{args.command}`. A run is repeated by its seed (the failures and their timing; "
+                  f"Last command: `{args.command}` (a seed run again replaces its row). A run is repeated by its seed (the failures and their timing; "
                   "the machine's timing is its own).")
+        path = RESULTS / "failover_chaos.md"
+        if not args.no_write:
+            runs = report.chaos_runs(path, runs)
         text = report.chaos_table(runs, header, notes)
         say(text)
         if not args.no_write:
-            (RESULTS / "failover_chaos.md").write_text(text)
+            path.write_text(text)
         return
     n = 0 if row == "S" else args.n
     say(f"=== {row}: {report.ROWS[row][0]}; {args.trials} trials, N={n}")

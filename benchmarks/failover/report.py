@@ -5,6 +5,7 @@ benchmarks/results/failover.md row by row (a row run again replaces its section 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -98,6 +99,18 @@ def merge(path: Path, title: str, intro: str, sections: dict[str, str]) -> str:
     return f"# {title}\n\n{intro}\n\n{body}"
 
 
+RUNS_MARK = re.compile(r"<!-- runs: (.*) -->")
+
+
+def chaos_runs(path: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs the file already has (kept in it as JSON) with `new` replacing those of their
+    seeds: the five seeds need not run in one sitting (a lab hold is short)."""
+    old = RUNS_MARK.search(path.read_text()) if path.exists() else None
+    runs = {r["seed"]: r for r in (json.loads(old[1]) if old else [])}
+    runs.update({r["seed"]: r for r in new})
+    return [runs[k] for k in sorted(runs)]
+
+
 def chaos_table(runs: list[dict[str, Any]], header: str, notes: list[str]) -> str:
     lines = [header, "",
              "| seed | failures (by kind) | connections stalled > 1 s with a path | worst such stall | stored connections lost "
@@ -113,5 +126,6 @@ def chaos_table(runs: list[dict[str, Any]], header: str, notes: list[str]) -> st
         total = sum(r[key] for r in runs)
         lines.append(f"| {label} | {total} | 0 | {'yes' if total == 0 else '**no**'} |")
     if notes:
-        lines += ["", "What the product did where a target was missed:", "", "```", *notes[:80], "```"]
+        lines += ["", "What the product did where a target was missed (this sitting's runs):", "", "```", *notes[:80], "```"]
+    lines += ["", f"<!-- runs: {json.dumps(runs)} -->"]
     return "\n".join(lines) + "\n"
