@@ -83,8 +83,8 @@ def table(row: str, trials: list[dict[str, float]], header: str, notes: list[str
         lines.append(f"| {m.label} | {m.cell(pct(vs, 0.5))} | {m.cell(pct(vs, 0.9))} | {m.cell(max(vs))} | "
                      f"{m.target or '-'} | {met or '-'} |")
     if notes:
-        lines += ["", "What the product logged where a target was missed (warnings and errors of the replica concerned):",
-                  "", "```", *notes[:60], "```"]
+        lines += ["", "Notes: where a target was missed, what the replica concerned logged (warnings, errors, link "
+                  "events); and what the row's end found left behind:", "", "```", *notes[:60], "```"]
     return "\n".join(lines) + "\n"
 
 
