@@ -41,6 +41,7 @@ import platform
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -81,22 +82,24 @@ async def run(bench: Bench, args: argparse.Namespace) -> None:
 
 async def run_row(bench: Bench, args: argparse.Namespace, row: str, notes: list[str]) -> None:
     if row == "D":
-        runs = []
+        # written after each seed: a lab hold is short, and a run cut off keeps the seeds before it
+        path = RESULTS / "failover_chaos.md"
+        runs: list[dict[str, Any]] = []
         for seed in args.seeds:
             say(f"=== D: chaos, seed {seed}, {args.chaos_seconds:g} s, N={args.n}")
-            runs.append(await chaos.run_chaos(bench, args.n, args.chaos_seconds, seed, say, notes))
-            say(f"D seed {seed}: {runs[-1]}")
-        header = (f"# Chaos (benchmarks/bench_failover.py --rows D)\n\nRuns of {args.chaos_seconds:g} s, "
-                  f"N={args.n} connections with streams, three replicas on the 3-member etcd; {machine()}. "
-                  f"Last command: `{args.command}` (a seed run again replaces its row). A run is repeated by its seed (the failures and their timing; "
-                  "the machine's timing is its own).")
-        path = RESULTS / "failover_chaos.md"
-        if not args.no_write:
-            runs = report.chaos_runs(path, runs)
-        text = report.chaos_table(runs, header, notes)
-        say(text)
-        if not args.no_write:
-            path.write_text(text)
+            seed_notes: list[str] = []
+            result = await chaos.run_chaos(bench, args.n, args.chaos_seconds, seed, say, seed_notes)
+            result["notes"], notes[:] = notes + seed_notes, []
+            say(f"D seed {seed}: {result}")
+            runs = report.chaos_runs(path, [result]) if not args.no_write else [*runs, result]
+            header = (f"# Chaos (benchmarks/bench_failover.py --rows D)\n\nRuns of {args.chaos_seconds:g} s, N={args.n} "
+                      f"connections with streams, three replicas on the 3-member etcd; last written {machine()}. Last "
+                      f"command: `{args.command}` (a seed run again replaces its row). A run is repeated by its seed (the "
+                      "failures and their timing; the machine's timing is its own).")
+            text = report.chaos_table(runs, header)
+            say(text)
+            if not args.no_write:
+                path.write_text(text)
         return
     n = 0 if row == "S" else args.n
     say(f"=== {row}: {report.ROWS[row][0]}; {args.trials} trials, N={n}")

@@ -111,7 +111,7 @@ def chaos_runs(path: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [runs[k] for k in sorted(runs)]
 
 
-def chaos_table(runs: list[dict[str, Any]], header: str, notes: list[str]) -> str:
+def chaos_table(runs: list[dict[str, Any]], header: str) -> str:
     lines = [header, "",
              "| seed | failures (by kind) | connections stalled > 1 s with a path | worst such stall | stored connections lost "
              "| orphaned entries (read back) | frames lost / sent |", "|---|---|---|---|---|---|---|"]
@@ -125,7 +125,9 @@ def chaos_table(runs: list[dict[str, Any]], header: str, notes: list[str]) -> st
     for label, key in ok:
         total = sum(r[key] for r in runs)
         lines.append(f"| {label} | {total} | 0 | {'yes' if total == 0 else '**no**'} |")
+    notes = [ln for r in runs for ln in r.get("notes", [])]
     if notes:
-        lines += ["", "What the product did where a target was missed (this sitting's runs):", "", "```", *notes[:80], "```"]
+        lines += ["", "Notes: where a target was missed, what the replicas logged (warnings, errors); and what a run's end "
+                  "found left behind:", "", "```", *notes[:80], "```"]
     lines += ["", f"<!-- runs: {json.dumps(runs)} -->"]
     return "\n".join(lines) + "\n"
