@@ -38,6 +38,7 @@ import asyncio
 import datetime as dt
 import os
 import platform
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -137,10 +138,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _terminated(signum: int, frame: object) -> None:
+    say(f"received {signal.Signals(signum).name} from outside; stopping")
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     args = parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root: Mininet, network namespaces, raw sockets")
+    # SIGTERM (a `timeout` around the run) ends it like Ctrl-C: replicas, etcd and the lab stopped
+    signal.signal(signal.SIGTERM, _terminated)
     with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp:
         # The lab outside the event loop: pyroute2's IPRoute runs a loop of its own, which cannot nest.
         with Bench.open(Path(tmp), free_port_diamond()) as bench:
