@@ -198,7 +198,7 @@ class Case:
         plans = [ctl.fabric.plans[s.conn_id] for s in self.streams]
         target = scenario.choose(kind, plans, list(ctl.fabric.plans.values()))
         affected = {s.index for s, p in zip(self.streams, plans) if target.crossed_by(p)}
-        self.fault = scenario.Fault(self.lab, ctl, target)
+        self.fault = scenario.Fault(self.lab, ctl.fabric.graph.links, target)
         self.trial_no += 1
         timeline.clear()
         hops.clear()
@@ -211,7 +211,7 @@ class Case:
         window = timeline.window(t_start, end_ns)
         await self.fault.restore()
         res = analysis.analyse(self.trial_no, target.element, self.streams, t, t_start, t_done, affected, window)
-        res.collateral = sorted(window.declared_down - target.expected_down(ctl))
+        res.collateral = sorted(window.declared_down - target.expected_down(ctl.fabric.graph.links))
         log.info("bench trial=%d kind=%s element=%s t_fail=%d rounds=%s graph=%s", self.trial_no, kind, target.element,
                  res.t_fail, [{k: v for k, v in r.items()} for r in window.rounds],
                  [((t - res.t_fail) / 1e6, sorted(l), sorted(s)) for t, l, s in timeline.graph])

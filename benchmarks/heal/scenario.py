@@ -7,9 +7,11 @@ import asyncio
 import dataclasses
 import signal
 import time
+from collections.abc import Mapping
 
 import networkx as nx
 
+from controller.fabric.graph import Link
 from controller.fabric.model import ConnectionPlan
 from controller.heal.reroute import active_alive, backup_alive
 from controller.runtime import Controller
@@ -70,11 +72,11 @@ class Target:
     switch: str = ""  # link kinds: the upstream end of the link (toward the data's source) ...
     port: int = 0  # ... and its port there
 
-    def expected_down(self, ctl: Controller) -> set[str]:
+    def expected_down(self, links: Mapping[str, Link]) -> set[str]:
         """What the controller should declare down: the link, or the switch and its links."""
         if self.kind in ("cut", "port"):
             return {self.element}
-        return {self.element, *(l.name for l in ctl.fabric.graph.links.values() if self.element in (l.a, l.b))}
+        return {self.element, *(l.name for l in links.values() if self.element in (l.a, l.b))}
 
     def crossed_by(self, plan: ConnectionPlan) -> bool:
         path = plan.a_to_b.path
@@ -116,16 +118,20 @@ def choose(kind: str, tracked: list[ConnectionPlan], every: list[ConnectionPlan]
 
 
 class Fault:
-    """One failure of a target, injected and later undone; `undo_now` is for cleanup paths."""
+    """One failure of a target, injected and later undone; `undo_now` is for cleanup paths.
 
-    def __init__(self, lab: Lab, ctl: Controller, target: Target) -> None:
+    `links` are the fabric's links by name (an in-process controller's `fabric.graph.links`, or
+    `controller.runtime.fabric_graph(topology).links` beside out-of-process replicas): a cut needs
+    both ends of its link."""
+
+    def __init__(self, lab: Lab, links: Mapping[str, Link], target: Target) -> None:
         self.lab = lab
-        self.ctl = ctl
+        self.links = links
         self.target = target
         self.active = False
 
     def _ifnames(self) -> list[str]:
-        link = self.ctl.fabric.graph.links[self.target.element]
+        link = self.links[self.target.element]
         up = (self.target.switch, self.target.port)
         down = (link.b, link.b_port) if (link.a, link.a_port) == up else (link.a, link.a_port)
         return [switch_ifname(*up), switch_ifname(*down)]  # the data's direction first
