@@ -120,6 +120,7 @@ class Controller:
             port_client.known_listeners.append(self.port_judge.on_known)
         self.admin = AdminServer(admin_path, self._admin_handlers()) if admin_path else None
         self.nsm_address = nsm_address
+        self._started_at = 0.0  # loop time of start(): how warm a takeover is
         self.nsm: NsmServer | None = None
         # With replicas (the etcd store, made at start): a follower until the election makes this
         # one the leader (controller/replication.py); without, the one controller leads from the start.
@@ -150,6 +151,7 @@ class Controller:
         await self.port_judge.on_probe_verdict(link, up)
 
     async def start(self) -> None:
+        self._started_at = asyncio.get_running_loop().time()
         await self.store.start()
         if isinstance(self.store, EtcdStore):
             # Replicas: a follower until the election names a term of this one (controller/replication.py).
@@ -176,12 +178,12 @@ class Controller:
         if self.replication is not None:
             self.replication.start()
 
-    def _start_fabric(self) -> None:
+    def _start_fabric(self, probe_grace: float | None = None) -> None:
         self.fabric.load()
         self.rerouter.start()
         # the stored verdicts first: no path is placed over a link the last run saw dead
         self.port_judge.restore(self.links.down_links())
-        self.links.start()
+        self.links.start(probe_grace)
         for port_client in self.port_state.values():
             port_client.start()
         self.fabric.start()
@@ -202,7 +204,10 @@ class Controller:
     async def _lead(self, term: int) -> None:
         """This replica won `term`: what a sole controller starts with, on state that followed etcd."""
         await self._settle_pipeline()
-        self._start_fabric()
+        # A takeover by a replica that has followed for a while starts warm (link_monitor.py):
+        # the shorter grace; a replica that wins as it starts has its own start-up load to meet.
+        warm = asyncio.get_running_loop().time() - self._started_at >= self.settings.probe_startup_grace
+        self._start_fabric(self.settings.probe_takeover_grace if warm else None)
         await self._start_nsm()
 
     async def _settle_pipeline(self) -> None:

@@ -42,7 +42,10 @@ probes' own history (lags, lateness, rounds) is empty while the switches and the
 at their busiest (pipeline checks, reconcile reads, NSM clients coming back), so a probe sent
 before `probe_startup_grace` has passed since probes began to arrive from or through both ends of
 its link is not counted as missing. An end through which none arrives (cut off on every port)
-has its grace counted from when probes were first sent out of it, twice over.
+has its grace counted from when probes were first sent out of it, twice over. A replica taking
+over from a dead leader starts warm (its process running, the switches' pipeline kept, reconcile
+finding nothing), so its first sessions get `probe_takeover_grace` instead: a link cut around the
+leader's death is judged that much sooner.
 """
 
 from __future__ import annotations
@@ -173,6 +176,9 @@ class LinkMonitor:
         # arrive from or through it: the start of its grace (module docstring).
         self.sending_since: dict[str, float | None] = {name: None for name in clients}
         self.flowing_since: dict[str, float | None] = {name: None for name in clients}
+        # ...and how long that grace is: start(first_grace) may shorten it for the first sessions
+        # (a replica taking over), a switch's return always gets probe_startup_grace
+        self.grace: dict[str, float] = {name: settings.probe_startup_grace for name in clients}
         self.rounds: dict[int, _Round] = {}  # by send time (monotonic ns), oldest first
         self.links: dict[str, _LinkState] = {}
         for link in graph.links.values():
@@ -219,7 +225,11 @@ class LinkMonitor:
             await self.store.durable()
         await self.on_change(state.link, state.up)
 
-    def start(self) -> None:
+    def start(self, first_grace: float | None = None) -> None:
+        """`first_grace`: the grace of the switches' current sessions, when it is not
+        probe_startup_grace (module docstring)."""
+        if first_grace is not None:
+            self.grace = dict.fromkeys(self.clients, first_grace)
         for client in self.clients.values():
             client.packet_listeners.append(self._on_packet_in)
             client.state_listeners.append(self._on_switch_state)
@@ -332,7 +342,7 @@ class LinkMonitor:
 
     def grace_end(self, switch: str) -> float:
         """Probes sent before this moment (monotonic s) do not count against a link at `switch`."""
-        grace = self.settings.probe_startup_grace
+        grace = self.grace[switch]
         if grace <= 0:
             return float("-inf")
         flowing, sending = self.flowing_since[switch], self.sending_since[switch]
@@ -485,6 +495,8 @@ class LinkMonitor:
         self.arrivals[client.name].clear()
         self.stamped_until[client.name] = _NO_STAMP
         self.sending_since[client.name] = self.flowing_since[client.name] = None  # a new session's grace
+        if not up:
+            self.grace[client.name] = self.settings.probe_startup_grace  # its return meets a cold switch
         if up:
             for d in self.directions.values():
                 if client.name in (d.src, d.dst):

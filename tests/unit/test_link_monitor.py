@@ -518,7 +518,7 @@ def test_without_the_start_up_grace_a_link_slow_from_the_start_falls() -> None:
 
 
 def first_change_after_start(store: Store | None = None, cut: tuple[str, str] | None = None,
-                             limit: float = 10.0) -> tuple[list[str], FakePacketFabric, list[tuple[str, bool, float]]]:
+                             limit: float = 10.0, first_grace: float | None = None) -> tuple[list[str], FakePacketFabric, list[tuple[str, bool, float]]]:
     """A monitor started on diamond (`cut` both ways before the first probe), run until its first
     verdict changes or `limit` seconds: the links down when it was made, the fabric and (link,
     up, seconds after the start) of each change."""
@@ -539,7 +539,7 @@ def first_change_after_start(store: Store | None = None, cut: tuple[str, str] | 
             fabric.cut(*cut)
             fabric.cut(cut[1], cut[0])
         fabric.start()
-        monitor.start()
+        monitor.start(first_grace)
         try:
             while not changes and loop.time() < t0 + limit:
                 await asyncio.sleep(DEFAULTS.probe_interval / 2)
@@ -556,6 +556,17 @@ def test_a_cut_at_the_start_is_found_on_fresh_probes_once_the_grace_has_passed()
     judged on probes of the grace, and is down a few rounds after it."""
     grace, misses = DEFAULTS.probe_startup_grace, DEFAULTS.probe_misses
     _, fabric, changes = first_change_after_start(cut=("s1", "s2"))
+    assert [(name, up) for name, up, _ in changes] == [(fabric.link("s1", "s2").name, False)]
+    took = changes[0][2]
+    assert grace < took < grace + (misses + 3) * DEFAULTS.probe_interval, f"down {took:.3f} s after the start"
+
+
+def test_a_replica_taking_over_judges_a_cut_at_its_start_after_the_shorter_takeover_grace() -> None:
+    """The same cut, on a monitor started as a warm takeover starts it (first_grace): down a few
+    rounds after probe_takeover_grace, well before probe_startup_grace."""
+    grace, misses = DEFAULTS.probe_takeover_grace, DEFAULTS.probe_misses
+    assert grace + (misses + 3) * DEFAULTS.probe_interval < DEFAULTS.probe_startup_grace
+    _, fabric, changes = first_change_after_start(cut=("s1", "s2"), first_grace=grace)
     assert [(name, up) for name, up, _ in changes] == [(fabric.link("s1", "s2").name, False)]
     took = changes[0][2]
     assert grace < took < grace + (misses + 3) * DEFAULTS.probe_interval, f"down {took:.3f} s after the start"
