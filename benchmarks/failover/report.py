@@ -63,7 +63,7 @@ ROWS: dict[str, tuple[str, list[Measure]]] = {
         Measure("churned", "connections churned through the leader before the stop", ""),
     ]),
     "S": ("leader SIGKILL with one follower, where the time goes (read from the follower's log)", [
-        Measure("election", "death -> follower won (lease expiry + election)", "ms"),
+        Measure("election", "death -> follower won (heartbeat silence + lease revoked + election)", "ms"),
         Measure("arbitration", "won -> every switch primary (arbitration)", "ms"),
         Measure("reconcile", "last primary -> every switch reconciled", "ms"),
         Measure("primary", "**death -> every switch has the new primary**", "ms", "p50 <= 1 s",

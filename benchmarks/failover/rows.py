@@ -353,7 +353,7 @@ async def _logged(r: Replica, offset: int, needle: str) -> bool:
 
 async def row_s(bench: Bench, n: int, trials: int, say: Say, notes: list[str]) -> list[dict[str, float]]:
     """Time from the death until every switch has the new primary, split where it goes, read
-    from the follower's own log: lease expiry + election, arbitration, reconcile."""
+    from the follower's own log: heartbeat silence (store_leader_suspect), lease revoked, election, arbitration, reconcile."""
     out = []
     for i in range(trials):
         try:
