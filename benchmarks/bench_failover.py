@@ -124,7 +124,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a check that everything runs: 4 connections, 2 trials, "
                                                          "one 15 s chaos run; writes nothing")
     p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="NAME=VALUE",
+                   help="setting of every replica, over the replicas' test settings (repeatable), e.g. keepalive_timeout=0.15")
     args = p.parse_args(argv)
+    args.settings = dict(s.split("=", 1) for s in args.settings)
     args.command = " ".join([".venv/bin/python", "benchmarks/bench_failover.py", *(argv if argv is not None else sys.argv[1:])])
     wanted = {r.strip().upper() for r in args.rows.split(",") if r.strip()}
     if wanted - set(ORDER):
@@ -152,6 +155,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp:
         # The lab outside the event loop: pyroute2's IPRoute runs a loop of its own, which cannot nest.
         with Bench.open(Path(tmp), free_port_diamond()) as bench:
+            bench.extra = args.settings
             asyncio.run(run(bench, args))
     return 0
 

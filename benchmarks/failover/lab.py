@@ -94,6 +94,7 @@ class Bench:
         self.topo_file = topo_file
         self.certs = certs
         self.started: list[Replica] = []
+        self.extra: dict[str, str] = {}  # every replica's settings over REPLICA_SETTINGS (--set)
 
     @property
     def topo(self) -> Topology:
@@ -126,7 +127,7 @@ class Bench:
         `etcd=False` one controller on its sqlite file."""
         fabric_dir = self.run_dir / f"f{uuid.uuid4().hex[:6]}"
         fabric_dir.mkdir()
-        settings = {**REPLICA_SETTINGS, **self.certs.settings("controller"), "store_fabric_id": fabric_dir.name, **extra}
+        settings = {**REPLICA_SETTINGS, **self.certs.settings("controller"), "store_fabric_id": fabric_dir.name, **self.extra, **extra}
         if etcd:
             settings["store"] = self.cluster.url
         made = [Replica(n, fabric_dir, self.topo_file, settings) for n in names]
