@@ -5,7 +5,6 @@ tests/unit/fabric_rig.py); etcd is a real 3-member cluster (tests/support/etcd_c
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -18,15 +17,10 @@ from controller.nsm.server import NsmServer
 from nsm_api import networkservice_pb2_grpc
 from tests.conformance.nsm_support import nsc_channel, nsc_request, nsm_settings
 from tests.e2e.nsm_fixtures import Endpoints
-from tests.support.etcd_cluster import EtcdCluster, running_cluster, until_stored
+from tests.support.etcd_cluster import EtcdCluster, until_stored
 from tests.unit.fabric_rig import DIAMOND, Rig
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
-    yield from running_cluster(tmp_path)
 
 
 async def test_request_without_quorum_is_unavailable_and_service_resumes(cluster: EtcdCluster, tmp_path: Path) -> None:

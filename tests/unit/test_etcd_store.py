@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -15,17 +14,12 @@ from controller.cluster.election import DuplicateReplica
 from controller.fabric.etcd_store import EtcdStore, FabricMismatch
 from controller.fabric.model import ConnectionPlan
 from controller.fabric.store import StoreRefused, StoreUnavailable
-from tests.support.etcd_cluster import EtcdCluster, running_cluster, until, until_stored
+from tests.support.etcd_cluster import EtcdCluster, until, until_stored
 from tests.unit.test_fabric_paths import plan_on_line
 
 pytestmark = pytest.mark.timeout(90)
 
 MakeStore = Callable[..., Awaitable[EtcdStore]]
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
-    yield from running_cluster(tmp_path)
 
 
 @pytest.fixture

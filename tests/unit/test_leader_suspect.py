@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aetcd
 import pydantic
@@ -18,7 +17,7 @@ from controller.cluster import etcd
 from controller.cluster.election import Election
 from controller.replication import Replication
 from controller.settings import Settings
-from tests.support.etcd_cluster import EtcdCluster, running_cluster
+from tests.support.etcd_cluster import EtcdCluster
 from tests.support.waiting import until
 
 PREFIX = "/p4nsm/suspect/"
@@ -28,11 +27,6 @@ SUSPECT = 0.5
 pytestmark = pytest.mark.timeout(90)
 
 MakeElection = Callable[..., Awaitable[Election]]
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
-    yield from running_cluster(tmp_path)
 
 
 @pytest.fixture

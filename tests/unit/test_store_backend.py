@@ -5,7 +5,6 @@ at start. The switches are never started: only the store and the election are ex
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydantic
@@ -17,7 +16,7 @@ from controller.fabric.store import Store
 from controller.runtime import Controller
 from controller.settings import REPO_ROOT, Settings
 from controller.topology import load_topology
-from tests.support.etcd_cluster import EtcdCluster, running_cluster
+from tests.support.etcd_cluster import EtcdCluster
 from tests.support.settings import settings_for_test
 from tests.support.waiting import until
 
@@ -25,11 +24,6 @@ pytestmark = pytest.mark.timeout(90)
 
 DIAMOND = REPO_ROOT / "topologies" / "diamond.yaml"
 RING6 = REPO_ROOT / "topologies" / "ring6.yaml"
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
-    yield from running_cluster(tmp_path)
 
 
 def on_etcd(cluster: EtcdCluster, replica: str, **more: str) -> Settings:
