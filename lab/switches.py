@@ -34,8 +34,22 @@ SWITCH_STOP_TIMEOUT_S = 5.0
 # A switch is a machine of its own where p4nsm is deployed; in the lab it shares the CPUs with the
 # controller and the tests. A controller starting (a core busy for a second or two) starved BMv2's
 # egress threads past their 64-frame queues and dropped data frames that no write had touched.
-# The switches run ahead of the rest: niceness is inherited by every thread they start.
+# The switches run ahead of the rest: niceness is inherited by every thread they start. Each
+# switch has a session of its own, and with the kernel's autogroup scheduling
+# (/proc/sys/kernel/sched_autogroup_enabled) niceness orders threads only within a session, while
+# sessions share the CPUs equally: the session's own niceness (/proc/PID/autogroup) is set as well.
 SWITCH_NICE = -10
+
+
+def _prioritize_session(pid: int, name: str) -> None:
+    """Give the session led by `pid` SWITCH_NICE as its autogroup's niceness (see SWITCH_NICE)."""
+    try:
+        with open(f"/proc/{pid}/autogroup", "w") as f:
+            f.write(str(SWITCH_NICE))
+    except FileNotFoundError:
+        pass  # a kernel without autogroup scheduling: the process's niceness alone counts
+    except OSError as e:
+        log.warning("switch=%s event=session_priority_refused pid=%d error=%s", name, pid, e)
 
 
 class LabError(RuntimeError):
@@ -168,6 +182,7 @@ class FabricSwitch(MininetSwitch):
                 ["nice", "-n", str(SWITCH_NICE), *self.argv], stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                 start_new_session=True, close_fds=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
+        _prioritize_session(self.proc.pid, self.name)
         log.info("switch launched switch=%s pid=%d grpc=%s", self.name, self.proc.pid, self.spec.grpc_addr)
         return self.proc.pid
 
