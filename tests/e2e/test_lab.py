@@ -31,6 +31,7 @@ from controller.topology import Target, load_topology
 from lab.harness import Lab, cleanup_stale
 from lab.state import STATE_DIR, process_start_time
 from lab.switches import (
+    SWITCH_NICE,
     LabError,
     accepts_connections,
     bmv2_offers_thrift,
@@ -124,6 +125,19 @@ def test_kill_and_restart_switch(line3_lab: Lab) -> None:
     assert new != old and lab.switch_pid("s2") == new
     assert accepts_connections("127.0.0.1", grpc_port)
     assert lab.switch_pid("s1") is not None and lab.switch_pid("s3") is not None  # the others never noticed
+
+
+@pytest.mark.root
+def test_switches_run_ahead_in_their_own_sessions(line3_lab: Lab) -> None:
+    # A process's niceness alone would not do: under autogroup scheduling sessions share the CPUs
+    # equally, and every switch leads a session of its own.
+    for switch in LINE3.switches:
+        pid = line3_lab.switch_pid(switch.name)
+        assert pid is not None
+        assert os.getpriority(os.PRIO_PROCESS, pid) == SWITCH_NICE, switch.name
+        autogroup = Path(f"/proc/{pid}/autogroup")
+        if autogroup.exists():
+            assert autogroup.read_text().split()[-1] == str(SWITCH_NICE), (switch.name, autogroup.read_text())
 
 
 @pytest.mark.root
