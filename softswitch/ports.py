@@ -179,6 +179,9 @@ class Ports:
         self._watcher: asyncio.Task[None] | None = None
         self._errors = 0
         self._oversized_frames = 0
+        # control frames read but not yet handled: stamped after what _drain_control could vouch for
+        self._held: list[tuple[int, Port, bytes, int]] = []
+        self._drain_again: asyncio.Handle | None = None
 
     @staticmethod
     def _discard(port: Port, frame: bytes, tci: int) -> None:
@@ -213,6 +216,10 @@ class Ports:
         self._close_netlink()
         for port in self.by_number.values():
             self._detach(port)
+        if self._drain_again is not None:
+            self._drain_again.cancel()
+            self._drain_again = None
+        self._held = []
         self.log_counters()
 
     def log_counters(self) -> None:
@@ -381,14 +388,27 @@ class Ports:
         order they reached the switch by their receive time stamps, across ports: a switch
         whose loop fell behind passes its backlog of probes on in arrival order, not port by
         port, so that a probe the controller has read vouches for every one that arrived before
-        it (controller/heal/link_monitor.py)."""
+        it (controller/heal/link_monitor.py).
+
+        The sockets are read one after another, so a frame can reach a socket already read while
+        a later one is being read (the process preempted or stopped between the two, or a port
+        with more than RX_BUDGET waiting): handled now, the later socket's newer frames would
+        overtake it, and the controller would count it lost. Only frames stamped before the
+        read began, and before the last one read of a socket left unfinished, are handled; the
+        rest wait for the next round, which comes at once."""
+        if self._drain_again is not None:
+            self._drain_again.cancel()
+            self._drain_again = None
         # the kernel stamps CLOCK_REALTIME; the controller's probes carry CLOCK_MONOTONIC
         realtime_ahead = time.time_ns() - time.monotonic_ns()
-        taken: list[tuple[int, Port, bytes, int]] = []
+        vouched = time.monotonic_ns()
+        taken, self._held = self._held, []
+        unfinished = False
         for port in self.by_number.values():
             if port.sock is None:
                 continue
             for sock in port.control_socks:
+                arrived = 0
                 for _ in range(RX_BUDGET):
                     try:
                         frame, ancillary, flags, _addr = sock.recvmsg(RX_BUFFER, _CONTROL_ANCILLARY_SPACE)
@@ -401,12 +421,22 @@ class Ports:
                     one = self._accept(port, frame, ancillary, flags)
                     if one is not None:
                         taken.append((arrived, port, *one))
+                else:
+                    vouched = min(vouched, arrived)
+                    unfinished = True
         taken.sort(key=lambda t: t[0])
         handle = self.on_frame
-        for arrived, port, frame, tci in taken:
+        for i, (arrived, port, frame, tci) in enumerate(taken):
+            if arrived > vouched:
+                self._held = taken[i:]
+                break
+            if port.sock is None:
+                continue  # detached while its frame waited
             port.arrived_ns = arrived
             self._handle(handle, port, frame, tci)
             port.arrived_ns = 0
+        if (self._held or unfinished) and self._loop is not None:
+            self._drain_again = self._loop.call_soon(self._drain_control)
 
     def _receive_failed(self, port: Port, err: OSError) -> None:
         # The interface went away or down under the socket; netlink tells the rest.

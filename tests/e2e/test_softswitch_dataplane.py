@@ -191,6 +191,28 @@ def test_probe_survives_a_data_queue_overflow_and_arrives_once(one: OneSwitch) -
     assert 0 < len(forwarded) < len(burst), f"{len(forwarded)} of {len(burst)}: the data queue did not overflow"
 
 
+def test_a_backlog_of_probes_reaches_the_controller_in_arrival_order(one: OneSwitch) -> None:
+    """Probes that waited on two ports (the switch frozen) go to the controller in the order they
+    reached the switch, across ports, even where one port holds more than the switch reads of
+    it at a time: the controller takes a probe it reads as proof that every probe that reached
+    the switch before it has been passed on. Port 1's 150 arrive before port 3's 150."""
+    drain(one.sw)
+    count = 150  # more than one read of a port takes (softswitch/ports.py RX_BUDGET)
+    first = [bytes(Ether(src=SRC, dst=DST, type=PROBE_TYPE) / Raw(padded(b"order-p1-%03d" % i, 14))) for i in range(count)]
+    then = [bytes(Ether(src=DST, dst=SRC, type=PROBE_TYPE) / Raw(padded(b"order-p3-%03d" % i, 14))) for i in range(count)]
+    pid = one.sw.process.process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        one.h1.send("eth0", first)
+        one.nbr.send("eth0", then)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    got = [one.sw.client.packet_in(timeout=ARRIVAL_TIMEOUT) for _ in range(2 * count)]
+    stamps = [metadata["ingress_ts"] for _, metadata in got]
+    assert stamps == sorted(stamps), "a probe was passed on after one that reached the switch later"
+    assert [payload for payload, _ in got] == first + then
+
+
 def test_frame_too_short_is_dropped_and_forwarding_goes_on(one: OneSwitch) -> None:
     # The source MAC is the marker: these frames end before any payload could hold one.
     marker_mac = "02:5e:0f:00:00:01"
